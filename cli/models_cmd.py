@@ -1,0 +1,57 @@
+"""`ragtune models`: which models are configured, where their files are; prepare them."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import click
+
+from cli.context import AppContext, pass_app
+
+
+@click.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def models(ctx: click.Context, as_json: bool) -> None:
+    """Show the configured models (`ragtune models prepare` materializes them)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from core.models import locate_embedder, locate_generator, materialized_dir
+
+    settings = ctx.find_object(AppContext).settings()
+    rows = []
+    for role, spec, locate in (
+        ("embedder", settings.embedder, locate_embedder),
+        ("generator", settings.generator, locate_generator),
+    ):
+        loc = locate(spec)
+        row = {"role": role, "spec": spec, "kind": loc.kind, "location": loc.describe()}
+        if loc.path is not None and loc.path.suffix == ".gguf":
+            mdir = materialized_dir(loc.path, settings.models_cache_dir)
+            row["materialized"] = str(mdir) if (mdir / "config.json").is_file() else None
+        rows.append(row)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        click.echo(f"{r['role']:<10} {r['spec']}")
+        click.echo(f"{'':<10} kind: {r['kind']}; files: {r['location']}")
+        if "materialized" in r:
+            state = r["materialized"] or "not yet (run: ragtune models prepare)"
+            click.echo(f"{'':<10} materialized: {state}")
+
+
+@models.command("prepare")
+@pass_app
+def prepare(app: AppContext) -> None:
+    """Load both models once (unpacking the GGUF generator into the cache)."""
+    from core.models import generator_folder, load_embedder
+
+    settings = app.settings()
+    t0 = time.perf_counter()
+    emb = load_embedder(settings)
+    click.echo(f"embedder  {emb.model_id}: {emb.dim}-d ({time.perf_counter() - t0:.1f} s)")
+    t0 = time.perf_counter()
+    folder = generator_folder(settings)
+    click.echo(f"generator ready in {folder} ({time.perf_counter() - t0:.1f} s)")

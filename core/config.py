@@ -1,0 +1,197 @@
+"""One typed settings object: defaults < TOML file < RAGTUNE_* environment < CLI flags.
+
+Built once at the edge (CLI, ``create_app``) and passed down; no other module reads
+``os.environ``. ``resolve_settings`` also reports where each value came from, which is
+what ``ragtune config show`` prints.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.errors import InvalidInput
+
+ENV_PREFIX = "RAGTUNE_"
+DEFAULT_CONFIG_FILE = "ragtune.toml"
+
+PACKAGED_EMBEDDER = "packaged:all-MiniLM-L6-v2"
+PACKAGED_GENERATOR = "packaged:SmolLM2-135M-Instruct"
+
+
+def _default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "ragtune"
+
+
+class Settings(BaseSettings):
+    """Every knob ragtune has. Field docs are shown by ``ragtune config show --doc``."""
+
+    model_config = SettingsConfigDict(extra="forbid", validate_assignment=True)
+
+    # --- storage ---
+    data_dir: Path = Field(Path("ragtune-data"), description="Indexes, adapters and runs live here")
+    cache_dir: Path = Field(
+        default_factory=_default_cache_dir,
+        description="Materialized models (the packaged GGUF unpacked to safetensors)",
+    )
+
+    # --- models ---
+    embedder: str = Field(
+        PACKAGED_EMBEDDER,
+        description="Embedding model: 'packaged:all-MiniLM-L6-v2', a HF model id or a local folder",
+    )
+    generator: str = Field(
+        PACKAGED_GENERATOR,
+        description="Generator: 'packaged:SmolLM2-135M-Instruct', a HF id, a folder or a .gguf file",
+    )
+    torch_threads: int = Field(0, ge=0, description="torch CPU threads (0 = torch's default)")
+    device: str = Field("cpu", description="torch device for the generator: cpu, cuda, auto")
+
+    # --- indexing ---
+    chunk_size: int = Field(200, ge=16, le=4096, description="Chunk size in embedder tokens")
+    chunk_overlap: int = Field(32, ge=0, description="Overlap between chunks in tokens")
+    embed_batch_size: int = Field(64, ge=1, le=4096, description="Texts per embedding batch")
+    index_type: Literal["flat", "ivf"] = Field(
+        "flat", description="flat = exact inner product; ivf = approximate (IVF-Flat)"
+    )
+    ivf_nlist: int = Field(0, ge=0, description="IVF cells (0 = 4*sqrt(n), chosen at build)")
+    ivf_nprobe: int = Field(16, ge=1, description="IVF cells probed per query")
+    prune: bool = Field(True, description="Reindex removes documents whose files vanished")
+
+    # --- retrieval ---
+    retrieval: Literal["dense", "bm25", "hybrid"] = Field("hybrid", description="Default method")
+    top_k: int = Field(3, ge=1, le=100, description="Passages put into a RAG prompt")
+    rrf_k: int = Field(60, ge=1, description="Reciprocal-rank-fusion constant")
+    default_index: str = Field("default", description="Index used when a request names none")
+
+    # --- generation ---
+    max_new_tokens: int = Field(32, ge=1, le=4096, description="Default generation length")
+    max_new_tokens_limit: int = Field(512, ge=1, description="Largest max_new_tokens accepted")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy")
+    max_context_chars: int = Field(
+        1200, ge=100, description="Characters of one passage in a prompt"
+    )
+
+    # --- service ---
+    host: str = Field("127.0.0.1", description="Bind address of `ragtune serve`")
+    port: int = Field(8000, ge=1, le=65535, description="Port of `ragtune serve`")
+    api_keys: list[str] = Field(default_factory=list, description="Bearer tokens; empty = open")
+    max_loaded_adapters: int = Field(4, ge=1, description="Adapters held in memory (LRU)")
+    batch_window_ms: float = Field(20.0, ge=0, description="Wait this long to fill a batch")
+    max_batch_size: int = Field(8, ge=1, le=256, description="Requests generated together")
+    queue_size: int = Field(64, ge=1, description="Requests waiting; more get 503")
+    request_timeout_s: float = Field(120.0, gt=0, description="Per-request generation timeout")
+    max_body_bytes: int = Field(64_000, ge=1024, description="Largest request body")
+    max_question_chars: int = Field(4000, ge=1, description="Longest question accepted")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, v: Any) -> Any:
+        # RAGTUNE_API_KEYS="a,b" is the natural way to pass a list through the environment.
+        if isinstance(v, str):
+            return [k.strip() for k in v.split(",") if k.strip()]
+        return v
+
+    # --- derived paths ---
+    @property
+    def indexes_dir(self) -> Path:
+        return self.data_dir / "indexes"
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.data_dir / "adapters"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.data_dir / "runs"
+
+    @property
+    def models_cache_dir(self) -> Path:
+        return self.cache_dir / "models"
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise InvalidInput(f"config file not found: {path}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise InvalidInput(f"config file {path} is not valid TOML: {e}") from e
+    # Allow a [ragtune] table or top-level keys.
+    return dict(raw.get("ragtune", raw))
+
+
+def _env_values(environ: Mapping[str, str]) -> dict[str, str]:
+    out = {}
+    for name in Settings.model_fields:
+        key = ENV_PREFIX + name.upper()
+        if key in environ:
+            out[name] = environ[key]
+    return out
+
+
+def resolve_settings(
+    config_file: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[Settings, dict[str, str]]:
+    """Build the settings and say where each value came from.
+
+    Args:
+        config_file: a TOML file; if None, ``$RAGTUNE_CONFIG`` or ``./ragtune.toml`` when present.
+        overrides: values from CLI flags (None values are ignored).
+        environ: the environment to read (defaults to ``os.environ``; tests pass their own).
+
+    Returns:
+        (settings, sources) where sources maps each field to "default", "file <path>",
+        "env RAGTUNE_X" or "flag".
+    """
+    env = os.environ if environ is None else environ
+    if config_file is None:
+        if env.get("RAGTUNE_CONFIG"):
+            config_file = Path(env["RAGTUNE_CONFIG"])
+        elif Path(DEFAULT_CONFIG_FILE).is_file():
+            config_file = Path(DEFAULT_CONFIG_FILE)
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if config_file is not None:
+        file_vals = _read_toml(Path(config_file))
+        unknown = sorted(set(file_vals) - set(Settings.model_fields))
+        if unknown:
+            raise InvalidInput(
+                f"config file {config_file}: unknown setting(s) {', '.join(unknown)}"
+            )
+        layers.append((f"file {config_file}", file_vals))
+    env_vals = _env_values(env)
+    layers.append(("env", env_vals))
+    flag_vals = {k: v for k, v in (overrides or {}).items() if v is not None}
+    layers.append(("flag", flag_vals))
+
+    merged: dict[str, Any] = {}
+    sources = {name: "default" for name in Settings.model_fields}
+    for label, vals in layers:
+        for k, v in vals.items():
+            merged[k] = v
+            sources[k] = f"env {ENV_PREFIX}{k.upper()}" if label == "env" else label
+    try:
+        # init kwargs only: the layering above is ours, so pydantic-settings must not read env too.
+        settings = Settings.model_validate(merged)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            name = ".".join(str(p) for p in err["loc"])
+            problems.append(f"{name} ({sources.get(name, '?')}): {err['msg']}")
+        raise InvalidInput("invalid settings: " + "; ".join(problems)) from e
+    return settings, sources
+
+
+def load_settings(
+    config_file: Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> Settings:
+    """Shorthand for ``resolve_settings(...)[0]``."""
+    return resolve_settings(config_file, overrides)[0]

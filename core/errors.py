@@ -1,0 +1,83 @@
+"""Domain errors. Core raises these; the edges (CLI, HTTP) translate them.
+
+Each error carries an HTTP status so the service can map it without a lookup table,
+and a message that names the problem for a person (never a traceback or a file path
+that the client did not send).
+"""
+
+from __future__ import annotations
+
+
+class RagtuneError(Exception):
+    """Base of every error ragtune raises on purpose."""
+
+    status: int = 500
+    title: str = "Internal error"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class InvalidInput(RagtuneError):
+    """The caller sent something ragtune cannot use (bad value, bad file, bad name)."""
+
+    status = 400
+    title = "Invalid input"
+
+
+class DataError(InvalidInput):
+    """A data file could not be used as a whole (empty, every line invalid, ...)."""
+
+    title = "Invalid data"
+
+
+class NotFound(RagtuneError):
+    status = 404
+    title = "Not found"
+
+
+class IndexNotFound(NotFound):
+    title = "Index not found"
+
+
+class UnknownAdapter(NotFound):
+    title = "Unknown adapter"
+
+
+class ModelNotFound(NotFound):
+    title = "Model not found"
+
+
+class IndexMismatch(RagtuneError):
+    """The index was built with another embedding model or dimension."""
+
+    status = 409
+    title = "Index does not match the embedder"
+
+
+class AdapterMismatch(RagtuneError):
+    """The adapter was trained on another base model."""
+
+    status = 409
+    title = "Adapter does not match the base model"
+
+
+class Overloaded(RagtuneError):
+    """The request queue is full; the client should retry later."""
+
+    status = 503
+    title = "Service overloaded"
+
+
+class RequestTimeout(RagtuneError):
+    status = 504
+    title = "Generation timed out"
+
+
+class InsufficientResources(RagtuneError):
+    """Not enough disk (or memory) to do the job safely."""
+
+    status = 507
+    title = "Insufficient storage"

@@ -1,0 +1,355 @@
+"""The on-disk index format and its read side (search).
+
+Layout of one named index (the indexer writes it; everything else only reads)::
+
+    <data>/indexes/<name>/
+        CURRENT                 the live version id (replaced atomically)
+        versions/<version>/
+            manifest.json       schema, embedder id + dim, chunker, documents, counts, times
+            index.faiss         IndexIDMap2 over IndexFlatIP (exact) or IndexIVFFlat (approximate)
+            chunks.jsonl        one chunk a line: {int_id, id, doc_id, text, span, metadata}
+
+Vectors are L2-normalized, so inner product is cosine similarity. A reader loads a version
+whole into memory, so the writer can swap CURRENT (and later delete old versions) while
+requests that hold the old version finish undisturbed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.config import Settings
+from core.errors import IndexMismatch, IndexNotFound, InvalidInput
+from core.types import Hit, RetrievalMethod
+
+SCHEMA_VERSION = 1
+CURRENT_FILE = "CURRENT"
+VERSIONS_DIR = "versions"
+MANIFEST = "manifest.json"
+FAISS_FILE = "index.faiss"
+CHUNKS_FILE = "chunks.jsonl"
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def validate_name(name: str, what: str = "index") -> str:
+    """Index and adapter names become folder names: allow no path tricks."""
+    if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name:
+        raise InvalidInput(
+            f"invalid {what} name {name!r}: use 1-64 letters, digits, '_', '-', '.'",
+            field=what,
+        )
+    return name
+
+
+def index_dir(settings: Settings, name: str) -> Path:
+    return settings.indexes_dir / validate_name(name)
+
+
+def current_version(settings: Settings, name: str) -> str | None:
+    """The live version id of an index, or None if it does not exist."""
+    try:
+        return (index_dir(settings, name) / CURRENT_FILE).read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def version_dir(settings: Settings, name: str, version: str) -> Path:
+    return index_dir(settings, name) / VERSIONS_DIR / version
+
+
+def list_indexes(settings: Settings) -> list[str]:
+    if not settings.indexes_dir.is_dir():
+        return []
+    return sorted(
+        p.name
+        for p in settings.indexes_dir.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and (p / CURRENT_FILE).is_file()
+    )
+
+
+def read_manifest(settings: Settings, name: str) -> dict[str, Any]:
+    version = current_version(settings, name)
+    if version is None:
+        raise IndexNotFound(
+            f"index {name!r} not found (build it with: ragtune index PATH --index {name})"
+        )
+    return json.loads((version_dir(settings, name, version) / MANIFEST).read_text())
+
+
+_TOKEN_RE = re.compile(r"[a-z0-9]+")
+# A short English stopword list: BM25 gains little from scoring "the" and "of".
+STOPWORDS = frozenset(
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "by",
+        "for",
+        "from",
+        "has",
+        "have",
+        "he",
+        "her",
+        "his",
+        "i",
+        "in",
+        "is",
+        "it",
+        "its",
+        "of",
+        "on",
+        "or",
+        "she",
+        "that",
+        "the",
+        "their",
+        "them",
+        "they",
+        "this",
+        "to",
+        "was",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "whom",
+        "why",
+        "will",
+        "with",
+        "how",
+        "did",
+        "do",
+        "does",
+        "you",
+        "your",
+        "we",
+        "our",
+    ]
+)
+
+
+def bm25_tokenize(text: str) -> list[str]:
+    """Lowercase word tokens without stopwords; the same at build and at query time."""
+    return [t for t in _TOKEN_RE.findall(text.lower()) if t not in STOPWORDS]
+
+
+def rrf_fuse(
+    rankings: Sequence[Sequence[int]], k: int = 60, weights: Sequence[float] | None = None
+) -> list[tuple[int, float]]:
+    """Reciprocal rank fusion: score(d) = sum_i w_i / (k + rank_i(d)), rank from 1."""
+    weights = weights or [1.0] * len(rankings)
+    scores: dict[int, float] = {}
+    for ranking, w in zip(rankings, weights, strict=True):
+        for rank, item in enumerate(ranking, 1):
+            scores[item] = scores.get(item, 0.0) + w / (k + rank)
+    return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+@dataclass
+class LoadedIndex:
+    """One version of one index, in memory, ready to search."""
+
+    name: str
+    version: str
+    manifest: dict[str, Any]
+    faiss_index: Any
+    chunks: dict[int, dict[str, Any]]  # int_id -> chunk record
+    embed: Callable[[list[str]], Any]  # texts -> normalized float32 [n, d]
+    rrf_k: int = 60
+    nprobe: int = 16
+    _bm25: Any = field(default=None, repr=False)
+    _bm25_ids: list[int] = field(default_factory=list, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def size(self) -> int:
+        return len(self.chunks)
+
+    def _bm25_model(self) -> tuple[Any, list[int]]:
+        # Built lazily on first BM25 use: dense-only users never pay for it.
+        with self._lock:
+            if self._bm25 is None:
+                import bm25s
+
+                ids = sorted(self.chunks)
+                model = bm25s.BM25()
+                model.index(
+                    [bm25_tokenize(self.chunks[i]["text"]) for i in ids], show_progress=False
+                )
+                self._bm25, self._bm25_ids = model, ids
+        return self._bm25, self._bm25_ids
+
+    def dense_ids(self, queries: list[str], k: int) -> list[list[tuple[int, float]]]:
+        import numpy as np
+
+        if not self.chunks:
+            return [[] for _ in queries]
+        vecs = np.asarray(self.embed(queries), dtype=np.float32)
+        self._set_nprobe()
+        scores, ids = self.faiss_index.search(vecs, min(k, len(self.chunks)))
+        return [
+            [(int(i), float(s)) for i, s in zip(row_ids, row_sc, strict=True) if i >= 0]
+            for row_ids, row_sc in zip(ids, scores, strict=True)
+        ]
+
+    def _set_nprobe(self) -> None:
+        import faiss
+
+        try:
+            faiss.extract_index_ivf(self.faiss_index).nprobe = self.nprobe
+        except (RuntimeError, AttributeError):
+            pass  # not an IVF index
+
+    def bm25_ids(self, queries: list[str], k: int) -> list[list[tuple[int, float]]]:
+        if not self.chunks:
+            return [[] for _ in queries]
+        model, ids = self._bm25_model()
+        out = []
+        for q in queries:
+            toks = bm25_tokenize(q)
+            if not toks:
+                out.append([])
+                continue
+            docs, scores = model.retrieve([toks], k=min(k, len(ids)), show_progress=False)
+            out.append(
+                [(ids[int(d)], float(s)) for d, s in zip(docs[0], scores[0], strict=True) if s > 0]
+            )
+        return out
+
+    def search_batch(
+        self, queries: list[str], k: int, method: RetrievalMethod = "hybrid"
+    ) -> list[list[Hit]]:
+        """Top-k hits for each query. Hybrid fuses dense and BM25 rankings with RRF."""
+        if k < 1:
+            raise InvalidInput("k must be at least 1", field="top_k")
+        if method == "dense":
+            ranked = self.dense_ids(queries, k)
+        elif method == "bm25":
+            ranked = self.bm25_ids(queries, k)
+        elif method == "hybrid":
+            depth = max(50, 4 * k)  # fuse deeper lists than k so RRF can promote agreements
+            dense = self.dense_ids(queries, depth)
+            sparse = self.bm25_ids(queries, depth)
+            ranked = [
+                rrf_fuse([[i for i, _ in d], [i for i, _ in s]], k=self.rrf_k)[:k]
+                for d, s in zip(dense, sparse, strict=True)
+            ]
+        else:
+            raise InvalidInput(f"unknown retrieval method {method!r}", field="retrieval")
+        return [[self._hit(i, s) for i, s in row] for row in ranked]
+
+    def search(self, query: str, k: int, method: RetrievalMethod = "hybrid") -> list[Hit]:
+        return self.search_batch([query], k, method)[0]
+
+    def _hit(self, int_id: int, score: float) -> Hit:
+        c = self.chunks[int_id]
+        return Hit(c["id"], c["doc_id"], c["text"], float(score), dict(c.get("metadata") or {}))
+
+
+def read_chunks(path: Path) -> dict[int, dict[str, Any]]:
+    chunks: dict[int, dict[str, Any]] = {}
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                rec = json.loads(line)
+                chunks[int(rec["int_id"])] = rec
+    return chunks
+
+
+def check_compatible(manifest: dict[str, Any], embedder_id: str, dim: int) -> None:
+    """Refuse an index built with another embedding model or dimension."""
+    m_id, m_dim = manifest.get("embedding_model"), manifest.get("embedding_dim")
+    if m_id != embedder_id or m_dim != dim:
+        raise IndexMismatch(
+            f"index {manifest.get('name')!r} was built with embedder {m_id!r} ({m_dim}-d), "
+            f"but the configured embedder is {embedder_id!r} ({dim}-d); rebuild the index "
+            "or set the embedder it was built with"
+        )
+
+
+def load_index(
+    settings: Settings,
+    name: str,
+    embedder_id: str,
+    dim: int,
+    embed: Callable[[list[str]], Any],
+    version: str | None = None,
+) -> LoadedIndex:
+    """Load the live (or a given) version of an index, after checking it fits the embedder."""
+    import faiss
+
+    version = version or current_version(settings, name)
+    if version is None:
+        raise IndexNotFound(
+            f"index {name!r} not found (build it with: ragtune index PATH --index {name})"
+        )
+    vdir = version_dir(settings, name, version)
+    manifest = json.loads((vdir / MANIFEST).read_text())
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise IndexMismatch(
+            f"index {name!r} has schema {manifest.get('schema_version')}, expected {SCHEMA_VERSION}"
+        )
+    check_compatible(manifest, embedder_id, dim)
+    index = faiss.read_index(str(vdir / FAISS_FILE))
+    chunks = read_chunks(vdir / CHUNKS_FILE)
+    return LoadedIndex(
+        name=name,
+        version=version,
+        manifest=manifest,
+        faiss_index=index,
+        chunks=chunks,
+        embed=embed,
+        rrf_k=settings.rrf_k,
+        nprobe=settings.ivf_nprobe,
+    )
+
+
+class IndexCache:
+    """Keeps loaded indexes and swaps in a new version when CURRENT changes on disk.
+
+    ``get`` is cheap (one small file read) and thread-safe; a request keeps the
+    LoadedIndex it got, so a reload never disturbs requests in flight.
+    """
+
+    def __init__(
+        self, settings: Settings, embedder_id: str, dim: int, embed: Callable[[list[str]], Any]
+    ) -> None:
+        self.settings = settings
+        self.embedder_id = embedder_id
+        self.dim = dim
+        self.embed = embed
+        self._loaded: dict[str, LoadedIndex] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> LoadedIndex:
+        validate_name(name)
+        version = current_version(self.settings, name)
+        if version is None:
+            raise IndexNotFound(f"index {name!r} not found")
+        cached = self._loaded.get(name)
+        if cached is not None and cached.version == version:
+            return cached
+        with self._lock:
+            cached = self._loaded.get(name)
+            if cached is None or cached.version != version:
+                cached = load_index(
+                    self.settings, name, self.embedder_id, self.dim, self.embed, version
+                )
+                self._loaded[name] = cached
+        return cached
+
+    def loaded(self) -> dict[str, str]:
+        return {n: li.version for n, li in self._loaded.items()}

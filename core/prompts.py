@@ -1,0 +1,116 @@
+"""The one prompt module: training and serving render prompts with the same code.
+
+A tuned adapter only helps if it is served the exact string it was trained on, so the
+tuner builds its examples with ``render_training_example`` and the pipeline serves with
+``render_prompt``; ``render_training_example(...).prompt == render_prompt(...)`` always
+(tests/unit/test_prompts.py proves it on a real chat template).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+PROMPT_VERSION = "ragtune-qa-v1"
+
+SYSTEM_PROMPT = "You answer questions with a short phrase, not a sentence."
+CLOSED_BOOK_INSTRUCTION = "Answer with a short phrase."
+CONTEXT_INSTRUCTION = "Answer with a short phrase copied from the passages."
+
+
+@dataclass(frozen=True)
+class TrainingExample:
+    """A rendered example: the model sees ``prompt`` and learns to produce ``completion``."""
+
+    prompt: str
+    completion: str
+
+    @property
+    def text(self) -> str:
+        return self.prompt + self.completion
+
+
+def format_user_message(
+    question: str, contexts: Sequence[str] | None = None, max_context_chars: int | None = None
+) -> str:
+    """The user turn: numbered passages (if any), then the question and the instruction."""
+    question = question.strip()
+    if not contexts:
+        return f"Question: {question}\n{CLOSED_BOOK_INSTRUCTION}"
+    parts = []
+    for i, ctx in enumerate(contexts, 1):
+        text = " ".join(ctx.split())
+        if max_context_chars and len(text) > max_context_chars:
+            text = text[:max_context_chars].rsplit(" ", 1)[0] + " ..."
+        parts.append(f"[{i}] {text}")
+    passages = "\n".join(parts)
+    return f"Passages:\n{passages}\n\nQuestion: {question}\n{CONTEXT_INSTRUCTION}"
+
+
+def build_messages(
+    question: str, contexts: Sequence[str] | None = None, max_context_chars: int | None = None
+) -> list[dict[str, str]]:
+    return [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": format_user_message(question, contexts, max_context_chars)},
+    ]
+
+
+def _apply(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> str:
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=generation_prompt
+        )
+    # A tokenizer without a chat template (tiny test models, base models): a plain layout.
+    text = "".join(f"<{m['role']}>\n{m['content']}\n" for m in messages)
+    return text + ("<assistant>\n" if generation_prompt else "")
+
+
+def render_prompt(
+    tokenizer: Any,
+    question: str,
+    contexts: Sequence[str] | None = None,
+    max_context_chars: int | None = None,
+) -> str:
+    """The serving prompt: everything up to where the model starts its answer."""
+    return _apply(tokenizer, build_messages(question, contexts, max_context_chars), True)
+
+
+def render_training_example(
+    tokenizer: Any,
+    question: str,
+    answer: str,
+    contexts: Sequence[str] | None = None,
+    max_context_chars: int | None = None,
+) -> TrainingExample:
+    """A training example whose prompt part is byte-identical to ``render_prompt``."""
+    prompt = render_prompt(tokenizer, question, contexts, max_context_chars)
+    messages = [
+        *build_messages(question, contexts, max_context_chars),
+        {"role": "assistant", "content": answer.strip()},
+    ]
+    full = _apply(tokenizer, messages, False)
+    if full.startswith(prompt):
+        completion = full[len(prompt) :]
+    else:
+        # Some templates render the last assistant turn differently from the generation
+        # prompt; keep the served prefix and end the answer with the EOS token instead.
+        completion = answer.strip() + (tokenizer.eos_token or "")
+    if tokenizer.eos_token and tokenizer.eos_token not in completion:
+        completion += tokenizer.eos_token
+    # Trailing newlines after the end-of-turn token teach nothing.
+    return TrainingExample(prompt, completion.rstrip("\n"))
+
+
+def template_id(tokenizer: Any) -> str:
+    """Identifies the prompt format (ours + the model's chat template) for adapter manifests."""
+    tmpl = getattr(tokenizer, "chat_template", None) or "plain"
+    return f"{PROMPT_VERSION}:{hashlib.sha256(str(tmpl).encode()).hexdigest()[:12]}"
+
+
+def clean_answer(text: str) -> str:
+    """Trim a generated answer to its first line (models sometimes continue past it)."""
+    text = text.strip()
+    return text.split("\n", 1)[0].strip() if text else text
