@@ -1,0 +1,294 @@
+"""The answer pipeline: retrieve -> prompt -> generate. The service and the eval harness
+both call this, so a comparison of modes measures exactly what users get.
+
+Models load lazily on first use (thread-safe), so constructing a Pipeline is instant.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from core.config import Settings
+from core.errors import InvalidInput
+from core.generation import GenerationEngine, GenRequest
+from core.index_store import IndexCache, LoadedIndex
+from core.models import Embedder, Generator, load_embedder, load_generator
+from core.prompts import clean_answer, render_prompt
+from core.types import (
+    MODES,
+    RETRIEVAL_METHODS,
+    Answer,
+    Hit,
+    Mode,
+    RetrievalMethod,
+    Timings,
+    Usage,
+)
+
+RETRIEVAL_MODES = ("rag", "hybrid")
+ADAPTER_MODES = ("finetune", "hybrid")
+
+
+@dataclass(frozen=True)
+class QueryRequest:
+    """One question and how to answer it. None fields take the settings' defaults."""
+
+    question: str
+    mode: Mode = "rag"
+    adapter: str | None = None
+    index: str | None = None
+    top_k: int | None = None
+    retrieval: RetrievalMethod | None = None
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    contexts: tuple[str, ...] | list[str] | None = None  # given passages: retrieval is skipped
+
+
+@dataclass
+class Prepared:
+    """A request after validation and retrieval, with its rendered prompt."""
+
+    request: QueryRequest
+    prompt: str
+    hits: list[Hit]
+    index_name: str | None
+    index_version: str | None
+    retrieve_ms: float
+
+
+class Pipeline:
+    """Retrieval + generation with per-request mode and adapter."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        embedder: Embedder | None = None,
+        generator: Generator | None = None,
+    ) -> None:
+        self.settings = settings
+        self._embedder = embedder
+        self._generator = generator
+        self._engine: GenerationEngine | None = None
+        self._indexes: IndexCache | None = None
+        self._lock = threading.Lock()
+
+    # --- lazy resources -------------------------------------------------------------------
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            with self._lock:
+                if self._embedder is None:
+                    self._embedder = load_embedder(self.settings)
+        return self._embedder
+
+    @property
+    def engine(self) -> GenerationEngine:
+        if self._engine is None:
+            with self._lock:
+                if self._engine is None:
+                    gen = self._generator or load_generator(self.settings)
+                    self._generator = gen
+                    self._engine = GenerationEngine(gen, self.settings)
+        return self._engine
+
+    @property
+    def indexes(self) -> IndexCache:
+        if self._indexes is None:
+            emb = self.embedder
+            with self._lock:
+                if self._indexes is None:
+                    self._indexes = IndexCache(
+                        self.settings,
+                        emb.model_id,
+                        emb.dim,
+                        lambda texts: emb.encode(texts, batch_size=self.settings.embed_batch_size),
+                    )
+        return self._indexes
+
+    def index(self, name: str | None = None) -> LoadedIndex:
+        return self.indexes.get(name or self.settings.default_index)
+
+    @property
+    def models_loaded(self) -> bool:
+        return self._engine is not None and self._embedder is not None
+
+    # --- validation -----------------------------------------------------------------------
+    def validate(self, req: QueryRequest) -> QueryRequest:
+        """Fill defaults and check every field; InvalidInput names the field at fault."""
+        s = self.settings
+        if not isinstance(req.question, str) or not req.question.strip():
+            raise InvalidInput("question must be a non-empty string", field="question")
+        if len(req.question) > s.max_question_chars:
+            raise InvalidInput(
+                f"question is longer than {s.max_question_chars} characters", field="question"
+            )
+        if req.mode not in MODES:
+            raise InvalidInput(f"mode must be one of {', '.join(MODES)}", field="mode")
+        if req.mode in ADAPTER_MODES and not req.adapter:
+            raise InvalidInput(f"mode {req.mode!r} needs an adapter", field="adapter")
+        if req.mode not in ADAPTER_MODES and req.adapter:
+            raise InvalidInput(
+                f"mode {req.mode!r} uses no adapter (use 'finetune' or 'hybrid')", field="adapter"
+            )
+        retrieval = req.retrieval or s.retrieval
+        if retrieval not in RETRIEVAL_METHODS:
+            raise InvalidInput(
+                f"retrieval must be one of {', '.join(RETRIEVAL_METHODS)}", field="retrieval"
+            )
+        top_k = s.top_k if req.top_k is None else req.top_k
+        if not 1 <= top_k <= 100:
+            raise InvalidInput("top_k must be between 1 and 100", field="top_k")
+        max_new = s.max_new_tokens if req.max_new_tokens is None else req.max_new_tokens
+        if not 1 <= max_new <= s.max_new_tokens_limit:
+            raise InvalidInput(
+                f"max_new_tokens must be between 1 and {s.max_new_tokens_limit}",
+                field="max_new_tokens",
+            )
+        temp = s.temperature if req.temperature is None else req.temperature
+        if not 0.0 <= temp <= 2.0:
+            raise InvalidInput("temperature must be between 0 and 2", field="temperature")
+        return replace(
+            req,
+            question=req.question.strip(),
+            retrieval=retrieval,
+            top_k=top_k,
+            max_new_tokens=max_new,
+            temperature=temp,
+            index=req.index or (s.default_index if req.mode in RETRIEVAL_MODES else None),
+        )
+
+    # --- retrieval ------------------------------------------------------------------------
+    def retrieve(
+        self,
+        question: str,
+        index: str | None = None,
+        k: int | None = None,
+        method: RetrievalMethod | None = None,
+    ) -> list[Hit]:
+        """The top-k hits for one question (the eval harness uses this for recall@k curves)."""
+        return self.index(index).search(
+            question, k or self.settings.top_k, method or self.settings.retrieval
+        )
+
+    def prepare(self, requests: Sequence[QueryRequest]) -> list[Prepared]:
+        """Validate, retrieve (batched per index and method) and render prompts."""
+        reqs = [self.validate(r) for r in requests]
+        out: list[Prepared | None] = [None] * len(reqs)
+        groups: dict[tuple[str, int, str], list[int]] = {}
+        for i, r in enumerate(reqs):
+            if r.mode in RETRIEVAL_MODES and r.contexts is None:
+                groups.setdefault((r.index or "", r.top_k or 0, r.retrieval or ""), []).append(i)
+            else:
+                out[i] = self._prepared(r, list(_given_hits(r.contexts)), None, None, 0.0)
+        for (name, k, method), idx in groups.items():
+            t0 = time.perf_counter()
+            index = self.index(name)
+            hits = index.search_batch([reqs[i].question for i in idx], k, method)  # type: ignore[arg-type]
+            ms = (time.perf_counter() - t0) * 1000 / len(idx)
+            for i, h in zip(idx, hits, strict=True):
+                out[i] = self._prepared(reqs[i], h, index.name, index.version, ms)
+        return [p for p in out if p is not None]
+
+    def _prepared(
+        self, r: QueryRequest, hits: list[Hit], name: str | None, version: str | None, ms: float
+    ) -> Prepared:
+        contexts = [h.text for h in hits] if r.mode in RETRIEVAL_MODES else None
+        prompt = render_prompt(
+            self.engine.tokenizer, r.question, contexts, self.settings.max_context_chars
+        )
+        return Prepared(r, prompt, hits if contexts else [], name, version, ms)
+
+    # --- answering ------------------------------------------------------------------------
+    def answer_batch(self, requests: Sequence[QueryRequest]) -> list[Answer]:
+        """Answer several requests, generating them together (mixed adapters allowed)."""
+        if not requests:
+            return []
+        t0 = time.perf_counter()
+        prepared = self.prepare(requests)
+        return self.generate(prepared, started=t0)
+
+    def generate(self, prepared: Sequence[Prepared], started: float | None = None) -> list[Answer]:
+        """Generate for already-prepared requests (the service's batch scheduler calls this)."""
+        t0 = started or time.perf_counter()
+        gens = self.engine.generate_batch(
+            [
+                GenRequest(
+                    p.prompt,
+                    p.request.adapter,
+                    p.request.max_new_tokens or self.settings.max_new_tokens,
+                    p.request.temperature or 0.0,
+                )
+                for p in prepared
+            ]
+        )
+        total = (time.perf_counter() - t0) * 1000
+        return [
+            _answer(
+                p, clean_answer(g.text), g.prompt_tokens, g.completion_tokens, g.generate_ms, total
+            )
+            for p, g in zip(prepared, gens, strict=True)
+        ]
+
+    def answer(self, request: QueryRequest) -> Answer:
+        return self.answer_batch([request])[0]
+
+    def stream(self, request: QueryRequest) -> Iterator[str | Answer]:
+        """Yield answer text pieces as generated, then the final Answer (with sources)."""
+        t0 = time.perf_counter()
+        p = self.prepare([request])[0]
+        r = p.request
+        pieces: list[str] = []
+        g0 = time.perf_counter()
+        for piece in self.engine.stream(
+            GenRequest(p.prompt, r.adapter, r.max_new_tokens or 1, r.temperature or 0.0)
+        ):
+            pieces.append(piece)
+            yield piece
+        gen_ms = (time.perf_counter() - g0) * 1000
+        text = "".join(pieces)
+        yield _answer(
+            p,
+            clean_answer(text),
+            self.engine.count_tokens(p.prompt),
+            self.engine.count_tokens(text),
+            gen_ms,
+            (time.perf_counter() - t0) * 1000,
+        )
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "models_loaded": self.models_loaded,
+            "indexes": self._indexes.loaded() if self._indexes else {},
+            "adapters": self._engine.loaded_adapters() if self._engine else [],
+        }
+
+
+def _given_hits(contexts: Sequence[str] | None) -> Iterator[Hit]:
+    for i, text in enumerate(contexts or ()):
+        yield Hit(chunk_id=f"given#{i}", doc_id=f"given#{i}", text=text, score=1.0)
+
+
+def _answer(
+    p: Prepared,
+    text: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    gen_ms: float,
+    total_ms: float,
+) -> Answer:
+    r = p.request
+    return Answer(
+        answer=text,
+        mode=r.mode,
+        adapter=r.adapter,
+        index=p.index_name,
+        index_version=p.index_version,
+        sources=p.hits,
+        usage=Usage(prompt_tokens, completion_tokens),
+        timings=Timings(round(p.retrieve_ms, 3), round(gen_ms, 3), round(total_ms, 3)),
+        prompt=p.prompt,
+    )

@@ -1,0 +1,43 @@
+"""Test helpers that create real artifacts (adapters) without running the tuner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from core.config import Settings
+from core.models import folder_fingerprint, generator_folder
+from core.registry import AdapterInfo, publish
+
+
+def make_lora_adapter(settings: Settings, name: str, seed: int = 0, r: int = 4) -> AdapterInfo:
+    """Publish a LoRA adapter with random (non-zero) weights for the configured generator.
+
+    ``init_lora_weights=False`` makes B non-zero, so the adapter really changes the output.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    folder = generator_folder(settings)
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    cfg = LoraConfig(
+        r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+    )
+    model = get_peft_model(base, cfg)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_" in n:
+                p.mul_(20.0)  # make the tiny random adapter change greedy outputs visibly
+    staged = settings.adapters_dir / f".tmp-test-{name}"
+    model.save_pretrained(staged)
+    manifest = {
+        "name": name,
+        "method": "lora",
+        "base_model": Path(folder).name,
+        "base_fingerprint": folder_fingerprint(folder),
+        "created_at": "test",
+    }
+    (staged / "manifest.json").write_text(json.dumps(manifest))
+    return publish(settings, staged, name)
