@@ -1,0 +1,63 @@
+"""Atomic folder replacement and the adapter registry's read side."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from core.atomic import clean_stale, replace_dir, staging_dir, write_json_atomic
+from core.errors import InvalidInput, UnknownAdapter
+from core.registry import clean_registry, get_adapter, list_adapters, publish, remove
+
+
+def test_replace_dir_swaps_whole_folders(tmp_path):
+    dest = tmp_path / "x"
+    dest.mkdir()
+    (dest / "old").write_text("1")
+    with staging_dir(tmp_path, "t-") as tmp:
+        (tmp / "new").write_text("2")
+        replace_dir(tmp, dest)
+    assert (dest / "new").is_file() and not (dest / "old").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["x"]
+
+
+def test_staging_dir_is_removed_on_error(tmp_path):
+    with pytest.raises(RuntimeError), staging_dir(tmp_path) as tmp:
+        (tmp / "f").write_text("x")
+        raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_json_atomic_and_clean_stale(tmp_path):
+    write_json_atomic(tmp_path / "a.json", {"b": 1})
+    assert json.loads((tmp_path / "a.json").read_text()) == {"b": 1}
+    (tmp_path / ".tmp-left").mkdir()
+    assert clean_stale(tmp_path) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_registry_lists_only_complete_adapters(tiny_settings):
+    root = tiny_settings.adapters_dir
+    half = root / "half"
+    half.mkdir(parents=True)
+    (half / "adapter_config.json").write_text("{}")  # no manifest: a killed run
+    staged = root / ".tmp-good"
+    staged.mkdir()
+    (staged / "adapter_config.json").write_text("{}")
+    (staged / "manifest.json").write_text(json.dumps({"base_model": "m", "method": "lora"}))
+    info = publish(tiny_settings, staged, "good")
+    assert [a.name for a in list_adapters(tiny_settings)] == ["good"]
+    assert info.base_model == "m" and info.method == "lora"
+    with pytest.raises(UnknownAdapter):
+        get_adapter(tiny_settings, "half")
+    (root / ".tmp-stale").mkdir()
+    assert clean_registry(tiny_settings) == 1
+    remove(tiny_settings, "good")
+    assert list_adapters(tiny_settings) == []
+
+
+@pytest.mark.parametrize("name", ["../etc", "a/b", "", ".hidden", "x" * 65, "a b"])
+def test_unsafe_adapter_names_are_refused(tiny_settings, name):
+    with pytest.raises(InvalidInput):
+        get_adapter(tiny_settings, name)
