@@ -23,7 +23,7 @@ def test_layers_and_sources(tmp_path):
 def test_ragtune_table_and_env_config_file(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text("[ragtune]\nretrieval = 'bm25'\n")
-    settings, sources = resolve_settings(environ={"RAGTUNE_CONFIG": str(cfg)})
+    settings, _ = resolve_settings(environ={"RAGTUNE_CONFIG": str(cfg)})
     assert settings.retrieval == "bm25"
 
 
