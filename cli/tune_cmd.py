@@ -1,0 +1,235 @@
+"""`ragtune tune` (train an adapter) and `ragtune adapters list|show|rm|export`.
+
+The flags are ``tuner.args.TuneArgs`` fields and their help is the fields' docstrings.
+Every flag defaults to "not given", so a ``--config`` TOML file fills in what the command
+line leaves out and the dataclass defaults fill in the rest.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cli.context import AppContext, pass_app
+from tuner.args import TuneArgs, field_docs, split_modules
+
+
+def _help(name: str) -> str:
+    return field_docs().get(name, "")
+
+
+def _opt(*decls: str, name: str, **kw: Any) -> Any:
+    return click.option(*decls, name, default=None, help=_help(name), **kw)
+
+
+TUNE_OPTIONS = [
+    _opt("--data", name="data", multiple=True, metavar="FILE[:WEIGHT]"),
+    _opt("--name", name="name"),
+    _opt(
+        "--format",
+        name="format",
+        type=click.Choice(["auto", "prompt", "alpaca", "chat", "squad", "template"]),
+    ),
+    _opt("--template", name="template", type=click.Path(dir_okay=False)),
+    _opt("--base", name="base", metavar="MODEL"),
+    _opt("--method", name="method", type=click.Choice(["lora", "full"])),
+    _opt("--init-from", name="init_from", metavar="ADAPTER"),
+    _opt("--raft/--no-raft", name="raft"),
+    _opt("--index", name="index"),
+    _opt("--raft-k", name="raft_k", type=int),
+    _opt("--p-oracle", name="p_oracle", type=float),
+    _opt("--raft-quote/--no-raft-quote", name="raft_quote"),
+    _opt("--retrieval", name="retrieval", type=click.Choice(["dense", "bm25", "hybrid"])),
+    _opt("--r", name="r", type=int),
+    _opt("--alpha", name="alpha", type=int),
+    _opt("--dropout", name="dropout", type=float),
+    _opt("--target-modules", name="target_modules", metavar="A,B,..."),
+    _opt("--lr", name="lr", type=float),
+    _opt("--schedule", name="schedule", type=click.Choice(["cosine", "linear", "constant"])),
+    _opt("--warmup-ratio", name="warmup_ratio", type=float),
+    _opt("--weight-decay", name="weight_decay", type=float),
+    _opt("--epochs", name="epochs", type=float),
+    _opt("--max-steps", name="max_steps", type=int),
+    _opt("--batch-size", name="batch_size", type=int),
+    _opt("--grad-accum", name="grad_accum", type=int),
+    _opt("--max-length", name="max_length", type=int),
+    _opt("--seed", name="seed", type=int),
+    _opt("--val-fraction", name="val_fraction", type=float),
+    _opt("--max-val-examples", name="max_val_examples", type=int),
+    _opt("--group-by", name="group_by", metavar="FIELD"),
+    _opt("--eval-every", name="eval_every", type=int),
+    _opt("--patience", name="patience", type=int),
+    _opt("--save-every", name="save_every", type=int),
+    _opt("--grad-clip", name="grad_clip", type=float),
+    _opt("--dedup/--no-dedup", name="dedup"),
+    _opt("--forgetting/--no-forgetting", name="forgetting"),
+    _opt("--min-free-disk-mb", name="min_free_disk_mb", type=int),
+    _opt("--restart", name="restart", is_flag=True),
+    _opt("--overwrite", name="overwrite", is_flag=True),
+]
+
+
+def build_args(config: Path | None, flags: dict[str, Any]) -> TuneArgs:
+    """Flags (None = not given) over the TOML file over the dataclass defaults."""
+    given = {k: v for k, v in flags.items() if v is not None and v != () and v is not False}
+    if "data" in given:
+        given["data"] = list(given["data"])
+    if "target_modules" in given:
+        given["target_modules"] = split_modules(given["target_modules"])
+    if config is not None:
+        return TuneArgs.from_toml(config, **given)
+    return TuneArgs.from_dict(given)
+
+
+def tune_command() -> click.Command:
+    @click.command("tune")
+    @click.option(
+        "--config",
+        "tune_config",
+        type=click.Path(path_type=Path, dir_okay=False),
+        default=None,
+        help="TOML file with tune options (top level or [tune]).",
+    )
+    @click.option("--quiet", is_flag=True, help="No progress bar or data summary.")
+    @pass_app
+    def tune(app: AppContext, tune_config: Path | None, quiet: bool, **flags: Any) -> None:
+        """Train a LoRA adapter (or --method full model) and add it to the registry.
+
+        \b
+        Examples:
+          ragtune tune --data qa.jsonl --name support-v1 --epochs 3
+          ragtune tune --data squad.json --raft --index docs --name docs-raft
+          ragtune tune --data a.jsonl:2 --data b.jsonl:0.5 --name mix --max-steps 200
+          ragtune tune --data reviews.csv --template examples/templates/reviews.toml --name rev
+        """
+        from tuner.api import train_adapter
+
+        args = build_args(tune_config, flags)
+        info = train_adapter(app.settings(), args, progress=not quiet)
+        _print_summary(info.name, info.manifest)
+
+    for opt in TUNE_OPTIONS:  # tune is already a Command: options append in this order
+        tune = opt(tune)
+    return tune
+
+
+def _print_summary(name: str, m: dict[str, Any]) -> None:
+    met = m.get("metrics", {})
+    click.echo(f"adapter {name}: {m.get('method')} on {m.get('base_model')}")
+    click.echo(
+        f"  data     {m['data']['counts'].get('train')} train / "
+        f"{m['data']['counts'].get('val')} val examples"
+    )
+    click.echo(
+        f"  loss     train {met.get('train_loss')}  val {met.get('val_loss')} "
+        f"(best step {met.get('best_step')} of {met.get('steps')})"
+    )
+    ppl = met.get("perplexity")
+    if ppl:
+        click.echo(
+            f"  general-text perplexity  base {ppl['base']}  tuned {ppl['tuned']} (x{ppl['ratio']})"
+        )
+    click.echo(
+        f"  speed    {met.get('tokens_per_s')} tokens/s; peak RSS {met.get('peak_rss_mb')} MB"
+    )
+    if m.get("raft"):
+        r = m["raft"]
+        click.echo(
+            f"  raft     index {r['index']}@{r['index_version']} k={r['k']} "
+            f"p_oracle={r['p_oracle']}"
+        )
+
+
+@click.group("adapters")
+def adapters() -> None:
+    """List, inspect, remove and export adapters in the registry."""
+
+
+@adapters.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_app
+def list_cmd(app: AppContext, as_json: bool) -> None:
+    """One line per adapter: name, method, base model, validation loss, created."""
+    from core.registry import list_adapters
+
+    rows = []
+    for info in list_adapters(app.settings()):
+        m = info.manifest
+        rows.append(
+            {
+                "name": info.name,
+                "method": info.method,
+                "base_model": info.base_model,
+                "val_loss": m.get("metrics", {}).get("val_loss"),
+                "raft_index": (m.get("raft") or {}).get("index"),
+                "created_at": m.get("created_at"),
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no adapters (train one with: ragtune tune --data FILE --name NAME)")
+        return
+    for r in rows:
+        raft = f" raft:{r['raft_index']}" if r["raft_index"] else ""
+        click.echo(
+            f"{r['name']:<24} {r['method']:<5} {r['base_model']:<24} "
+            f"val_loss={r['val_loss']}{raft}  {r['created_at']}"
+        )
+
+
+@adapters.command("show")
+@click.argument("name")
+@pass_app
+def show_cmd(app: AppContext, name: str) -> None:
+    """Print an adapter's manifest (JSON)."""
+    from core.registry import get_adapter
+
+    click.echo(json.dumps(get_adapter(app.settings(), name).manifest, indent=2))
+
+
+@adapters.command("rm")
+@click.argument("name")
+@pass_app
+def rm_cmd(app: AppContext, name: str) -> None:
+    """Remove an adapter (and any interrupted run of that name)."""
+    from tuner.api import remove_adapter
+
+    remove_adapter(app.settings(), name)
+    click.echo(f"removed adapter {name}")
+
+
+@adapters.command("export")
+@click.argument("name")
+@click.option(
+    "--merged", is_flag=True, help="Fold the adapter into the base weights: a plain model folder."
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="Destination folder (must not exist or be empty).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty --out folder.")
+@pass_app
+def export_cmd(app: AppContext, name: str, merged: bool, out: Path, overwrite: bool) -> None:
+    """Export an adapter: as is (a peft folder), or --merged into a full model folder."""
+    settings = app.settings()
+    if merged:
+        from tuner.export import export_merged
+
+        export_merged(settings, name, out, overwrite=overwrite)
+    else:
+        from tuner.export import export_plain
+
+        export_plain(settings, name, out, overwrite=overwrite)
+    click.echo(f"exported {name} to {out}")
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(tune_command())
+    cli.add_command(adapters)

@@ -1,0 +1,529 @@
+"""The tuner's public entry points: train an adapter, inspect and export registry entries.
+
+``train_adapter`` checks everything it can before any training starts (args, base model,
+data, split, RAFT index, disk), then trains in a work folder
+(``<data>/adapters/.runs/<name>/``, which holds the resumable checkpoint), writes the
+adapter into a staging folder with manifest.json last, and publishes it atomically.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.atomic import staging_dir, write_json_atomic
+from core.config import Settings
+from core.errors import DataError, InsufficientResources, InvalidInput
+from core.registry import (
+    MANIFEST,
+    AdapterInfo,
+    adapter_dir,
+    check_base,
+    get_adapter,
+    publish,
+)
+from tuner.args import TuneArgs, parse_data_spec
+from tuner.formats import MAX_REPORTED, BadRecord, QAExample, load_examples
+
+log = logging.getLogger(__name__)
+
+MANIFEST_SCHEMA = 1
+RUNS_DIR = ".runs"
+
+
+def run_dir(settings: Settings, name: str) -> Path:
+    """Work folder of a training run (checkpoints for resume); never listed as an adapter."""
+    return settings.adapters_dir / RUNS_DIR / name
+
+
+def _say(progress: bool, msg: str) -> None:
+    log.info(msg)
+    if progress:
+        print(msg, file=sys.stderr, flush=True)
+
+
+# ---- data ----------------------------------------------------------------------------------
+
+
+@dataclass
+class PreparedData:
+    """Rendered, tokenized, split data plus every count the manifest records."""
+
+    train: list[Any]  # train.Encoded
+    val: list[Any]
+    weights: dict[int, float]
+    files: list[dict[str, Any]]
+    counts: dict[str, Any]
+    data_hash: str
+    bad: list[BadRecord] = field(default_factory=list)
+    raft: dict[str, Any] | None = None
+    samples: list[dict[str, str]] = field(default_factory=list)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_data(args: TuneArgs, progress: bool = False) -> tuple[list[QAExample], dict[str, Any]]:
+    """Read every --data file; returns examples and per-file records for the manifest."""
+    examples: list[QAExample] = []
+    files: list[dict[str, Any]] = []
+    bad: list[BadRecord] = []
+    for i, spec in enumerate(args.data):
+        path, weight = parse_data_spec(spec)
+        res = load_examples(path, args.format, args.template, dataset=i)
+        examples += res.examples
+        bad += res.bad
+        entry = {
+            "file": Path(path).name,
+            "sha256": _sha256(Path(path)),
+            "format": res.fmt,
+            "weight": weight,
+            "records": res.records,
+            "examples": len(res.examples),
+            "bad": len(res.bad),
+        }
+        if args.template:
+            entry["template_sha256"] = _sha256(Path(args.template))
+        files.append(entry)
+        _say(progress, res.summary())
+    for b in bad[:MAX_REPORTED]:
+        _say(progress, f"  skipped {b}")
+    if len(bad) > MAX_REPORTED:
+        _say(progress, f"  ... and {len(bad) - MAX_REPORTED} more bad records")
+    return examples, {"files": files, "bad": bad}
+
+
+def prepare_data(
+    settings: Settings, args: TuneArgs, tokenizer: Any, progress: bool = False
+) -> PreparedData:
+    """Load -> dedup -> split -> (RAFT) -> render with core.prompts -> tokenize -> length filter."""
+    import random
+
+    from core.prompts import render_training_example
+    from tuner import split as splitter
+    from tuner.train import encode
+
+    examples, meta = load_data(args, progress)
+    files, bad = meta["files"], meta["bad"]
+    counts: dict[str, Any] = {
+        "records": sum(f["records"] for f in files),
+        "bad": len(bad),
+        "loaded": len(examples),
+    }
+    if args.dedup:
+        examples, counts["duplicates"] = splitter.dedup(examples)
+    train_ex, val_ex = splitter.split(examples, args.val_fraction, args.seed, args.group_by)
+    if len(val_ex) > args.max_val_examples:
+        val_ex = random.Random(args.seed).sample(val_ex, args.max_val_examples)
+        counts["val_capped_to"] = args.max_val_examples
+
+    # (question, target, contexts, dataset) per example; contexts only for RAFT
+    raft_meta = None
+    if args.raft:
+        train_items, val_items, raft_meta = _raft_items(settings, args, train_ex, val_ex, progress)
+    else:
+        train_items = [(e.question, e.answer, None, e.dataset) for e in train_ex]
+        val_items = [(e.question, e.answer, None, e.dataset) for e in val_ex]
+
+    def render(items: list[tuple[str, str, list[str] | None, int]]) -> list[Any]:
+        out = []
+        for q, a, ctx, ds in items:
+            ex = render_training_example(tokenizer, q, a, ctx, settings.max_context_chars)
+            out.append(encode(tokenizer, ex.prompt, ex.completion, ds))
+        return out
+
+    train_enc, val_enc = render(train_items), render(val_items)
+    samples = []
+    if train_items:
+        q, a, ctx, _ = train_items[0]
+        ex = render_training_example(tokenizer, q, a, ctx, settings.max_context_chars)
+        samples.append({"prompt": ex.prompt, "completion": ex.completion})
+    train_enc, counts["too_long_train"] = splitter.length_filter(
+        train_enc, lambda e: len(e.input_ids), args.max_length
+    )
+    val_enc, counts["too_long_val"] = splitter.length_filter(
+        val_enc, lambda e: len(e.input_ids), args.max_length
+    )
+    if not train_enc:
+        raise DataError(
+            f"all {len(train_items)} training examples are longer than --max-length "
+            f"{args.max_length} tokens",
+            field="max_length",
+        )
+    train_enc = [e for e in train_enc if e.n_target > 0]
+    counts.update(
+        train=len(train_enc),
+        val=len(val_enc),
+        train_tokens=sum(len(e.input_ids) for e in train_enc),
+        target_tokens=sum(e.n_target for e in train_enc),
+    )
+    weights = {i: parse_data_spec(s)[1] for i, s in enumerate(args.data)}
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f['sha256']}|{f['format']}|{f['weight']}|{f.get('template_sha256')}".encode())
+    return PreparedData(
+        train_enc, val_enc, weights, files, counts, h.hexdigest(), bad, raft_meta, samples
+    )
+
+
+def _raft_items(
+    settings: Settings,
+    args: TuneArgs,
+    train_ex: list[QAExample],
+    val_ex: list[QAExample],
+    progress: bool,
+) -> tuple[list, list, dict[str, Any]]:
+    from core.index_store import load_index
+    from core.models import load_embedder
+    from tuner.raft import build_raft
+
+    name = args.index or settings.default_index
+    embedder = load_embedder(settings)
+    index = load_index(settings, name, embedder.model_id, embedder.dim, embedder.encode)
+    k = args.raft_k or settings.top_k
+    method = args.retrieval or settings.retrieval
+    out = []
+    stats_all = {}
+    for part, exs in (("train", train_ex), ("val", val_ex)):
+        built, stats = build_raft(
+            exs, index, k, args.p_oracle, args.seed, method, args.raft_quote, progress=progress
+        )
+        out.append([(r.example.question, r.target, r.contexts, r.example.dataset) for r in built])
+        stats_all[part] = stats.to_dict()
+    _say(
+        progress,
+        f"RAFT: index {name!r} version {index.version}, k={k}, "
+        f"oracle rate {stats_all['train']['oracle_rate']}, "
+        f"retrieval recall {stats_all['train']['retrieval_recall']}",
+    )
+    meta = {
+        "index": name,
+        "index_version": index.version,
+        "p_oracle": args.p_oracle,
+        "k": k,
+        "retrieval": method,
+        "quote": args.raft_quote,
+        "embedding_model": embedder.model_id,
+        "stats": stats_all,
+    }
+    return out[0], out[1], meta
+
+
+# ---- checks before training ----------------------------------------------------------------
+
+
+def _folder_bytes(folder: str) -> int:
+    p = Path(folder)
+    if not p.is_dir():
+        return 0
+    return sum(f.stat().st_size for f in p.glob("*.safetensors")) + sum(
+        f.stat().st_size for f in p.glob("*.bin")
+    )
+
+
+def estimate_disk(method: str, model_bytes: int) -> int:
+    """Bytes a run writes at its peak: LoRA is small; full keeps ~5 copies of the weights
+    (staging, best, last checkpoint = weights + AdamW's two moments)."""
+    margin = 16 << 20
+    return (5 * model_bytes if method == "full" else model_bytes // 10) + margin
+
+
+def check_disk(path: Path, needed: int, what: str = "training") -> None:
+    """Refuse to start when the disk under ``path`` has less than ``needed`` bytes free."""
+    path.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(path).free
+    if free < needed:
+        raise InsufficientResources(
+            f"not enough disk for {what}: {free / 2**20:.0f} MB free in the data folder, "
+            f"{needed / 2**20:.0f} MB needed"
+        )
+
+
+def library_versions() -> dict[str, str]:
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("ragtune", "torch", "transformers", "peft", "safetensors"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
+
+
+# ---- training ------------------------------------------------------------------------------
+
+
+def train_adapter(
+    settings: Settings, args: TuneArgs, *, progress: bool = True, on_step: Any = None
+) -> AdapterInfo:
+    """Train a LoRA adapter (or a full model) and publish it to the registry.
+
+    Args:
+        settings: resolved settings (data dir, models, threads, prompt limits).
+        args: the run's arguments (validated here).
+        progress: show a tqdm bar and a data summary on stderr.
+        on_step: ``f(step, loss)`` called after each optimizer step (tests interrupt with it).
+
+    Returns:
+        The published registry entry.
+
+    Raises:
+        InvalidInput / DataError: bad arguments or data (before any training).
+        ModelNotFound: unknown base model. AdapterMismatch: --init-from on another base.
+        InsufficientResources: too little disk.
+    """
+    import time
+
+    from core.models import folder_fingerprint, generator_folder, load_tokenizer, locate_generator
+    from core.prompts import PROMPT_VERSION, template_id
+
+    args.validate()
+    if args.base:
+        settings = settings.model_copy(update={"generator": args.base})
+    dest = adapter_dir(settings, args.name)
+    if dest.exists() and not args.overwrite:
+        raise InvalidInput(
+            f"adapter {args.name!r} already exists (remove it with "
+            f"`ragtune adapters rm {args.name}` or pass --overwrite)",
+            field="name",
+        )
+    loc = locate_generator(settings.generator)  # ModelNotFound for an unknown base model
+    folder = generator_folder(settings)
+    tokenizer = load_tokenizer(folder)  # fails here, before any training, if unloadable
+    fingerprint = folder_fingerprint(folder)
+    init_info = None
+    if args.init_from:
+        init_info = get_adapter(settings, args.init_from)
+        check_base(init_info, loc.model_id, fingerprint)
+        if init_info.method != "lora":
+            raise InvalidInput(
+                f"--init-from {args.init_from}: not a LoRA adapter", field="init_from"
+            )
+
+    data = prepare_data(settings, args, tokenizer, progress)
+    _say(progress, "data: " + ", ".join(f"{k} {v}" for k, v in data.counts.items()))
+    check_disk(
+        settings.adapters_dir,
+        estimate_disk(args.method, _folder_bytes(folder)) + args.min_free_disk_mb * 2**20,
+    )
+
+    t_start = time.perf_counter()
+    model, device = _build_model(settings, args, folder, init_info)
+    from tuner.forgetting import perplexity
+
+    base_ppl = perplexity(_unwrapped(model), tokenizer) if args.forgetting else None
+    run_key = {
+        "args": args.hyperparameters(),
+        "data": data.data_hash,
+        "base": fingerprint,
+        "init_from": init_info.manifest.get("created_at") if init_info else None,
+        "prompt": template_id(tokenizer),
+        "max_context_chars": settings.max_context_chars,
+    }
+    from tuner.train import peak_rss_mb, prepare_workdir, train_loop
+
+    workdir = run_dir(settings, args.name)
+    if prepare_workdir(workdir, run_key, args.restart):
+        _say(progress, f"resuming interrupted run from {RUNS_DIR}/{args.name}")
+    result = train_loop(
+        model,
+        data.train,
+        data.val,
+        args,
+        workdir,
+        pad_id=tokenizer.pad_token_id,
+        weights=data.weights,
+        device=device,
+        progress=progress,
+        on_step=on_step,
+    )
+    tuned_ppl = perplexity(model, tokenizer) if args.forgetting else None
+
+    metrics: dict[str, Any] = {
+        "train_loss": _r(result.train_loss),
+        "val_loss": _r(result.val_loss),
+        "best_step": result.state.best_step,
+        "steps": result.state.step,
+        "total_steps": result.total_steps,
+        "steps_per_epoch": result.steps_per_epoch,
+        "stopped_early": result.state.stopped_early,
+        "history": result.state.history,
+        "tokens": result.state.tokens,
+        "tokens_per_s": result.tokens_per_s,
+        "train_seconds": round(result.state.train_seconds, 2),
+        "wall_seconds": round(time.perf_counter() - t_start, 2),
+        "resumed_from_step": result.resumed_from,
+        "peak_rss_mb": peak_rss_mb(),
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }
+    if base_ppl and tuned_ppl:
+        metrics["perplexity"] = {
+            "base": base_ppl["perplexity"],
+            "tuned": tuned_ppl["perplexity"],
+            "ratio": round(tuned_ppl["perplexity"] / base_ppl["perplexity"], 4),
+            "tokens": base_ppl["tokens"],
+            "sample": base_ppl["sample"],
+        }
+    hyper = args.hyperparameters()
+    if args.method == "lora":
+        cfg = _unwrapped_config(model)
+        hyper.update(
+            r=cfg.r,
+            alpha=cfg.lora_alpha,
+            dropout=cfg.lora_dropout,
+            target_modules=sorted(cfg.target_modules),
+        )
+    manifest = {
+        "schema_version": MANIFEST_SCHEMA,
+        "name": args.name,
+        "method": args.method,
+        "base_model": loc.model_id,
+        "base_spec": settings.generator if loc.kind in ("packaged", "hub") else loc.model_id,
+        "base_fingerprint": fingerprint,
+        "prompt_template": template_id(tokenizer),
+        "prompt": {
+            "version": PROMPT_VERSION,
+            "template_id": template_id(tokenizer),
+            "max_context_chars": settings.max_context_chars,
+            "example": data.samples[0] if data.samples else None,
+        },
+        "data": {
+            "hash": data.data_hash,
+            "files": data.files,
+            "counts": data.counts,
+            "bad_examples": [str(b) for b in data.bad[:MAX_REPORTED]],
+        },
+        "hyperparameters": hyper,
+        "metrics": metrics,
+        "raft": data.raft,
+        "init_from": {
+            "name": init_info.name,
+            "created_at": init_info.manifest.get("created_at"),
+            "data_hash": init_info.manifest.get("data", {}).get("hash"),
+        }
+        if init_info
+        else None,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "versions": library_versions(),
+    }
+    settings.adapters_dir.mkdir(parents=True, exist_ok=True)
+    with staging_dir(settings.adapters_dir, f"{args.name}-") as tmp:
+        if args.method == "full":
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+        else:
+            model.save_pretrained(tmp)
+        write_json_atomic(tmp / MANIFEST, manifest)  # last: its presence marks "complete"
+        info = publish(settings, tmp, args.name)
+    shutil.rmtree(workdir, ignore_errors=True)
+    _say(
+        progress,
+        f"adapter {args.name!r} ready: val loss {metrics['val_loss']}, "
+        f"{metrics['tokens_per_s']} tokens/s, peak RSS {metrics['peak_rss_mb']} MB",
+    )
+    return info
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(float(x), 5)
+
+
+def _unwrapped(model: Any) -> Any:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _unwrapped_config(model: Any) -> Any:
+    return model.peft_config[model.active_adapter]
+
+
+def _build_model(
+    settings: Settings, args: TuneArgs, folder: str, init_info: AdapterInfo | None
+) -> tuple[Any, Any]:
+    """Load the base model in fp32 and make the right parameters trainable."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from core.errors import ModelNotFound
+    from core.models import set_torch_threads
+
+    set_torch_threads(settings)
+    device = settings.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    except OSError as e:
+        raise ModelNotFound(f"cannot load base model {settings.generator!r}: {e}") from e
+    model.to(device)
+    torch.manual_seed(args.seed)  # LoRA init and dropout draw from the global generator
+    if args.method == "full":
+        model.config.use_cache = False
+        return model, device
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if init_info is not None:
+        model = PeftModel.from_pretrained(model, str(init_info.path), is_trainable=True)
+    else:
+        targets: Any = args.target_modules
+        if targets == ["all-linear"]:
+            targets = "all-linear"
+        cfg = LoraConfig(
+            r=args.r,
+            lora_alpha=args.alpha,
+            lora_dropout=args.dropout,
+            target_modules=targets,
+            task_type="CAUSAL_LM",
+            bias="none",
+        )
+        try:
+            model = get_peft_model(model, cfg)
+        except ValueError as e:
+            raise InvalidInput(f"--target-modules: {e}", field="target_modules") from e
+    return model, device
+
+
+# ---- registry operations -------------------------------------------------------------------
+
+
+def load_tuned(settings: Settings, name: str) -> tuple[Any, Any, AdapterInfo]:
+    """(model, tokenizer, info) for a registered adapter on the configured generator,
+    refusing an adapter trained on another base model (AdapterMismatch)."""
+    import torch
+
+    from core.models import load_generator
+
+    info = get_adapter(settings, name)
+    if info.method == "full":
+        from transformers import AutoModelForCausalLM
+
+        from core.models import load_tokenizer
+
+        tok = load_tokenizer(str(info.path))
+        model = AutoModelForCausalLM.from_pretrained(str(info.path), dtype=torch.float32)
+        return model.eval(), tok, info
+    gen = load_generator(settings)
+    check_base(info, gen.model_id, gen.fingerprint)
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(gen.model, str(info.path))
+    return model.eval(), gen.tokenizer, info
+
+
+def remove_adapter(settings: Settings, name: str) -> None:
+    from core.registry import remove
+
+    remove(settings, name)
+    shutil.rmtree(run_dir(settings, name), ignore_errors=True)

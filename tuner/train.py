@@ -1,0 +1,465 @@
+"""The training loop: plain PyTorch, readable top to bottom.
+
+Arithmetic of one optimizer step: ``grad_accum`` micro-batches of ``batch_size`` examples;
+e.g. 4 examples x 2 micro-batches x ~500 tokens = ~4k tokens per step (~40 s on 2 CPU cores
+for SmolLM2-135M with LoRA). Choices that matter:
+
+- Loss only on the response: prompt positions are labelled -100. Examples are padded on the
+  left, so every response ends at the last position and the LM head runs only on the last
+  ``longest response + 1`` positions (``logits_to_keep``): a 49k-word vocabulary times every
+  prompt token is most of the memory and a good share of the time otherwise.
+- The loss of a step is the sum of token losses over all its micro-batches divided by the
+  number of response tokens in the step, so gradient accumulation equals a big batch.
+- The data order of epoch ``e`` depends only on (seed, e), so a run resumed at step ``s``
+  sees exactly the batches an uninterrupted run would have; the checkpoint restores the
+  weights, the optimizer, the scheduler and the torch RNG (dropout).
+- Validation: mean response-token loss on held-out examples each epoch (or every N steps);
+  the best weights are kept on disk and restored at the end; optional early stopping.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import resource
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.atomic import replace_dir, staging_dir, write_json_atomic
+from tuner.args import TuneArgs
+
+log = logging.getLogger(__name__)
+
+LAST = "last"  # resumable checkpoint (weights + optimizer + scheduler + RNG + state)
+BEST = "best"  # weights with the best validation loss so far
+RUN_FILE = "run.json"
+WEIGHTS = "trainable.safetensors"
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A tokenized example: prompt tokens followed by response tokens."""
+
+    input_ids: list[int]
+    n_prompt: int
+    dataset: int = 0
+
+    @property
+    def n_target(self) -> int:
+        return len(self.input_ids) - self.n_prompt
+
+
+def encode(tokenizer: Any, prompt: str, completion: str, dataset: int = 0) -> Encoded:
+    """Tokenize prompt and completion separately: the prompt tokens are exactly the ones the
+    server feeds (``core.prompts.render_prompt`` tokenized alone), never merged across the
+    boundary. The chat template already holds the special tokens, so none are added."""
+    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    c = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    return Encoded(list(p) + list(c), len(p), dataset)
+
+
+def collate(batch: Sequence[Encoded], pad_id: int, full_logits: bool = False) -> dict[str, Any]:
+    """Left-pad a micro-batch; labels are -100 on prompt and padding."""
+    import torch
+
+    T = max(len(e.input_ids) for e in batch)
+    ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), T), dtype=torch.long)
+    labels = torch.full((len(batch), T), -100, dtype=torch.long)
+    for i, e in enumerate(batch):
+        off = T - len(e.input_ids)
+        ids[i, off:] = torch.tensor(e.input_ids)
+        mask[i, off:] = 1
+        labels[i, off + e.n_prompt :] = ids[i, off + e.n_prompt :]
+    # positions count real tokens only, so a left-padded row sees the positions it would alone
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    keep = T if full_logits else max(e.n_target for e in batch) + 1
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "position_ids": position_ids,
+        "labels": labels,
+        "keep": min(keep, T),
+        "n_tokens": int(mask.sum()),
+        "n_target": sum(e.n_target for e in batch),
+    }
+
+
+def supports_logits_to_keep(model: Any) -> bool:
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def loss_sum(model: Any, b: dict[str, Any], device: Any) -> Any:
+    """Summed cross-entropy over the response tokens of a micro-batch (a 0-d tensor)."""
+    import torch.nn.functional as F
+
+    keep = b["keep"]
+    T = b["input_ids"].shape[1]
+    kwargs = {"logits_to_keep": keep} if keep < T else {}
+    out = model(
+        input_ids=b["input_ids"].to(device),
+        attention_mask=b["attention_mask"].to(device),
+        position_ids=b["position_ids"].to(device),
+        **kwargs,
+    )
+    logits = out.logits[:, -keep:][:, :-1]  # [B, keep-1, V]: predicts positions T-keep+1 .. T-1
+    labels = b["labels"][:, T - keep + 1 :].to(device)
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(),
+        labels.reshape(-1),
+        ignore_index=-100,
+        reduction="sum",
+    )
+
+
+def evaluate(
+    model: Any,
+    data: Sequence[Encoded],
+    batch_size: int,
+    pad_id: int,
+    device: Any,
+    full_logits: bool = False,
+) -> float:
+    """Mean response-token loss over ``data``."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    nll, n = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(data), batch_size):
+            b = collate(data[i : i + batch_size], pad_id, full_logits)
+            nll += float(loss_sum(model, b, device))
+            n += b["n_target"]
+    if was_training:
+        model.train()
+    return nll / max(n, 1)
+
+
+def epoch_order(
+    datasets: Sequence[int], weights: dict[int, float], seed: int, epoch: int
+) -> list[int]:
+    """Example indices for one epoch: dataset ``d`` contributes ``weight_d x its size``
+    examples (whole repeats plus a seeded sample for the fraction), then all are shuffled."""
+    rng = random.Random(seed * 1_000_003 + epoch)
+    by_ds: dict[int, list[int]] = {}
+    for i, d in enumerate(datasets):
+        by_ds.setdefault(d, []).append(i)
+    order: list[int] = []
+    for d in sorted(by_ds):
+        idx, w = by_ds[d], weights.get(d, 1.0)
+        order += idx * int(w)
+        frac = round((w - int(w)) * len(idx))
+        if frac:
+            order += rng.sample(idx, frac)
+    rng.shuffle(order)
+    return order
+
+
+def epoch_size(datasets: Sequence[int], weights: dict[int, float]) -> int:
+    return len(epoch_order(datasets, weights, 0, 0))
+
+
+def lr_lambda(schedule: str, warmup: int, total: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        if schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        return 1.0
+
+    return f
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    best_val: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0
+    stopped_early: bool = False
+    tokens: int = 0
+    train_seconds: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class TrainResult:
+    state: TrainState
+    total_steps: int
+    steps_per_epoch: int
+    train_loss: float | None  # mean response-token loss over the last logged span
+    val_loss: float | None  # of the returned weights (the best ones when validating)
+    resumed_from: int | None
+
+    @property
+    def tokens_per_s(self) -> float:
+        s = self.state
+        return round(s.tokens / s.train_seconds, 2) if s.train_seconds else 0.0
+
+
+# ---- checkpoints ---------------------------------------------------------------------------
+
+
+def trainable_state(model: Any) -> dict[str, Any]:
+    return {
+        n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad
+    }
+
+
+def load_trainable(model: Any, path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    saved = load_file(str(path))
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, t in saved.items():
+            params[n].copy_(t.to(params[n].device))
+
+
+def save_weights(model: Any, folder: Path, parent: Path) -> None:
+    from safetensors.torch import save_file
+
+    with staging_dir(parent, folder.name + "-") as tmp:
+        save_file(trainable_state(model), str(tmp / WEIGHTS))
+        replace_dir(tmp, folder)
+
+
+def save_checkpoint(
+    workdir: Path, model: Any, optimizer: Any, scheduler: Any, state: TrainState
+) -> None:
+    """Everything needed to continue exactly where this step ended; written atomically."""
+    import torch
+    from safetensors.torch import save_file
+
+    with staging_dir(workdir, "ckpt-") as tmp:
+        save_file(trainable_state(model), str(tmp / WEIGHTS))
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        torch.save(
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng},
+            tmp / "optimizer.pt",
+        )
+        (tmp / "state.json").write_text(json.dumps(asdict(state)))
+        replace_dir(tmp, workdir / LAST)
+
+
+def load_checkpoint(workdir: Path, model: Any, optimizer: Any, scheduler: Any) -> TrainState | None:
+    import torch
+
+    ck = workdir / LAST
+    if not (ck / "state.json").is_file():
+        return None
+    load_trainable(model, ck / WEIGHTS)
+    extra = torch.load(ck / "optimizer.pt", weights_only=False)
+    optimizer.load_state_dict(extra["optimizer"])
+    scheduler.load_state_dict(extra["scheduler"])
+    torch.set_rng_state(extra["rng"]["torch"])
+    if "cuda" in extra["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(extra["rng"]["cuda"])
+    return TrainState(**json.loads((ck / "state.json").read_text()))
+
+
+def prepare_workdir(workdir: Path, run_key: dict[str, Any], restart: bool) -> bool:
+    """Keep an interrupted run's checkpoints only if they belong to this exact run.
+
+    Returns True when a resumable checkpoint is there.
+    """
+    import shutil
+
+    run_file = workdir / RUN_FILE
+    same = run_file.is_file() and json.loads(run_file.read_text()) == run_key
+    if workdir.exists() and (restart or not same):
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if not run_file.is_file():
+        write_json_atomic(run_file, run_key)
+    return (workdir / LAST / "state.json").is_file()
+
+
+# ---- the loop ------------------------------------------------------------------------------
+
+
+def train_loop(
+    model: Any,
+    train_set: Sequence[Encoded],
+    val_set: Sequence[Encoded],
+    args: TuneArgs,
+    workdir: Path,
+    *,
+    pad_id: int,
+    weights: dict[int, float] | None = None,
+    device: Any = "cpu",
+    progress: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Train the model's trainable parameters in place; return what happened.
+
+    ``workdir`` holds the resumable checkpoint: if one is there (``prepare_workdir`` said so)
+    the run continues from it. ``on_step(step, loss)`` is called after every optimizer step.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    weights = weights or {}
+    datasets = [e.dataset for e in train_set]
+    per_step = args.batch_size * args.grad_accum
+    steps_per_epoch = max(1, math.ceil(epoch_size(datasets, weights) / per_step))
+    total = args.max_steps or max(1, math.ceil(args.epochs * steps_per_epoch))
+    full_logits = not supports_logits_to_keep(model)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    warmup = int(args.warmup_ratio * total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(args.schedule, warmup, total)
+    )
+    state = load_checkpoint(workdir, model, optimizer, scheduler) or TrainState()
+    resumed_from = state.step or None
+    if resumed_from:
+        log.info("resuming from step %d of %d", state.step, total)
+
+    model.train()
+    bar = tqdm(
+        total=total,
+        initial=state.step,
+        desc="training",
+        unit="step",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    order: list[int] = []
+    order_epoch = -1
+    span_nll, span_tok = 0.0, 0  # response-token loss since the last validation
+    last_saved = state.step
+    try:
+        while state.step < total and not state.stopped_early:
+            epoch, s_in = divmod(state.step, steps_per_epoch)
+            if epoch != order_epoch:
+                order, order_epoch = epoch_order(datasets, weights, args.seed, epoch), epoch
+            chunk = [train_set[i] for i in order[s_in * per_step : (s_in + 1) * per_step]]
+            if not chunk:  # max_steps beyond a short last epoch: move on
+                state.step += 1
+                continue
+            n_target = sum(e.n_target for e in chunk)
+            t0 = time.perf_counter()
+            step_nll, step_tokens = 0.0, 0
+            for i in range(0, len(chunk), args.batch_size):
+                b = collate(chunk[i : i + args.batch_size], pad_id, full_logits)
+                nll = loss_sum(model, b, device)
+                (nll / n_target).backward()
+                step_nll += float(nll)
+                step_tokens += b["n_tokens"]
+            if args.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.train_seconds += time.perf_counter() - t0
+            state.tokens += step_tokens
+            span_nll += step_nll
+            span_tok += n_target
+            loss = step_nll / n_target
+            bar.set_postfix(
+                loss=f"{loss:.3f}", tok_s=f"{state.tokens / max(state.train_seconds, 1e-9):.0f}"
+            )
+            bar.update(1)
+
+            epoch_end = state.step % steps_per_epoch == 0
+            do_eval = bool(val_set) and (
+                (args.eval_every and state.step % args.eval_every == 0)
+                or (not args.eval_every and epoch_end)
+                or state.step == total
+            )
+            if do_eval:
+                _validate(
+                    model,
+                    val_set,
+                    args,
+                    workdir,
+                    pad_id,
+                    device,
+                    full_logits,
+                    state,
+                    span_nll / max(span_tok, 1),
+                    epoch,
+                )
+                span_nll, span_tok = 0.0, 0
+                bar.set_postfix(
+                    loss=f"{loss:.3f}",
+                    val=f"{state.history[-1]['val_loss']:.3f}",
+                    tok_s=f"{state.tokens / max(state.train_seconds, 1e-9):.0f}",
+                )
+            if (do_eval or state.step % args.save_every == 0) and state.step < total:
+                save_checkpoint(workdir, model, optimizer, scheduler, state)
+                last_saved = state.step
+            if on_step is not None:
+                on_step(state.step, loss)
+    except KeyboardInterrupt:
+        if state.step > last_saved:
+            save_checkpoint(workdir, model, optimizer, scheduler, state)
+        bar.close()
+        raise
+    bar.close()
+
+    train_loss = span_nll / span_tok if span_tok else None
+    if train_loss is None and state.history:
+        train_loss = state.history[-1]["train_loss"]
+    val_loss = None
+    if val_set:
+        if state.best_step is not None and state.best_step != state.step:
+            load_trainable(model, workdir / BEST / WEIGHTS)  # keep the best, not the last
+        val_loss = state.best_val
+    return TrainResult(state, total, steps_per_epoch, train_loss, val_loss, resumed_from)
+
+
+def _validate(
+    model: Any,
+    val_set: Sequence[Encoded],
+    args: TuneArgs,
+    workdir: Path,
+    pad_id: int,
+    device: Any,
+    full_logits: bool,
+    state: TrainState,
+    train_loss: float,
+    epoch: int,
+) -> None:
+    v = evaluate(model, val_set, args.batch_size, pad_id, device, full_logits)
+    state.history.append(
+        {
+            "step": state.step,
+            "epoch": epoch + 1,
+            "train_loss": round(train_loss, 5),
+            "val_loss": round(v, 5),
+        }
+    )
+    if state.best_val is None or v < state.best_val:
+        state.best_val, state.best_step, state.bad_evals = v, state.step, 0
+        save_weights(model, workdir / BEST, workdir)
+    else:
+        state.bad_evals += 1
+        if args.patience and state.bad_evals >= args.patience:
+            state.stopped_early = True
+            log.info(
+                "early stop at step %d: no improvement in %d validations", state.step, args.patience
+            )
