@@ -1,0 +1,253 @@
+"""report.md and a self-contained report.html (charts embedded as base64 PNG data URIs).
+
+The HTML needs no other file, so it can be mailed or attached to a ticket; the PNGs are
+also kept in ``plots/`` for the Markdown report.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from core.atomic import write_text_atomic
+from eval.datasets import QAItem
+from eval.plots import make_plots
+from eval.variants import Variant
+
+TITLES = {
+    "metrics": "EM, F1 and ROUGE-L per mode with 95% CIs",
+    "latency": "Latency per request",
+    "recall": "Retrieval recall@k",
+}
+MAX_DISAGREEMENTS = 25
+
+
+def _ci(d: dict[str, Any] | None, digits: int = 3) -> str:
+    if not d:
+        return "-"
+    return f"{d['mean']:.{digits}f} [{d['lo']:.{digits}f}, {d['hi']:.{digits}f}]"
+
+
+def _num(x: float | None, fmt: str = ".2f") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def metric_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for name, v in summary["variants"].items():
+        if "f1" not in v:
+            rows.append(
+                {
+                    "name": name,
+                    "n": 0,
+                    **dict.fromkeys(
+                        ("em", "f1", "rouge_l", "aic", "latency", "spq", "tps", "prompt"), "-"
+                    ),
+                }
+            )
+            continue
+        lat = v["latency_ms"]
+        rows.append(
+            {
+                "name": name,
+                "n": v["n"],
+                "em": _ci(v["em"]),
+                "f1": _ci(v["f1"]),
+                "rouge_l": _ci(v["rouge_l"]),
+                "aic": _ci(v.get("answer_in_context"), 2),
+                "latency": f"{lat['p50'] / 1000:.2f} / {lat['p95'] / 1000:.2f}",
+                "spq": _num(v["s_per_question"]),
+                "tps": _num(v["tokens_per_s"], ".1f"),
+                "prompt": _num(v["prompt_tokens_mean"], ".0f"),
+            }
+        )
+    return rows
+
+
+def retrieval_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    r = summary.get("retrieval")
+    if not r:
+        return []
+    rows = [(k, _ci(v)) for k, v in r.items() if isinstance(v, dict) and "mean" in v]
+    for k, share in (r.get("answer_in_context") or {}).items():
+        rows.append((f"answer in top-{k} passages", f"{share:.3f}"))
+    rows.append(("questions", f"{r['n']} (scored from {r['source']})"))
+    return rows
+
+
+def pair_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for p in summary.get("pairs", []):
+        f1, em = p["f1"], p["em"]
+        rows.append(
+            {
+                "label": f"{p['b']} vs {p['a']}",
+                "n": p["n"],
+                "f1": f"{f1['diff']:+.3f} [{f1['lo']:+.3f}, {f1['hi']:+.3f}]",
+                "sig": f1["significant"],
+                "cls": ("good" if f1["lo"] > 0 else "bad" if f1["hi"] < 0 else ""),
+                "p": f"{f1['p_value']:.3g}",
+                "em": f"{em['diff']:+.3f}",
+                "mcnemar": f"{p['mcnemar_em']['p_value']:.3g}",
+            }
+        )
+    return rows
+
+
+def disagreements(
+    records: Sequence[dict[str, Any]], items: Sequence[QAItem], names: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Questions where the modes' F1 differ most (at least 0.5 apart), largest spread first."""
+    by_key = {(r.get("variant"), r.get("qid")): r for r in records if r.get("kind") == "answer"}
+    rows = []
+    for it in items:
+        recs = [by_key.get((n, it.id)) for n in names]
+        if any(r is None for r in recs) or len(names) < 2:
+            continue
+        f1s = [r["f1"] for r in recs]  # type: ignore[index]
+        spread = max(f1s) - min(f1s)
+        if spread < 0.5:
+            continue
+        cells = [
+            {
+                "text": _short(r["prediction"]),  # type: ignore[index]
+                "f1": f"{r['f1']:.2f}",  # type: ignore[index]
+                "cls": "good" if r["f1"] >= 0.5 else "bad",  # type: ignore[index]
+            }
+            for r in recs
+        ]
+        rows.append(
+            {
+                "spread": spread,
+                "qid": it.id,
+                "question": it.question,
+                "gold": " | ".join(it.answers[:3]),
+                "cells": cells,
+            }
+        )
+    rows.sort(key=lambda d: (-d["spread"], d["qid"]))
+    return rows[:MAX_DISAGREEMENTS]
+
+
+def _short(text: str, n: int = 90) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _md_cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(ctx: dict[str, Any]) -> str:
+    lines = [
+        f"# ragtune eval: {ctx['run_name']}",
+        "",
+        f"{ctx['n_questions']} questions from `{ctx['dataset']}` (split: {ctx['split']}); "
+        f"target: {ctx['target']}.",
+        "",
+        "## Verdict",
+        "",
+        *[f"> {line}" for line in ctx["verdict"].splitlines()],
+        "",
+        "## Answer quality",
+        "",
+        "| mode | n | EM | F1 | ROUGE-L | answer in passages | latency p50 / p95 (s) | s / question | tokens/s | prompt tokens |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in ctx["metric_rows"]:
+        lines.append(
+            f"| {r['name']} | {r['n']} | {r['em']} | {r['f1']} | {r['rouge_l']} | {r['aic']} "
+            f"| {r['latency']} | {r['spq']} | {r['tps']} | {r['prompt']} |"
+        )
+    lines += ["", "Means with 95% bootstrap confidence intervals.", ""]
+    for c in ctx["charts"]:
+        lines.append(f"![{c['title']}](plots/{c['file']})")
+    if ctx["retrieval_rows"]:
+        lines += ["", "## Retrieval", "", "| metric | value (95% CI) |", "|---|---:|"]
+        lines += [f"| {k} | {v} |" for k, v in ctx["retrieval_rows"]]
+    if ctx["pair_rows"]:
+        lines += [
+            "",
+            "## Paired differences",
+            "",
+            "| b vs a | n | F1 b - a (95% CI) | p (bootstrap) | EM b - a | McNemar p (EM) |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for p in ctx["pair_rows"]:
+            f1 = f"**{p['f1']}**" if p["sig"] else p["f1"]
+            lines.append(
+                f"| {p['label']} | {p['n']} | {f1} | {p['p']} | {p['em']} | {p['mcnemar']} |"
+            )
+    if ctx["disagreements"]:
+        names = ctx["variant_names"]
+        lines += [
+            "",
+            "## Where the modes disagree",
+            "",
+            "| question | gold | " + " | ".join(names) + " |",
+            "|---|---|" + "---|" * len(names),
+        ]
+        for d in ctx["disagreements"]:
+            cells = " | ".join(_md_cell(f"{c['text']} ({c['f1']})") for c in d["cells"])
+            lines.append(f"| {_md_cell(d['question'])} | {_md_cell(d['gold'])} | {cells} |")
+    lines += ["", "## Run", "", "```json", ctx["config_json"], "```", ""]
+    return "\n".join(lines)
+
+
+def render_html(ctx: dict[str, Any]) -> str:
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    return env.get_template("report.html.j2").render(**ctx)
+
+
+def write_report(
+    out_dir: Path,
+    summary: dict[str, Any],
+    records: Sequence[dict[str, Any]],
+    items: Sequence[QAItem],
+    variants: Sequence[Variant],
+) -> tuple[Path, Path]:
+    """Write plots/, report.md and report.html into ``out_dir``; return the two reports."""
+    config: dict[str, Any] = {}
+    if (out_dir / "config.json").is_file():
+        config = json.loads((out_dir / "config.json").read_text(encoding="utf-8"))
+    names = [v.name for v in variants]
+    plots = make_plots(summary, records, names, out_dir / "plots")
+    charts = [
+        {
+            "name": k,
+            "title": TITLES[k],
+            "file": p.name,
+            "data": base64.b64encode(p.read_bytes()).decode("ascii"),
+        }
+        for k, p in plots.items()
+    ]
+    target = config.get("target") or {}
+    ctx = {
+        "run_name": out_dir.name,
+        "n_questions": summary["n_questions"],
+        "dataset": Path(config.get("dataset", "?")).name,
+        "split": config.get("split", "?"),
+        "target": target.get("url") or target.get("generator") or target.get("kind", "?"),
+        "batch_size": config.get("batch_size", "?"),
+        "verdict": summary["verdict"]["text"],
+        "metric_rows": metric_rows(summary),
+        "retrieval_rows": retrieval_rows(summary),
+        "pair_rows": pair_rows(summary),
+        "disagreements": disagreements(records, items, names),
+        "variant_names": names,
+        "charts": charts,
+        "config_json": json.dumps(config, indent=2, sort_keys=True),
+    }
+    md, html = out_dir / "report.md", out_dir / "report.html"
+    write_text_atomic(md, render_markdown(ctx))
+    write_text_atomic(html, render_html(ctx))
+    return md, html

@@ -1,0 +1,373 @@
+"""The eval runner: every variant answers every selected question; results stream to disk.
+
+``runs/<id>/results.jsonl`` gets one line per (variant, question) as soon as its batch is
+generated, plus one ``retrieval`` line per question (the top-``retrieve_k`` ranking, for the
+recall@k curve). A rerun with the same folder skips what is already there, so an interrupted
+run continues where it stopped. Questions are walked in batches of ``batch_size``, each batch
+through every variant, so a half-finished run still compares all variants on the same
+questions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.atomic import write_json_atomic
+from core.errors import InvalidInput
+from core.pipeline import QueryRequest
+from core.types import Answer, Hit
+from eval.datasets import QAItem, file_sha256, load_items
+from eval.metrics import answer_in_context, answer_scores, retrieval_scores
+from eval.split import SplitSpec, sample_items, select_split
+from eval.targets import Target
+from eval.variants import Variant, expand_variants
+
+RESULTS = "results.jsonl"
+CONFIG = "config.json"
+SUMMARY = "summary.json"
+RETRIEVAL = "retrieval"  # the pseudo-variant of retrieval-only records
+
+# Config fields that may change between an interrupted run and its continuation.
+_RESUMABLE_CHANGES = {"modes", "adapters", "finetune_adapters", "hybrid_adapters", "limit"}
+
+
+@dataclass
+class RunConfig:
+    """Everything needed to repeat a run (written to config.json)."""
+
+    dataset: str
+    modes: list[str] = field(default_factory=lambda: ["base", "rag"])
+    adapters: list[str] = field(default_factory=list)
+    finetune_adapters: list[str] = field(default_factory=list)
+    hybrid_adapters: list[str] = field(default_factory=list)
+    index: str | None = None
+    split: str = "all"
+    test_fraction: float = 0.25
+    split_seed: int = 0
+    test_groups: list[str] | None = None
+    limit: int | None = None
+    sample_seed: int = 0
+    top_k: int | None = None
+    retrieval: str | None = None
+    max_new_tokens: int | None = None
+    batch_size: int = 8
+    retrieve_k: int = 10
+    recall_ks: list[int] = field(default_factory=lambda: [1, 2, 3, 5, 10])
+    n_boot: int = 10_000
+    url: str | None = None
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any], base_dir: Path | None = None) -> RunConfig:
+        """Build from a TOML/JSON mapping; unknown keys are an error naming them."""
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known - {"dataset_sha256", "variants", "target"})
+        if unknown:
+            raise InvalidInput(f"unknown eval setting(s): {', '.join(unknown)}", field="config")
+        vals = {k: v for k, v in data.items() if k in known}
+        if "dataset" not in vals:
+            raise InvalidInput("the eval config needs 'dataset'", field="dataset")
+        if base_dir is not None and not Path(vals["dataset"]).is_absolute():
+            vals["dataset"] = str((base_dir / vals["dataset"]).resolve())
+        if isinstance(vals.get("modes"), str):
+            vals["modes"] = [m for m in vals["modes"].split(",") if m.strip()]
+        return cls(**vals)
+
+    def variants(self) -> list[Variant]:
+        return expand_variants(
+            self.modes, self.adapters, self.finetune_adapters, self.hybrid_adapters
+        )
+
+    def split_spec(self) -> SplitSpec:
+        groups = tuple(self.test_groups) if self.test_groups is not None else None
+        return SplitSpec(self.test_fraction, self.split_seed, groups)
+
+    def validate(self) -> RunConfig:
+        if not 1 <= self.batch_size <= 256:
+            raise InvalidInput("batch_size must be between 1 and 256", field="batch_size")
+        if self.limit is not None and self.limit < 1:
+            raise InvalidInput("limit must be at least 1", field="limit")
+        if self.retrieve_k < 1:
+            raise InvalidInput("retrieve_k must be at least 1", field="retrieve_k")
+        self.variants()
+        self.split_spec()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def select_items(config: RunConfig) -> list[QAItem]:
+    """The questions of this run: dataset -> split side -> seeded sample of ``limit``."""
+    items = load_items(Path(config.dataset))
+    items = select_split(items, config.split, config.split_spec())
+    if not items:
+        raise InvalidInput(f"split {config.split!r} holds no questions", field="split")
+    return sample_items(items, config.limit, config.sample_seed)
+
+
+# --- results file ---------------------------------------------------------------------------
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    """All complete records; a torn last line (a crash mid-write) is ignored."""
+    out: list[dict[str, Any]] = []
+    if not path.is_file():
+        return out
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+def _repair_tail(path: Path) -> None:
+    """Cut a torn last line so appended records start on a line of their own."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return
+        f.seek(0)
+        data = f.read()
+        f.truncate(data.rfind(b"\n") + 1)
+
+
+class ResultsWriter:
+    """Appends records line by line, flushed and fsynced per batch."""
+
+    def __init__(self, path: Path) -> None:
+        _repair_tail(path)
+        self.f = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+
+    def write(self, records: Sequence[dict[str, Any]]) -> None:
+        for r in records:
+            self.f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        self.f.flush()
+        os.fsync(self.f.fileno())
+
+    def close(self) -> None:
+        self.f.close()
+
+
+# --- records --------------------------------------------------------------------------------
+
+
+def _doc_ids(hits: Sequence[Hit]) -> list[str]:
+    return [h.doc_id for h in hits]
+
+
+def answer_record(
+    v: Variant, item: QAItem, ans: Answer, batch_ms: float, batch_n: int
+) -> dict[str, Any]:
+    rec: dict[str, Any] = {
+        "kind": "answer",
+        "variant": v.name,
+        "mode": v.kind,
+        "adapter": v.adapter,
+        "qid": item.id,
+        "question": item.question,
+        "answers": list(item.answers),
+        "prediction": ans.answer,
+        **answer_scores(ans.answer, item.answers),
+        "prompt_tokens": ans.usage.prompt_tokens,
+        "completion_tokens": ans.usage.completion_tokens,
+        "retrieve_ms": ans.timings.retrieve_ms,
+        "generate_ms": ans.timings.generate_ms,
+        "total_ms": ans.timings.total_ms,
+        "batch_ms": round(batch_ms, 3),
+        "batch_n": batch_n,
+        "index_version": ans.index_version,
+    }
+    if v.sees_passages:
+        rec["answer_in_context"] = answer_in_context(item.answers, [h.text for h in ans.sources])
+    if v.retrieves:
+        ranked = _doc_ids(ans.sources)
+        rec["sources"] = ranked
+        if item.gold_doc_ids:
+            rec["gold_in_top_k"] = float(bool(set(item.gold_doc_ids) & set(ranked)))
+    return rec
+
+
+def retrieval_record(item: QAItem, hits: Sequence[Hit], ks: Sequence[int]) -> dict[str, Any]:
+    ranked = _doc_ids(hits)
+    rec: dict[str, Any] = {
+        "kind": "retrieval",
+        "variant": RETRIEVAL,
+        "qid": item.id,
+        "ranked": ranked,
+        "answer_in_context": {
+            str(k): answer_in_context(item.answers, [h.text for h in hits[:k]]) for k in ks
+        },
+    }
+    if item.gold_doc_ids:
+        rec.update(retrieval_scores(ranked, item.gold_doc_ids, ks))
+    return rec
+
+
+def _request(v: Variant, item: QAItem, c: RunConfig) -> QueryRequest:
+    contexts = None
+    if v.kind == "oracle":
+        if not item.context:
+            raise InvalidInput(
+                f"question {item.id!r} has no gold passage: the oracle mode needs SQuAD data "
+                "or a 'context' field",
+                field="modes",
+            )
+        contexts = [item.context]
+    return QueryRequest(
+        question=item.question,
+        mode=v.pipeline_mode,  # type: ignore[arg-type]
+        adapter=v.adapter,
+        index=c.index if v.retrieves else None,
+        top_k=c.top_k,
+        retrieval=c.retrieval,  # type: ignore[arg-type]
+        max_new_tokens=c.max_new_tokens,
+        contexts=contexts,
+    )
+
+
+def _chunks(xs: Sequence[QAItem], n: int) -> Iterator[Sequence[QAItem]]:
+    for i in range(0, len(xs), n):
+        yield xs[i : i + n]
+
+
+# --- the run --------------------------------------------------------------------------------
+
+
+def _check_resume(out_dir: Path, config: dict[str, Any]) -> None:
+    path = out_dir / CONFIG
+    if not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return
+    diff = sorted(
+        k
+        for k in set(old) | set(config)
+        if k not in _RESUMABLE_CHANGES
+        and k not in ("variants", "target", "started")
+        and old.get(k) != config.get(k)
+    )
+    if diff:
+        raise InvalidInput(
+            f"{out_dir.name} holds a run with other settings ({', '.join(diff)}): "
+            "choose a new --out folder, or delete that one to start over",
+            field="out",
+        )
+
+
+def run_eval(
+    config: RunConfig,
+    target: Target,
+    out_dir: Path,
+    *,
+    progress: bool = True,
+    stop_after: int | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Run (or continue) an evaluation into ``out_dir``; return the summary.
+
+    Args:
+        config: what to evaluate.
+        target: the pipeline or a service.
+        out_dir: the run folder; results already in it are kept and skipped.
+        progress: show a tqdm bar (stderr).
+        stop_after: stop after this many new answer records (tests use it to simulate an
+            interruption; the summary and report are then not written).
+        on_batch: called with the number of answers written so far (for tests and logs).
+    """
+    from tqdm import tqdm
+
+    from eval.report import write_report
+    from eval.summary import summarize
+
+    config.validate()
+    variants = config.variants()
+    items = select_items(config)
+    need_oracle = any(v.kind == "oracle" for v in variants)
+    if need_oracle and not all(it.context for it in items):
+        raise InvalidInput(
+            "the oracle mode needs a gold passage for every question (SQuAD data or a "
+            "'context' field in the JSONL)",
+            field="modes",
+        )
+    retrieves = any(v.retrieves for v in variants)
+    meta = {
+        **config.to_dict(),
+        "dataset_sha256": file_sha256(Path(config.dataset)),
+        "variants": [v.name for v in variants],
+        "target": target.describe(),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_resume(out_dir, meta)
+    write_json_atomic(out_dir / CONFIG, {**meta, "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+    results_path = out_dir / RESULTS
+    done = {(r.get("variant"), r.get("qid")) for r in read_results(results_path)}
+    total = len(items) * len(variants)
+    already = sum((v.name, it.id) in done for v in variants for it in items)
+    writer = ResultsWriter(results_path)
+    written = 0
+    bar = tqdm(
+        total=total,
+        initial=already,
+        desc=f"eval {out_dir.name}",
+        unit="ans",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    try:
+        for chunk in _chunks(items, config.batch_size):
+            if retrieves:
+                recs = []
+                for it in chunk:
+                    if (RETRIEVAL, it.id) in done:
+                        continue
+                    hits = target.retrieve(
+                        it.question, config.index, config.retrieve_k, config.retrieval or ""
+                    )
+                    if hits is not None:
+                        recs.append(retrieval_record(it, hits, config.recall_ks))
+                writer.write(recs)
+            for v in variants:
+                pending = [it for it in chunk if (v.name, it.id) not in done]
+                if not pending:
+                    continue
+                if stop_after is not None and written >= stop_after:
+                    return {}
+                bar.set_postfix_str(v.name, refresh=False)
+                t0 = time.perf_counter()
+                answers = target.answer_batch([_request(v, it, config) for it in pending])
+                batch_ms = (time.perf_counter() - t0) * 1000
+                writer.write(
+                    [
+                        answer_record(v, it, a, batch_ms, len(pending))
+                        for it, a in zip(pending, answers, strict=True)
+                    ]
+                )
+                written += len(pending)
+                bar.update(len(pending))
+                if on_batch is not None:
+                    on_batch(written)
+    finally:
+        writer.close()
+        bar.close()
+
+    records = read_results(results_path)
+    gold = {it.id: list(it.gold_doc_ids) for it in items}
+    summary = summarize(records, variants, [it.id for it in items], config, gold)
+    write_json_atomic(out_dir / SUMMARY, summary)
+    write_report(out_dir, summary, records, items, variants)
+    return summary

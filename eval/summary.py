@@ -1,0 +1,236 @@
+"""From results.jsonl to summary.json: metrics with CIs, paired tests, and the verdict.
+
+Paired tests use only questions every compared variant answered, so an interrupted run
+still compares like with like. The oracle is an upper bound, not a contender: it never wins.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+from eval.metrics import percentile
+from eval.stats import bootstrap_ci, mcnemar, paired_bootstrap
+from eval.variants import Variant
+
+ANSWER_METRICS = ("em", "f1", "rouge_l")
+
+
+def _index(records: Sequence[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    # Later lines win: a record repeated by a manual rerun replaces the older one.
+    return {(r["variant"], r["qid"]): r for r in records if "variant" in r and "qid" in r}
+
+
+def _variant_summary(recs: list[dict[str, Any]], n_boot: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"n": len(recs)}
+    if not recs:
+        return out
+    for m in ANSWER_METRICS:
+        out[m] = bootstrap_ci([r[m] for r in recs], n_boot=n_boot).to_dict()
+    if all("answer_in_context" in r for r in recs):
+        out["answer_in_context"] = bootstrap_ci(
+            [r["answer_in_context"] for r in recs], n_boot=n_boot
+        ).to_dict()
+    if any("gold_in_top_k" in r for r in recs):
+        vals = [r["gold_in_top_k"] for r in recs if "gold_in_top_k" in r]
+        out["gold_in_top_k"] = sum(vals) / len(vals)
+    lat = [r["total_ms"] for r in recs]
+    # Each record carries its batch's wall time; dividing by the batch size sums to the total.
+    wall_s = sum(r["batch_ms"] / max(1, r["batch_n"]) for r in recs) / 1000
+    gen_s = sum(r["generate_ms"] / max(1, r["batch_n"]) for r in recs) / 1000
+    completion = sum(r["completion_tokens"] for r in recs)
+    out["latency_ms"] = {
+        "p50": percentile(lat, 50),
+        "p95": percentile(lat, 95),
+        "mean": sum(lat) / len(lat),
+    }
+    out["s_per_question"] = wall_s / len(recs)
+    out["tokens_per_s"] = completion / gen_s if gen_s > 0 else None
+    out["prompt_tokens_mean"] = sum(r["prompt_tokens"] for r in recs) / len(recs)
+    out["completion_tokens_mean"] = completion / len(recs)
+    return out
+
+
+def _retrieval_summary(
+    recs: list[dict[str, Any]], ks: Sequence[int], n_boot: int
+) -> dict[str, Any] | None:
+    scored = [r for r in recs if f"recall@{ks[0]}" in r]
+    if not recs:
+        return None
+    out: dict[str, Any] = {"n": len(recs), "n_with_gold": len(scored), "source": "retrieve"}
+    if scored:
+        for k in ks:
+            out[f"recall@{k}"] = bootstrap_ci([r[f"recall@{k}"] for r in scored], n_boot).to_dict()
+        for m in ("mrr@10", "ndcg@10"):
+            out[m] = bootstrap_ci([r[m] for r in scored], n_boot).to_dict()
+    out["answer_in_context"] = {
+        str(k): sum(r["answer_in_context"][str(k)] for r in recs) / len(recs)
+        for k in ks
+        if all(str(k) in r.get("answer_in_context", {}) for r in recs)
+    }
+    return out
+
+
+def _retrieval_from_sources(
+    recs: list[dict[str, Any]], gold: dict[str, list[str]], ks: Sequence[int], n_boot: int
+) -> dict[str, Any] | None:
+    """Without a retrieve call (HTTP target), score the rag answers' own sources."""
+    from eval.metrics import retrieval_scores
+
+    rows = [r for r in recs if r.get("sources") is not None and gold.get(r["qid"])]
+    if not rows:
+        return None
+    depth = min(len(r["sources"]) for r in rows)
+    usable = [k for k in ks if k <= depth] or [max(1, depth)]
+    scores = [retrieval_scores(r["sources"], gold[r["qid"]], usable) for r in rows]
+    out: dict[str, Any] = {"n": len(rows), "n_with_gold": len(rows), "source": "answer sources"}
+    for key in scores[0]:
+        out[key] = bootstrap_ci([s[key] for s in scores], n_boot).to_dict()
+    return out
+
+
+def summarize(
+    records: Sequence[dict[str, Any]],
+    variants: Sequence[Variant],
+    qids: Sequence[str],
+    config: Any,
+    gold: dict[str, list[str]] | None = None,
+) -> dict[str, Any]:
+    """The whole summary.json: per-variant metrics, retrieval, pairwise tests, verdict."""
+    n_boot = getattr(config, "n_boot", 10_000)
+    ks = list(getattr(config, "recall_ks", [1, 2, 3, 5, 10]))
+    by_key = _index(records)
+    names = [v.name for v in variants]
+    per: dict[str, list[dict[str, Any]]] = {
+        n: [by_key[(n, q)] for q in qids if (n, q) in by_key] for n in names
+    }
+    summary: dict[str, Any] = {
+        "n_questions": len(qids),
+        "variants": {
+            n: {"kind": v.kind, "adapter": v.adapter} for n, v in zip(names, variants, strict=True)
+        },
+    }
+    for n in names:
+        summary["variants"][n].update(_variant_summary(per[n], n_boot))
+
+    retr = [by_key[("retrieval", q)] for q in qids if ("retrieval", q) in by_key]
+    retrieval = _retrieval_summary(retr, ks, n_boot)
+    if retrieval is None and gold:
+        rag_like = next((n for n, v in zip(names, variants, strict=True) if v.retrieves), None)
+        if rag_like:
+            retrieval = _retrieval_from_sources(per[rag_like], gold, ks, n_boot)
+    summary["retrieval"] = retrieval
+
+    pairs = []
+    for a, b in itertools.combinations(names, 2):
+        common = [q for q in qids if (a, q) in by_key and (b, q) in by_key]
+        if not common:
+            continue
+        ra = [by_key[(a, q)] for q in common]
+        rb = [by_key[(b, q)] for q in common]
+        entry: dict[str, Any] = {"a": a, "b": b, "n": len(common)}
+        for m in ("f1", "em"):
+            entry[m] = paired_bootstrap(
+                [r[m] for r in ra], [r[m] for r in rb], names=(a, b), metric=m, n_boot=n_boot
+            ).to_dict()
+        entry["mcnemar_em"] = mcnemar(
+            [r["em"] > 0 for r in ra], [r["em"] > 0 for r in rb], names=(a, b)
+        ).to_dict()
+        pairs.append(entry)
+    summary["pairs"] = pairs
+    summary["verdict"] = verdict(summary, variants)
+    return summary
+
+
+def find_pair(summary: dict[str, Any], a: str, b: str) -> tuple[dict[str, Any], int] | None:
+    """The pair entry for (a, b) and the sign that turns its differences into b - a."""
+    for p in summary.get("pairs", []):
+        if p["a"] == a and p["b"] == b:
+            return p, 1
+        if p["a"] == b and p["b"] == a:
+            return p, -1
+    return None
+
+
+def _diff(summary: dict[str, Any], a: str, b: str, metric: str = "f1") -> dict[str, Any] | None:
+    """b - a on ``metric``: diff, CI, p, significant."""
+    found = find_pair(summary, a, b)
+    if found is None:
+        return None
+    p, sign = found
+    d = p[metric]
+    lo, hi = (d["lo"], d["hi"]) if sign > 0 else (-d["hi"], -d["lo"])
+    return {
+        "a": a,
+        "b": b,
+        "diff": sign * d["diff"],
+        "lo": lo,
+        "hi": hi,
+        "p_value": d["p_value"],
+        "significant": d["significant"],
+        "mcnemar_p": p["mcnemar_em"]["p_value"],
+        "n": p["n"],
+    }
+
+
+def verdict(summary: dict[str, Any], variants: Sequence[Variant]) -> dict[str, Any]:
+    """Which non-oracle variant wins on F1, by how much over the runner-up, and the checks
+    the project promises (hybrid vs rag, rag vs closed-book fine-tuning)."""
+    vs = summary["variants"]
+    contenders = [v.name for v in variants if v.kind != "oracle" and "f1" in vs[v.name]]
+    out: dict[str, Any] = {"winner": None, "runner_up": None, "margin": None, "checks": []}
+    if contenders:
+        ranked = sorted(contenders, key=lambda n: vs[n]["f1"]["mean"], reverse=True)
+        out["winner"] = ranked[0]
+        if len(ranked) > 1:
+            out["runner_up"] = ranked[1]
+            out["margin"] = _diff(summary, ranked[1], ranked[0])
+    names = {v.name: v for v in variants}
+    rags = [n for n, v in names.items() if v.kind == "rag"]
+    for rag in rags:
+        for n, v in names.items():
+            if v.kind == "hybrid":
+                d = _diff(summary, rag, n)
+                if d:
+                    out["checks"].append({"claim": f"{n} beats {rag} on F1", **d})
+        for n, v in names.items():
+            if v.kind == "finetune":
+                d = _diff(summary, n, rag)
+                if d:
+                    out["checks"].append({"claim": f"{rag} beats {n} on F1", **d})
+    oracles = [n for n, v in names.items() if v.kind == "oracle" and "f1" in vs[n]]
+    out["upper_bound"] = {n: vs[n]["f1"]["mean"] for n in oracles}
+    out["text"] = verdict_text(summary, out)
+    return out
+
+
+def _ci(d: dict[str, Any]) -> str:
+    return f"{d['mean']:.3f} [{d['lo']:.3f}, {d['hi']:.3f}]"
+
+
+def _signed(d: dict[str, Any]) -> str:
+    return f"{d['diff']:+.3f} (95% CI {d['lo']:+.3f} to {d['hi']:+.3f}, paired bootstrap p={d['p_value']:.3g}, McNemar on EM p={d['mcnemar_p']:.3g}, n={d['n']})"
+
+
+def verdict_text(summary: dict[str, Any], v: dict[str, Any]) -> str:
+    """The verdict in a few plain lines (printed at the end of a run and put in the report)."""
+    vs = summary["variants"]
+    if not v["winner"]:
+        return "No results yet."
+    w = v["winner"]
+    lines = [f"Winner on token F1: {w} with F1 {_ci(vs[w]['f1'])} (EM {vs[w]['em']['mean']:.3f})."]
+    m = v["margin"]
+    if m:
+        real = (
+            "a real difference (the CI excludes zero)"
+            if m["significant"]
+            else "not significant (the CI includes zero)"
+        )
+        lines.append(f"Ahead of {m['a']} (F1 {_ci(vs[m['a']]['f1'])}) by {_signed(m)}: {real}.")
+    for c in v["checks"]:
+        state = "holds" if c["lo"] > 0 else ("reversed" if c["hi"] < 0 else "not shown")
+        lines.append(f"Check '{c['claim']}': {state}: {_signed(c)}.")
+    for n, f1 in v["upper_bound"].items():
+        lines.append(f"Upper bound {n} (gold passage given): F1 {f1:.3f}.")
+    return "\n".join(lines)
