@@ -1,0 +1,58 @@
+"""Variants from mode lists, and `compare` between two runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.errors import InvalidInput
+from eval.compare import compare_runs, format_comparison
+from eval.variants import Variant, expand_variants
+from tests.eval.synthetic import ACCURACY, make_run
+
+
+def test_expand_variants() -> None:
+    vs = expand_variants(["base", "rag", "finetune", "hybrid", "oracle"], adapters=["a", "b"])
+    assert [v.name for v in vs] == [
+        "base",
+        "rag",
+        "finetune:a",
+        "finetune:b",
+        "hybrid:a",
+        "hybrid:b",
+        "oracle",
+    ]
+    vs = expand_variants(
+        ["finetune", "hybrid", "oracle:raft"], finetune_adapters=["qa"], hybrid_adapters=["raft"]
+    )
+    assert [(v.name, v.pipeline_mode) for v in vs] == [
+        ("finetune:qa", "finetune"),
+        ("hybrid:raft", "hybrid"),
+        ("oracle:raft", "hybrid"),
+    ]
+    assert Variant.parse("oracle").pipeline_mode == "rag"
+    assert len(expand_variants(["rag", "rag"])) == 1
+    with pytest.raises(InvalidInput, match="needs an adapter"):
+        expand_variants(["hybrid"])
+    with pytest.raises(InvalidInput, match="unknown mode"):
+        expand_variants(["closedbook"])
+    with pytest.raises(InvalidInput, match="takes no adapter"):
+        expand_variants(["rag:x"])
+
+
+def test_compare_shows_deltas_and_paired_test(tmp_path) -> None:
+    make_run(tmp_path / "a", seed=0)
+    better = {**ACCURACY, "rag": 0.8}
+    make_run(tmp_path / "b", seed=0, accuracy=better)
+    c = compare_runs(tmp_path / "a", tmp_path / "b", n_boot=1000)
+    rows = {r["variant"]: r for r in c["variants"]}
+    assert rows["rag"]["f1"]["delta"] > 0.3
+    assert rows["rag"]["paired_f1"]["significant"]
+    assert rows["base"]["f1"]["delta"] == 0.0
+    text = format_comparison(c)
+    assert "rag" in text and "*" in text and "winner on F1" in text
+
+
+def test_compare_needs_finished_runs(tmp_path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InvalidInput, match=r"summary\.json"):
+        compare_runs(tmp_path / "empty", tmp_path / "empty")
