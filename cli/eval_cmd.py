@@ -1,0 +1,283 @@
+"""`ragtune eval run | compare | experiment`: measure base, RAG, fine-tuned and hybrid answers.
+
+Heavy imports (torch, the pipeline, matplotlib) happen inside the command bodies.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cli.context import AppContext, pass_app
+
+RUN_FLAGS = (
+    "dataset",
+    "index",
+    "modes",
+    "adapters",
+    "finetune_adapters",
+    "hybrid_adapters",
+    "limit",
+    "split",
+    "test_fraction",
+    "split_seed",
+    "sample_seed",
+    "top_k",
+    "retrieval",
+    "max_new_tokens",
+    "batch_size",
+    "n_boot",
+    "url",
+)
+
+
+@click.group("eval")
+def eval_group() -> None:
+    """Evaluate modes on held-out questions; compare runs; run a whole experiment.
+
+    \b
+      ragtune eval run --dataset qa.json --index kb --modes base,rag,hybrid --adapter raft --out runs/x
+      ragtune eval compare runs/x runs/y
+      ragtune eval experiment examples/experiment-demo.toml
+    """
+
+
+def _eval_config_file(path: Path) -> dict[str, Any]:
+    from core.errors import InvalidInput
+
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise InvalidInput(f"--config: file not found: {path}", field="config") from e
+    except tomllib.TOMLDecodeError as e:
+        raise InvalidInput(f"--config: {path.name} is not valid TOML: {e}", field="config") from e
+    return dict(raw.get("eval", raw))
+
+
+def build_run_config(config_file: Path | None, flags: dict[str, Any]) -> Any:
+    """The eval config: the TOML file (top level or [eval]) with flags given on top.
+
+    A dataset path in the file is relative to the file; one given as a flag, to the
+    current folder.
+    """
+    from core.errors import InvalidInput
+    from eval.runner import RunConfig
+
+    values: dict[str, Any] = {}
+    base_dir = None
+    if config_file is not None:
+        values = _eval_config_file(config_file)
+        base_dir = config_file.parent
+        out = values.pop("out", None)
+        if out is not None and not flags.get("out"):
+            flags["out"] = str((base_dir / out).resolve())
+    for k in RUN_FLAGS:
+        v = flags.get(k)
+        if v is None or v == ():
+            continue
+        if k == "modes":
+            v = [m for m in v.split(",") if m.strip()]
+        elif k == "dataset":
+            v = str(Path(v).resolve())
+        elif isinstance(v, tuple):
+            v = list(v)
+        values[k] = v
+    if "dataset" not in values:
+        raise InvalidInput("give --dataset FILE (or a --config file naming one)", field="dataset")
+    return RunConfig.from_mapping(values, base_dir)
+
+
+def _print_end(out: Path, summary: dict[str, Any]) -> None:
+    click.echo("")
+    click.echo(summary["verdict"]["text"])
+    click.echo("")
+    click.echo(f"report: {out / 'report.html'}  (also report.md, summary.json)")
+
+
+@eval_group.command("run")
+@click.option(
+    "--dataset",
+    "-d",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="SQuAD .json or JSONL {question, answers[], gold_doc_ids?, group?, context?}.",
+)
+@click.option("--index", "-i", default=None, help="Index for rag/hybrid (setting default_index).")
+@click.option(
+    "--modes",
+    "-m",
+    default=None,
+    help="Comma list of base, rag, finetune, hybrid, oracle; kind:ADAPTER picks an adapter "
+    "(default: base,rag).",
+)
+@click.option(
+    "--adapter",
+    "-a",
+    "adapters",
+    multiple=True,
+    help="Adapter for finetune and hybrid (repeat: one variant per adapter).",
+)
+@click.option(
+    "--finetune-adapter",
+    "finetune_adapters",
+    multiple=True,
+    help="Adapter(s) for the finetune mode only.",
+)
+@click.option(
+    "--hybrid-adapter",
+    "hybrid_adapters",
+    multiple=True,
+    help="Adapter(s) for the hybrid mode only.",
+)
+@click.option(
+    "--limit", "-n", type=int, default=None, help="Evaluate a seeded sample of N questions."
+)
+@click.option(
+    "--split",
+    type=click.Choice(["all", "train", "test"]),
+    default=None,
+    help="Which side of the seeded by-article split (default: all).",
+)
+@click.option("--test-fraction", type=float, default=None, help="Share of groups held out (0.25).")
+@click.option("--split-seed", type=int, default=None, help="Seed of the split (0).")
+@click.option("--sample-seed", type=int, default=None, help="Seed of the --limit sample (0).")
+@click.option("--top-k", type=int, default=None, help="Passages per prompt (setting top_k).")
+@click.option(
+    "--retrieval",
+    type=click.Choice(["dense", "bm25", "hybrid"]),
+    default=None,
+    help="Retrieval method (setting retrieval).",
+)
+@click.option("--max-new-tokens", type=int, default=None, help="Answer length limit.")
+@click.option("--batch-size", type=int, default=None, help="Questions generated together (8).")
+@click.option("--n-boot", type=int, default=None, help="Bootstrap resamples (10000).")
+@click.option("--url", default=None, help="Evaluate a running service instead (http://host:port).")
+@click.option(
+    "--api-key",
+    envvar="RAGTUNE_EVAL_API_KEY",
+    default=None,
+    help="Bearer token for --url (or $RAGTUNE_EVAL_API_KEY); never written to the run.",
+)
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Run folder (default: <data>/runs/<time>-<dataset>); an existing one resumes.",
+)
+@click.option(
+    "--config",
+    "eval_config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="TOML holding these options (top level or [eval]).",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@pass_app
+def run_cmd(
+    app: AppContext,
+    eval_config: Path | None,
+    api_key: str | None,
+    out: Path | None,
+    quiet: bool,
+    **flags: Any,
+) -> None:
+    """Answer every question in every mode; write results, summary and report into --out."""
+    from eval.runner import run_eval
+
+    flags["out"] = str(out) if out else None
+    config = build_run_config(eval_config, flags)
+    config.validate()
+    settings = app.settings()
+    if flags.get("out"):
+        out = Path(flags["out"])
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out = settings.runs_dir / f"{stamp}-{Path(config.dataset).stem}"
+    if config.url:
+        from eval.targets import HttpTarget
+
+        target: Any = HttpTarget(config.url, api_key)
+    else:
+        from core.pipeline import Pipeline
+        from eval.targets import PipelineTarget
+
+        target = PipelineTarget(Pipeline(settings))
+    summary = run_eval(config, target, out, progress=not quiet)
+    _print_end(out, summary)
+
+
+@eval_group.command("compare")
+@click.argument("run_a", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.argument("run_b", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def compare_cmd(run_a: Path, run_b: Path, as_json: bool) -> None:
+    """Metric deltas B - A per mode, with a paired F1 test on shared questions."""
+    from eval.compare import compare_runs, format_comparison
+
+    c = compare_runs(run_a, run_b)
+    click.echo(json.dumps(c, indent=2) if as_json else format_comparison(c))
+
+
+def run_experiment_cmd(
+    app: AppContext, config: Path, out: Path | None, fresh: bool, quiet: bool
+) -> dict[str, Any]:
+    """Shared by `eval experiment` and `demo`: run it, then print timings and the verdict."""
+    from cli.experiment import experiment_settings, load_experiment, run_experiment
+
+    t0 = time.perf_counter()
+    exp = load_experiment(config)
+    settings = experiment_settings(exp, app.config_file, app.overrides)
+    folder = out or settings.runs_dir / exp.name
+    summary = run_experiment(
+        exp,
+        settings,
+        folder,
+        fresh=fresh,
+        progress=not quiet,
+        say=lambda m: click.echo(m, err=True),
+    )
+    state = json.loads((folder / "experiment.json").read_text(encoding="utf-8"))
+    steps = state["steps"]
+    parts = [f"index {steps['index']['seconds']:.0f} s"]
+    parts += [
+        f"{k.split(':', 1)[1]} {v['seconds']:.0f} s"
+        for k, v in steps.items()
+        if k.startswith("adapter:")
+    ]
+    parts.append(f"eval {steps['eval'].get('seconds', 0):.0f} s")
+    _print_end(folder, summary)
+    click.echo(f"time: {time.perf_counter() - t0:.0f} s ({', '.join(parts)})")
+    return {"summary": summary, "experiment": exp, "folder": folder}
+
+
+@eval_group.command("experiment")
+@click.argument("config", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Run folder (default: <data>/runs/<experiment name>); an existing one resumes.",
+)
+@click.option(
+    "--fresh",
+    is_flag=True,
+    help="Delete the run folder first and redo every step (the index update stays incremental).",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@pass_app
+def experiment_cmd(
+    app: AppContext, config: Path, out: Path | None, fresh: bool, quiet: bool
+) -> None:
+    """Split, index, tune the adapters, evaluate every mode, report and print the verdict."""
+    run_experiment_cmd(app, config, out, fresh, quiet)
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(eval_group)
