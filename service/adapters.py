@@ -1,0 +1,98 @@
+"""Adapter routes: list the registry, load one into memory, unload one.
+
+The registry is read from disk on every call, so an adapter the tuner publishes while the
+service runs is listed and usable at once. At most ``max_loaded_adapters`` stay in memory;
+loading one more evicts the least recently used (the response says which).
+"""
+
+from __future__ import annotations
+
+import anyio
+from litestar import delete, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath
+
+from core.index_store import validate_name
+from core.registry import get_adapter, list_adapters
+from service.errors import problem_responses
+from service.schemas import AdapterAction, AdapterList, AdapterOut, AdapterStatsOut
+from service.state import Services
+
+
+@get("/v1/adapters", tags=["adapters"], responses=problem_responses(401))
+async def adapters_list(svc: NamedDependency[Services]) -> AdapterList:
+    """Every adapter in the registry, which ones are in memory, and the cache counters."""
+    engine = svc.pipeline.engine if svc.pipeline.models_loaded else None
+    loaded = engine.loaded_adapters() if engine else []
+    stats = engine.stats if engine else None
+    return AdapterList(
+        adapters=[
+            AdapterOut(
+                name=a.name,
+                loaded=a.name in loaded,
+                method=a.method,
+                base_model=a.base_model,
+                created_at=str(a.manifest["created_at"]) if "created_at" in a.manifest else None,
+            )
+            for a in list_adapters(svc.settings)
+        ],
+        loaded=loaded,
+        max_loaded=svc.settings.max_loaded_adapters,
+        stats=AdapterStatsOut(
+            hits=stats.hits if stats else 0,
+            misses=stats.misses if stats else 0,
+            evictions=stats.evictions if stats else 0,
+        ),
+    )
+
+
+@post(
+    "/v1/adapters/{name:str}/load",
+    status_code=200,
+    tags=["adapters"],
+    responses=problem_responses(400, 401, 404, 409),
+)
+async def adapters_load(name: FromPath[str], svc: NamedDependency[Services]) -> AdapterAction:
+    """Load an adapter into memory now (its first request then skips the load). If the
+    registry holds a newer version than the one in memory, the new one replaces it."""
+    validate_name(name, "adapter")
+    info = get_adapter(svc.settings, name)
+
+    def load() -> tuple[list[str], list[str]]:
+        engine = svc.pipeline.engine
+        before = engine.loaded_adapters()
+        if name in before:
+            if engine.load_adapter(name).manifest == info.manifest:  # a hit: now most recent
+                return before, engine.loaded_adapters()
+            engine.unload_adapter(name)  # republished under the same name: take the new one
+        engine.load_adapter(name)
+        return before, engine.loaded_adapters()
+
+    before, after = await anyio.to_thread.run_sync(load)
+    return AdapterAction(
+        name=name,
+        loaded=True,
+        loaded_adapters=after,
+        evicted=[n for n in before if n not in after],
+    )
+
+
+@delete(
+    "/v1/adapters/{name:str}",
+    status_code=200,
+    tags=["adapters"],
+    responses=problem_responses(400, 401, 404),
+)
+async def adapters_unload(name: FromPath[str], svc: NamedDependency[Services]) -> AdapterAction:
+    """Drop an adapter from memory (it stays in the registry and loads again on use)."""
+    validate_name(name, "adapter")
+    engine = svc.pipeline.engine if svc.pipeline.models_loaded else None
+    if engine is None or name not in engine.loaded_adapters():
+        get_adapter(svc.settings, name)  # 404 when it is not in the registry either
+        return AdapterAction(
+            name=name,
+            loaded=False,
+            loaded_adapters=engine.loaded_adapters() if engine else [],
+        )
+    await anyio.to_thread.run_sync(engine.unload_adapter, name)
+    return AdapterAction(name=name, loaded=False, loaded_adapters=engine.loaded_adapters())

@@ -1,0 +1,30 @@
+"""Liveness and readiness: the only routes that never need an API key."""
+
+from __future__ import annotations
+
+from litestar import Response, get
+from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
+
+from service.auth import PUBLIC
+from service.schemas import Health, Readiness
+from service.state import Services
+
+
+@get("/healthz", opt={PUBLIC: True}, sync_to_thread=False, tags=["health"])
+def healthz() -> Health:
+    """Alive: the process answers HTTP (models may still be loading)."""
+    return Health(status="ok")
+
+
+@get(
+    "/readyz",
+    opt={PUBLIC: True},
+    tags=["health"],
+    responses={503: ResponseSpec(data_container=Readiness, description="Not ready yet")},
+)
+async def readyz(svc: NamedDependency[Services]) -> Response[Readiness]:
+    """Ready: the models and the default index are loaded (503 until then)."""
+    await svc.try_load_default_index()
+    state = Readiness(**svc.readiness())
+    return Response(state, status_code=200 if state.status == "ready" else 503)

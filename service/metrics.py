@@ -1,0 +1,134 @@
+"""Prometheus metrics: one registry per app (so tests can run several apps in one process).
+
+Exposed at ``GET /metrics``:
+
+- ``ragtune_http_requests_total{route,method,status}`` and
+  ``ragtune_http_request_duration_seconds{route,method}`` (route = the path template, so
+  ``/v1/adapters/{name}/load`` is one series however many names are used);
+- ``ragtune_generated_tokens_total{mode}``; ``ragtune_batch_size`` (rows per generate call);
+- ``ragtune_queue_depth`` (requests admitted and waiting for the model);
+- ``ragtune_adapter_cache_{hits,misses,evictions}_total`` and ``ragtune_adapters_loaded``,
+  read from the generation engine's own counters at scrape time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from litestar import Request, get
+from litestar.response import Response
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from core.pipeline import Pipeline
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class _AdapterCacheCollector(Collector):
+    """Reads the engine's LRU counters when scraped; reports zeros before the model loads."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+
+    def collect(self) -> Iterator[Any]:
+        engine = self.pipeline._engine  # never trigger a model load from a scrape
+        stats = engine.stats if engine is not None else None
+        for name, doc in (
+            ("hits", "Adapter requests served from memory"),
+            ("misses", "Adapter loads from the registry"),
+            ("evictions", "Adapters dropped by the LRU limit"),
+        ):
+            c = CounterMetricFamily(f"ragtune_adapter_cache_{name}", doc)
+            c.add_metric([], float(getattr(stats, name, 0)))
+            yield c
+        g = GaugeMetricFamily("ragtune_adapters_loaded", "Adapters held in memory")
+        g.add_metric([], float(len(engine.loaded_adapters()) if engine is not None else 0))
+        yield g
+
+
+class Metrics:
+    def __init__(self, pipeline: Pipeline, queue_depth: Callable[[], float]) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "ragtune_http_requests",
+            "HTTP requests by route template, method and status",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "ragtune_http_request_duration_seconds",
+            "HTTP request latency (whole response, streams included)",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "ragtune_generated_tokens", "Completion tokens generated", ["mode"], registry=r
+        )
+        self.batch_size = Histogram(
+            "ragtune_batch_size",
+            "Requests generated together in one batch",
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64),
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "ragtune_queue_depth", "Requests admitted and waiting for the model", registry=r
+        )
+        self.queue_depth.set_function(queue_depth)
+        self.rejected = Counter(
+            "ragtune_rejected", "Requests refused because the queue was full", registry=r
+        )
+        r.register(_AdapterCacheCollector(pipeline))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsMiddleware:
+    """Counts every routed request with its final status and times it to the last byte."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        metrics: Metrics = scope["litestar_app"].state.services.metrics
+        status = 500
+        t0 = time.perf_counter()
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("path_template") or "unmatched"
+            method = scope.get("method", "")
+            metrics.requests.labels(route, method, str(status)).inc()
+            metrics.latency.labels(route, method).observe(time.perf_counter() - t0)
+
+
+@get("/metrics", include_in_schema=True, media_type=CONTENT_TYPE_LATEST, sync_to_thread=False)
+def metrics_endpoint(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Prometheus metrics in the text exposition format."""
+    metrics: Metrics = request.app.state.services.metrics
+    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

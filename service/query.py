@@ -1,0 +1,82 @@
+"""``POST /v1/query``: one question in ragtune's own terms (mode, adapter, index, top_k)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import msgspec
+from litestar import post
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
+from litestar.response import Stream
+
+from core.errors import RagtuneError
+from core.pipeline import QueryRequest
+from core.types import Answer
+from service.auth import require_json
+from service.errors import log, problem_body, problem_responses
+from service.schemas import QueryBody, QueryResponse
+from service.sse import VisibleText, event, sse_response
+from service.state import Services
+
+ERRORS = problem_responses(400, 401, 404, 409, 413, 415, 503, 504)
+
+
+def to_request(body: QueryBody) -> QueryRequest:
+    return QueryRequest(
+        question=body.question,
+        mode=body.mode,
+        adapter=body.adapter,
+        index=body.index,
+        top_k=body.top_k,
+        retrieval=body.retrieval,
+        max_new_tokens=body.max_new_tokens,
+        temperature=body.temperature,
+        contexts=tuple(body.contexts) if body.contexts is not None else None,
+    )
+
+
+def to_response(answer: Answer) -> QueryResponse:
+    return msgspec.convert(answer.to_dict(), QueryResponse)
+
+
+@post(
+    "/v1/query",
+    status_code=200,
+    guards=[require_json],
+    responses=ERRORS,
+    tags=["query"],
+    summary="Answer a question",
+)
+async def query(data: JSONBody[QueryBody], svc: NamedDependency[Services]) -> QueryResponse:
+    """Answer one question: retrieve (modes rag, hybrid), then generate with the base
+    model (base, rag) or a named adapter (finetune, hybrid).
+
+    With ``"stream": true`` the answer comes as server-sent events instead: ``token``
+    events (``{"text": ...}``) as it is generated, then one ``answer`` event with the full
+    response body above (sources included), or an ``error`` event with a problem body.
+    """
+    req = to_request(data)
+    if data.stream:
+        return await _stream(req, svc)  # type: ignore[return-value]
+    return to_response(await svc.answer(req))
+
+
+async def _stream(req: QueryRequest, svc: Services) -> Stream:
+    items = await svc.stream(req)  # errors before the first token become statuses
+
+    async def events() -> AsyncIterator[bytes]:
+        text = VisibleText()
+        try:
+            async for item in items:
+                if isinstance(item, Answer):
+                    yield event(to_response(item), "answer")
+                elif delta := text.feed(item):
+                    yield event({"text": delta}, "token")
+        except RagtuneError as e:
+            yield event(problem_body(e.status, e.message, title=e.title, field=e.field), "error")
+        except Exception:
+            log.exception("stream failed")
+            yield event(problem_body(500, "internal error (logged on the server)"), "error")
+
+    return sse_response(events())

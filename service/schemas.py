@@ -1,0 +1,263 @@
+"""Request and response bodies (msgspec Structs), with the ranges the OpenAPI schema shows.
+
+The static bounds here are the hard caps; ``tighten_openapi`` in ``service.app`` narrows the
+served schema to the running settings (``max_question_chars``, ``max_new_tokens_limit``), and
+``Pipeline.validate`` enforces those with a 400 that names the field.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # the same rule as core validate_name
+MAX_QUESTION_CHARS = 100_000  # hard cap; the settings' max_question_chars is usually lower
+MAX_NEW_TOKENS = 4096  # Settings.max_new_tokens' own upper bound
+
+Name = Annotated[str, Meta(pattern=NAME_PATTERN, max_length=64)]
+Question = Annotated[
+    str, Meta(min_length=1, max_length=MAX_QUESTION_CHARS, description="The question to answer")
+]
+TopK = Annotated[int, Meta(ge=1, le=100, description="Passages retrieved into the prompt")]
+NewTokens = Annotated[int, Meta(ge=1, le=MAX_NEW_TOKENS, description="Longest answer in tokens")]
+Temperature = Annotated[float, Meta(ge=0.0, le=2.0, description="0 = greedy")]
+Passage = Annotated[str, Meta(max_length=20_000)]
+Mode = Literal["base", "rag", "finetune", "hybrid"]
+Retrieval = Literal["dense", "bm25", "hybrid"]
+
+
+# --- /v1/query ------------------------------------------------------------------------------
+class QueryBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One question; unset fields take the server's settings."""
+
+    question: Question
+    mode: Mode = "rag"
+    adapter: Name | None = None
+    index: Name | None = None
+    top_k: TopK | None = None
+    retrieval: Retrieval | None = None
+    max_new_tokens: NewTokens | None = None
+    temperature: Temperature | None = None
+    contexts: Annotated[list[Passage], Meta(max_length=20)] | None = None
+    stream: bool = False
+
+
+class Source(msgspec.Struct):
+    chunk_id: str
+    document: str
+    score: float
+    text: str
+
+
+class UsageOut(msgspec.Struct):
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class TimingsOut(msgspec.Struct):
+    retrieve_ms: float
+    generate_ms: float
+    total_ms: float
+
+
+class QueryResponse(msgspec.Struct):
+    answer: str
+    mode: Mode
+    adapter: str | None
+    index: str | None
+    index_version: str | None
+    sources: list[Source]
+    usage: UsageOut
+    timings: TimingsOut
+
+
+# --- errors ---------------------------------------------------------------------------------
+class Problem(msgspec.Struct, omit_defaults=True):
+    """An RFC 9457 problem body (``application/problem+json``)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    field: str | None = None
+    # OpenAI-compatible routes add {"message", "type", "param", "code"} so their clients
+    # show the detail instead of a bare status.
+    error: dict[str, Any] | None = None
+
+
+# --- adapters -------------------------------------------------------------------------------
+class AdapterOut(msgspec.Struct):
+    name: str
+    loaded: bool
+    method: str
+    base_model: str
+    created_at: str | None
+
+
+class AdapterStatsOut(msgspec.Struct):
+    hits: int
+    misses: int
+    evictions: int
+
+
+class AdapterList(msgspec.Struct):
+    adapters: list[AdapterOut]
+    loaded: list[str]
+    max_loaded: int
+    stats: AdapterStatsOut
+
+
+class AdapterAction(msgspec.Struct):
+    name: str
+    loaded: bool
+    loaded_adapters: list[str]
+    evicted: list[str] = []
+
+
+# --- health ---------------------------------------------------------------------------------
+class Health(msgspec.Struct):
+    status: str
+
+
+class Readiness(msgspec.Struct):
+    status: Literal["ready", "not ready"]
+    models_loaded: bool
+    default_index: str
+    index_version: str | None
+    detail: str | None = None
+
+
+# --- OpenAI-compatible ----------------------------------------------------------------------
+class RagtuneOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The extra ``ragtune`` field: retrieval on OpenAI-compatible routes.
+
+    Present (and ``retrieval`` not ``"none"``) means: retrieve ``top_k`` passages from
+    ``index`` and answer from them (mode ``rag``, or ``hybrid`` when ``model`` is an adapter).
+    """
+
+    retrieval: Literal["dense", "bm25", "hybrid", "none"] | None = None
+    index: Name | None = None
+    top_k: TopK | None = None
+
+
+class ContentPart(msgspec.Struct, kw_only=True):
+    type: Annotated[str, Meta(max_length=64)]
+    text: Annotated[str, Meta(max_length=MAX_QUESTION_CHARS)] | None = None
+
+
+class ChatMessage(msgspec.Struct, kw_only=True):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: (
+        Annotated[str, Meta(max_length=MAX_QUESTION_CHARS)]
+        | Annotated[list[ContentPart], Meta(max_length=64)]
+        | None
+    ) = None
+
+
+class StreamOptions(msgspec.Struct, kw_only=True):
+    include_usage: bool = False
+
+
+class ChatCompletionBody(msgspec.Struct, kw_only=True):
+    """The OpenAI chat request; fields ragtune does not use (top_p, seed, ...) are ignored.
+
+    The question is the last user message; the prompt is ragtune's own template (the one
+    adapters are trained on), so earlier turns and system messages are not used.
+    """
+
+    model: Annotated[str, Meta(min_length=1, max_length=256)]
+    messages: Annotated[list[ChatMessage], Meta(min_length=1, max_length=256)]
+    max_tokens: NewTokens | None = None
+    max_completion_tokens: NewTokens | None = None
+    temperature: Temperature | None = None
+    n: Annotated[int, Meta(ge=1, le=1)] = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    ragtune: RagtuneOptions | None = None
+
+
+class CompletionBody(msgspec.Struct, kw_only=True):
+    """The OpenAI (legacy) completions request; each prompt is answered as a question."""
+
+    model: Annotated[str, Meta(min_length=1, max_length=256)]
+    prompt: Question | Annotated[list[Question], Meta(min_length=1, max_length=32)]
+    max_tokens: NewTokens | None = None
+    temperature: Temperature | None = None
+    n: Annotated[int, Meta(ge=1, le=1)] = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    ragtune: RagtuneOptions | None = None
+
+
+class Usage(msgspec.Struct):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class RagtuneInfo(msgspec.Struct):
+    """ragtune's extra response field: how the answer was made, and from which passages."""
+
+    mode: Mode
+    adapter: str | None
+    index: str | None
+    index_version: str | None
+    sources: list[Source]
+    timings: TimingsOut
+
+
+class AssistantMessage(msgspec.Struct):
+    role: Literal["assistant"]
+    content: str
+
+
+class ChatChoice(msgspec.Struct):
+    index: int
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length"]
+
+
+class ChatCompletion(msgspec.Struct):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    ragtune: RagtuneInfo | None = None
+
+
+class CompletionChoice(msgspec.Struct):
+    index: int
+    text: str
+    finish_reason: Literal["stop", "length"]
+    logprobs: None = None
+
+
+class Completion(msgspec.Struct):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+    ragtune: list[RagtuneInfo] | None = None
+
+
+class ModelCard(msgspec.Struct):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    parent: str | None = None
+
+
+class ModelList(msgspec.Struct):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+def sources_out(answer_dict: dict[str, Any]) -> list[Source]:
+    return [Source(**s) for s in answer_dict["sources"]]

@@ -1,0 +1,170 @@
+"""What the routes share: the settings, the Pipeline, the scheduler and the metrics.
+
+One ``Services`` object lives on ``app.state.services`` (built by ``create_app``, started and
+stopped by its lifespan) and is injected into handlers as ``svc``. The helpers here are the
+one path every answering route takes: validate (fast, on the loop) -> check the adapter ->
+retrieve + render (a worker thread) -> batched generation (the scheduler).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from core.config import Settings
+from core.errors import RagtuneError
+from core.index_store import current_version
+from core.pipeline import Pipeline, QueryRequest
+from core.registry import get_adapter
+from core.types import Answer
+from service.metrics import Metrics
+from service.scheduler import BatchScheduler
+
+log = logging.getLogger("ragtune.service")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    pipeline: Pipeline
+    scheduler: BatchScheduler
+    metrics: Metrics
+    # Retrieval (embedding a question) runs on threads; two at a time is plenty on a CPU
+    # whose cores the generator also wants.
+    prepare_limiter: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(2))
+    model_error: str | None = None  # why the models failed to load, for /readyz
+    index_error: str | None = None  # why the default index failed to load
+    _warmup: asyncio.Task[None] | None = None
+
+    @classmethod
+    def build(cls, settings: Settings, pipeline: Pipeline | None = None) -> Services:
+        pipeline = pipeline or Pipeline(settings)
+        holder: list[BatchScheduler] = []
+        metrics = Metrics(pipeline, lambda: float(holder[0].depth) if holder else 0.0)
+        scheduler = BatchScheduler(
+            pipeline,
+            window_ms=settings.batch_window_ms,
+            max_batch_size=settings.max_batch_size,
+            queue_size=settings.queue_size,
+            timeout_s=settings.request_timeout_s,
+            max_adapters_per_batch=settings.max_loaded_adapters,
+            on_batch=lambda n, _s: metrics.batch_size.observe(n),
+        )
+        holder.append(scheduler)
+        return cls(settings, pipeline, scheduler, metrics)
+
+    # --- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.scheduler.start()
+        # Load the models in the background: /healthz answers at once, /readyz when loaded.
+        self._warmup = asyncio.create_task(self._warm_up(), name="ragtune-warmup")
+
+    async def stop(self) -> None:
+        await self.scheduler.stop()
+        if self._warmup is not None and not self._warmup.done():
+            self._warmup.cancel()
+
+    async def _warm_up(self) -> None:
+        def load() -> None:
+            _ = self.pipeline.engine, self.pipeline.embedder
+
+        try:
+            await anyio.to_thread.run_sync(load, abandon_on_cancel=True)
+        except RagtuneError as e:
+            self.model_error = e.message
+            log.warning("warm-up: %s", e.message)
+            return
+        except Exception as e:  # the service stays up; /readyz reports the problem
+            self.model_error = f"{type(e).__name__} while loading the models"
+            log.exception("warm-up failed")
+            return
+        await self.try_load_default_index()
+
+    # --- answering ------------------------------------------------------------------------
+    def deadline(self) -> float:
+        return time.monotonic() + self.settings.request_timeout_s
+
+    def validate(self, req: QueryRequest) -> QueryRequest:
+        """Settings-dependent checks (400 naming the field), then the adapter exists (404)."""
+        req = self.pipeline.validate(req)
+        if req.adapter:
+            get_adapter(self.settings, req.adapter)  # validate_name + registry lookup
+        return req
+
+    async def answer_many(self, reqs: list[QueryRequest]) -> list[Answer]:
+        """Validate, retrieve and queue each request; they join batches as they arrive."""
+        deadline = self.deadline()
+        checked = [self.validate(r) for r in reqs]
+
+        async def one(r: QueryRequest) -> Answer:
+            prepared = await anyio.to_thread.run_sync(
+                self.pipeline.prepare, [r], limiter=self.prepare_limiter
+            )
+            answer = await self.scheduler.submit(prepared[0], deadline)
+            self.metrics.tokens.labels(answer.mode).inc(answer.usage.completion_tokens)
+            return answer
+
+        if len(checked) == 1:
+            return [await one(checked[0])]
+        return list(await asyncio.gather(*(one(r) for r in checked)))
+
+    async def answer(self, req: QueryRequest) -> Answer:
+        return (await self.answer_many([req]))[0]
+
+    async def stream(self, req: QueryRequest) -> AsyncIterator[str | Answer]:
+        """Text pieces, then the final Answer; errors before the first piece raise here."""
+        req = self.validate(req)
+        items = await self.scheduler.stream(req, self.deadline())
+        return self._count_tokens(items)
+
+    async def _count_tokens(
+        self, items: AsyncIterator[str | Answer]
+    ) -> AsyncIterator[str | Answer]:
+        async for item in items:
+            if isinstance(item, Answer):
+                self.metrics.tokens.labels(item.mode).inc(item.usage.completion_tokens)
+            yield item
+
+    # --- status ---------------------------------------------------------------------------
+    def readiness(self) -> dict[str, Any]:
+        name = self.settings.default_index
+        indexes = self.pipeline.status()["indexes"]
+        version = indexes.get(name)
+        models = self.pipeline.models_loaded
+        if self.model_error or not models:
+            detail = self.model_error or "models are loading"
+        elif version is None:
+            detail = self.index_error or f"index {name!r} is not loaded"
+        else:
+            detail = None
+        return {
+            "status": "ready" if detail is None else "not ready",
+            "models_loaded": models,
+            "default_index": name,
+            "index_version": version,
+            "detail": detail,
+        }
+
+    async def try_load_default_index(self) -> None:
+        """Load the default index if it exists; an index built after start-up (or rebuilt)
+        is picked up here, so readiness follows the disk without a restart."""
+        if not self.pipeline.models_loaded:
+            return
+        name = self.settings.default_index
+        if current_version(self.settings, name) is None:
+            self.index_error = f"index {name!r} does not exist yet (build it with ragtune index)"
+            return
+        try:
+            await anyio.to_thread.run_sync(self.pipeline.index, name)
+            self.index_error = None
+        except RagtuneError as e:
+            self.index_error = e.message
+        except Exception as e:
+            self.index_error = f"{type(e).__name__} while loading index {name!r}"
+            log.exception("loading index %s failed", name)

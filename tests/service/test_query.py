@@ -1,0 +1,182 @@
+"""POST /v1/query: modes, streaming, and every kind of bad input (TestClient + real HTTP)."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from core.errors import InvalidInput
+from core.registry import get_adapter
+
+PROBLEM = "application/problem+json"
+
+
+def sse_events(text: str) -> list[tuple[str, dict]]:
+    out = []
+    for block in text.strip().split("\n\n"):
+        name, data = "message", ""
+        for line in block.splitlines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                data += line[6:]
+        out.append((name, json.loads(data)))
+    return out
+
+
+def test_rag_query_returns_answer_with_sources(client):
+    r = client.post("/v1/query", json={"question": "Where is the Eiffel Tower?", "top_k": 2})
+    assert r.status_code == 200
+    body = r.json()
+    assert set(body) == {
+        "answer",
+        "mode",
+        "adapter",
+        "index",
+        "index_version",
+        "sources",
+        "usage",
+        "timings",
+    }
+    assert body["mode"] == "rag" and body["index"] == "default" and body["index_version"]
+    assert len(body["sources"]) == 2
+    assert set(body["sources"][0]) == {"chunk_id", "document", "score", "text"}
+    assert body["usage"]["prompt_tokens"] > 0 and 0 < body["usage"]["completion_tokens"] <= 6
+    assert set(body["timings"]) == {"retrieve_ms", "generate_ms", "total_ms"}
+
+
+@pytest.mark.parametrize(
+    ("payload", "sources", "adapter"),
+    [
+        ({"mode": "base"}, 0, None),
+        ({"mode": "finetune", "adapter": "alpha"}, 0, "alpha"),
+        ({"mode": "hybrid", "adapter": "alpha", "retrieval": "bm25", "top_k": 1}, 1, "alpha"),
+        ({"mode": "rag", "contexts": ["The Nile is in Africa."]}, 1, None),
+    ],
+)
+def test_modes(client, payload, sources, adapter):
+    r = client.post("/v1/query", json={"question": "Where is the Nile?", **payload})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["mode"] == payload["mode"]
+    assert body["adapter"] == adapter
+    assert len(body["sources"]) == sources
+
+
+def test_adapter_changes_the_answer_and_matches_the_pipeline(client, svc_settings):
+    q = {"question": "paris is in", "max_new_tokens": 6, "mode": "base"}
+    base = client.post("/v1/query", json=q).json()["answer"]
+    tuned = client.post("/v1/query", json=q | {"mode": "finetune", "adapter": "alpha"}).json()[
+        "answer"
+    ]
+    assert base != tuned  # the per-request adapter really applies (random LoRA, scaled up)
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"question": ""}, "question"),
+        ({"question": "   "}, "question"),
+        ({"question": "x" * 4001}, "question"),  # settings.max_question_chars = 4000
+        ({"question": "q", "top_k": 0}, "top_k"),
+        ({"question": "q", "top_k": 101}, "top_k"),
+        ({"question": "q", "max_new_tokens": 0}, "max_new_tokens"),
+        ({"question": "q", "max_new_tokens": 513}, "max_new_tokens"),  # limit 512
+        ({"question": "q", "temperature": 3}, "temperature"),
+        ({"question": "q", "mode": "magic"}, "mode"),
+        ({"question": "q", "retrieval": "grep"}, "retrieval"),
+        ({"question": "q", "mode": "finetune"}, "adapter"),
+        ({"question": "q", "mode": "finetune", "adapter": "../../etc"}, "adapter"),
+        ({"question": "q", "index": "../secrets"}, "index"),
+        ({"question": "q", "surprise": 1}, "surprise"),
+        ({"top_k": 2}, "question"),
+        ([1, 2], "body"),
+    ],
+)
+def test_bad_input_is_400_naming_the_field(client, payload, field):
+    r = client.post("/v1/query", json=payload)
+    assert r.status_code == 400, r.text
+    assert r.headers["content-type"].startswith(PROBLEM)
+    body = r.json()
+    assert body["status"] == 400 and body["field"] == field and body["detail"]
+
+
+def test_unknown_adapter_and_index_are_404(client):
+    r = client.post("/v1/query", json={"question": "q", "mode": "finetune", "adapter": "nope"})
+    assert (r.status_code, r.json()["field"]) == (404, "adapter")
+    r = client.post("/v1/query", json={"question": "q", "index": "missing"})
+    assert (r.status_code, r.json()["field"]) == (404, "index")
+
+
+def test_malformed_json_wrong_type_and_big_body(client, svc_settings):
+    r = client.post(
+        "/v1/query", content=b'{"question": "q"', headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 400 and "malformed JSON" in r.json()["detail"]
+    r = client.post("/v1/query", content=b"question=q", headers={"content-type": "text/plain"})
+    assert r.status_code == 415 and r.headers["content-type"].startswith(PROBLEM)
+    r = client.post("/v1/query", content=b'{"question": "q"}')  # no content type at all
+    assert r.status_code == 415
+    big = json.dumps({"question": "q", "contexts": ["x" * 10_000] * 8})
+    assert len(big) > svc_settings.max_body_bytes
+    r = client.post("/v1/query", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["status"] == 413
+
+
+def test_no_traceback_or_path_reaches_the_client(client, svc_settings):
+    # Corrupt the live index version: loading it fails inside the server.
+    from core.index_store import current_version, version_dir
+
+    v = current_version(svc_settings, "default")
+    manifest = version_dir(svc_settings, "default", v) / "manifest.json"
+    bad = svc_settings.indexes_dir / "broken" / "versions" / "v1"
+    bad.mkdir(parents=True)
+    (bad / "manifest.json").write_text("{not json")
+    (svc_settings.indexes_dir / "broken" / "CURRENT").write_text("v1")
+    r = client.post("/v1/query", json={"question": "q", "index": "broken"})
+    assert r.status_code == 500
+    text = r.text
+    assert "Traceback" not in text and str(svc_settings.data_dir) not in text
+    assert "/tmp" not in text and "File " not in text
+    assert manifest.is_file()
+
+
+def test_adapter_names_are_never_raw_paths(svc_settings):
+    for name in ("..", "../x", "a/b", "/etc/passwd", ".hidden", "x" * 65):
+        with pytest.raises(InvalidInput):
+            get_adapter(svc_settings, name)
+
+
+def test_stream_sends_tokens_then_the_answer_with_sources(client):
+    q = {"question": "Where is the Eiffel Tower?", "top_k": 2, "max_new_tokens": 6}
+    plain = client.post("/v1/query", json=q).json()
+    r = client.post("/v1/query", json=q | {"stream": True})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(r.text)
+    names = [n for n, _ in events]
+    assert names[-1] == "answer" and set(names[:-1]) <= {"token"}
+    final = events[-1][1]
+    assert len(final["sources"]) == 2 and final["index_version"] == plain["index_version"]
+    streamed = "".join(d["text"] for n, d in events if n == "token")
+    assert streamed.strip() == final["answer"] == plain["answer"]
+
+
+def test_stream_errors_before_the_first_token_are_statuses(client):
+    r = client.post("/v1/query", json={"question": "q", "index": "missing", "stream": True})
+    assert r.status_code == 404 and r.json()["field"] == "index"
+
+
+def test_query_over_real_http(server):
+    with httpx.Client(base_url=server, timeout=60) as c:
+        r = c.post("/v1/query", json={"question": "Who created Python?", "top_k": 1})
+        assert r.status_code == 200 and len(r.json()["sources"]) == 1
+        with c.stream(
+            "POST", "/v1/query", json={"question": "Who created Python?", "stream": True}
+        ) as s:
+            assert s.status_code == 200
+            body = "".join(s.iter_text())
+        assert sse_events(body)[-1][0] == "answer"
+        r = c.post("/v1/query", json={"question": "q", "top_k": -1})
+        assert r.status_code == 400 and r.json()["field"] == "top_k"
