@@ -19,7 +19,7 @@ from typing import Any
 
 from core.atomic import staging_dir, write_json_atomic
 from core.config import Settings
-from core.errors import DataError, InsufficientResources, InvalidInput
+from core.errors import DataError, InsufficientResources, InvalidInput, ModelNotFound
 from core.registry import (
     MANIFEST,
     AdapterInfo,
@@ -302,7 +302,11 @@ def train_adapter(
         )
     loc = locate_generator(settings.generator)  # ModelNotFound for an unknown base model
     folder = generator_folder(settings)
-    tokenizer = load_tokenizer(folder)  # fails here, before any training, if unloadable
+    try:  # fails here, before any training, if the base model cannot be loaded
+        tokenizer = load_tokenizer(folder)
+    except (OSError, ValueError) as e:
+        raise ModelNotFound(f"cannot load base model {settings.generator!r}: no usable "
+                            "tokenizer/model files there") from e
     fingerprint = folder_fingerprint(folder)
     init_info = None
     if args.init_from:
@@ -456,7 +460,6 @@ def _build_model(
     import torch
     from transformers import AutoModelForCausalLM
 
-    from core.errors import ModelNotFound
     from core.models import set_torch_threads
 
     set_torch_threads(settings)
@@ -465,7 +468,7 @@ def _build_model(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    except OSError as e:
+    except (OSError, ValueError) as e:
         raise ModelNotFound(f"cannot load base model {settings.generator!r}: {e}") from e
     model.to(device)
     torch.manual_seed(args.seed)  # LoRA init and dropout draw from the global generator

@@ -366,7 +366,7 @@ def train_loop(
                 b = collate(chunk[i : i + args.batch_size], pad_id, full_logits)
                 nll = loss_sum(model, b, device)
                 (nll / n_target).backward()
-                step_nll += float(nll)
+                step_nll += float(nll.detach())
                 step_tokens += b["n_tokens"]
             if args.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
