@@ -305,8 +305,9 @@ def train_adapter(
     try:  # fails here, before any training, if the base model cannot be loaded
         tokenizer = load_tokenizer(folder)
     except (OSError, ValueError) as e:
-        raise ModelNotFound(f"cannot load base model {settings.generator!r}: no usable "
-                            "tokenizer/model files there") from e
+        raise ModelNotFound(
+            f"cannot load base model {settings.generator!r}: no usable tokenizer/model files there"
+        ) from e
     fingerprint = folder_fingerprint(folder)
     init_info = None
     if args.init_from:

@@ -33,7 +33,7 @@ def test_from_toml_with_tune_table_and_overrides(tmp_path: Path) -> None:
 def test_unknown_option_and_bad_toml(tmp_path: Path) -> None:
     cfg = tmp_path / "t.toml"
     cfg.write_text('data = "a.jsonl"\nname = "x"\nlearning_rate = 1\n')
-    with pytest.raises(InvalidInput, match="unknown tune option.*learning_rate"):
+    with pytest.raises(InvalidInput, match=r"unknown tune option.*learning_rate"):
         TuneArgs.from_toml(cfg)
     cfg.write_text("data = [")
     with pytest.raises(InvalidInput, match="not valid TOML"):

@@ -33,8 +33,9 @@ def test_empty_data(tiny_settings: Settings, tmp_path: Path) -> None:
     assert _nothing_started(tiny_settings)
 
 
-def test_all_lines_invalid_reports_counts_and_lines(tiny_settings: Settings,
-                                                    tmp_path: Path) -> None:
+def test_all_lines_invalid_reports_counts_and_lines(
+    tiny_settings: Settings, tmp_path: Path
+) -> None:
     p = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "q"}, {"prompt": "r"}, {"x": 1}])
     with pytest.raises(DataError, match=r"all 3 records are invalid \(bad.jsonl:1: "):
         train_adapter(tiny_settings, quick_args(p, format="prompt"), progress=False)
@@ -57,8 +58,9 @@ def test_unsafe_name(tiny_settings: Settings, qa_file: Path, name: str) -> None:
 
 def test_unknown_base_model(tiny_settings: Settings, qa_file: Path, tmp_path: Path) -> None:
     with pytest.raises(ModelNotFound, match="not found"):
-        train_adapter(tiny_settings, quick_args(qa_file, base=str(tmp_path / "no-model")),
-                      progress=False)
+        train_adapter(
+            tiny_settings, quick_args(qa_file, base=str(tmp_path / "no-model")), progress=False
+        )
     empty = tmp_path / "empty-model"
     empty.mkdir()
     with pytest.raises(ModelNotFound):
@@ -68,8 +70,7 @@ def test_unknown_base_model(tiny_settings: Settings, qa_file: Path, tmp_path: Pa
 
 def test_too_little_disk(tiny_settings: Settings, qa_file: Path) -> None:
     with pytest.raises(InsufficientResources, match="not enough disk"):
-        train_adapter(tiny_settings, quick_args(qa_file, min_free_disk_mb=10**12),
-                      progress=False)
+        train_adapter(tiny_settings, quick_args(qa_file, min_free_disk_mb=10**12), progress=False)
     assert _nothing_started(tiny_settings)
 
 
@@ -90,13 +91,13 @@ def test_unknown_init_from(tiny_settings: Settings, qa_file: Path) -> None:
         train_adapter(tiny_settings, quick_args(qa_file, init_from="nope"), progress=False)
 
 
-def test_adapter_for_another_base_is_refused(tiny_settings: Settings, qa_file: Path,
-                                             tmp_path: Path) -> None:
+def test_adapter_for_another_base_is_refused(
+    tiny_settings: Settings, qa_file: Path, tmp_path: Path
+) -> None:
     train_adapter(tiny_settings, quick_args(qa_file), progress=False)
     other = build_tiny_generator(tmp_path / "other-gen", seed=1)
     other_settings = tiny_settings.model_copy(update={"generator": str(other)})
     with pytest.raises(AdapterMismatch, match="was trained on base model 'generator'"):
         load_tuned(other_settings, "a1")
     with pytest.raises(AdapterMismatch):
-        train_adapter(other_settings, quick_args(qa_file, "a2", init_from="a1"),
-                      progress=False)
+        train_adapter(other_settings, quick_args(qa_file, "a2", init_from="a1"), progress=False)

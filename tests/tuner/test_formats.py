@@ -19,9 +19,12 @@ def test_prompt_format_reports_bad_lines_with_file_and_line(tmp_path: Path) -> N
         json.dumps({"prompt": "Q1?", "response": "A1"}) + "\n"
         "{not json\n"
         "\n"
-        + json.dumps({"prompt": "Q2?"}) + "\n"
-        + json.dumps({"prompt": "Q3?", "response": "  "}) + "\n"
-        + json.dumps({"prompt": "Q4?", "response": "A4", "doc_id": "d#p0", "context": "C"}) + "\n"
+        + json.dumps({"prompt": "Q2?"})
+        + "\n"
+        + json.dumps({"prompt": "Q3?", "response": "  "})
+        + "\n"
+        + json.dumps({"prompt": "Q4?", "response": "A4", "doc_id": "d#p0", "context": "C"})
+        + "\n"
     )
     res = load_examples(p)
     assert res.fmt == "prompt"
@@ -53,11 +56,15 @@ def test_chat_format_takes_last_exchange(tmp_path: Path) -> None:
     p = write_jsonl(
         tmp_path / "c.jsonl",
         [
-            {"messages": [{"role": "system", "content": "Be brief."},
-                          {"role": "user", "content": "Hi"},
-                          {"role": "assistant", "content": "Hello"},
-                          {"role": "user", "content": "Capital of France?"},
-                          {"role": "assistant", "content": "Paris"}]},
+            {
+                "messages": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": "Hello"},
+                    {"role": "user", "content": "Capital of France?"},
+                    {"role": "assistant", "content": "Paris"},
+                ]
+            },
             {"messages": [{"role": "user", "content": "no answer"}]},
         ],
     )

@@ -29,15 +29,18 @@ train_adapter(settings, TuneArgs(**json.loads(sys.argv[2])), progress=False)
 """
 
 
-def test_sigkill_leaves_no_valid_adapter_and_rerun_resumes(tiny_settings: Settings,
-                                                           qa_file: Path) -> None:
-    args = quick_args(qa_file, "killed", max_steps=100_000, save_every=1, val_fraction=0.0,
-                      forgetting=False)
+def test_sigkill_leaves_no_valid_adapter_and_rerun_resumes(
+    tiny_settings: Settings, qa_file: Path
+) -> None:
+    args = quick_args(
+        qa_file, "killed", max_steps=100_000, save_every=1, val_fraction=0.0, forgetting=False
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-c", SCRIPT, tiny_settings.model_dump_json(),
-         json.dumps(args.to_dict())],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [sys.executable, "-c", SCRIPT, tiny_settings.model_dump_json(), json.dumps(args.to_dict())],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     state = run_dir(tiny_settings, "killed") / "last" / "state.json"
     deadline = time.time() + 120
@@ -57,8 +60,9 @@ def test_sigkill_leaves_no_valid_adapter_and_rerun_resumes(tiny_settings: Settin
     assert killed_at >= 5
 
     # rerun the same command: it continues from the killed run's last checkpoint
-    rerun = quick_args(qa_file, "killed", max_steps=100_000, save_every=1, val_fraction=0.0,
-                       forgetting=False)
+    rerun = quick_args(
+        qa_file, "killed", max_steps=100_000, save_every=1, val_fraction=0.0, forgetting=False
+    )
     stop_after = killed_at + 2
 
     def stop(step: int, loss: float) -> None:

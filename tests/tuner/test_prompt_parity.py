@@ -19,8 +19,9 @@ from tuner.split import split
 
 def _check_parity(settings: Settings, tok, data: Path, raft: bool) -> int:
     """Every prepared training example's prompt tokens == the served prompt's tokens."""
-    args = quick_args(data, raft=raft, index="default" if raft else None, val_fraction=0.25,
-                      max_length=4096)
+    args = quick_args(
+        data, raft=raft, index="default" if raft else None, val_fraction=0.25, max_length=4096
+    )
     prepared = prepare_data(settings, args, tok)
     train_ex, _ = split(load_examples(data).examples, 0.25, args.seed)
     if raft:
@@ -29,8 +30,9 @@ def _check_parity(settings: Settings, tok, data: Path, raft: bool) -> int:
 
         emb = load_embedder(settings)
         index = load_index(settings, "default", emb.model_id, emb.dim, emb.encode)
-        built, _ = build_raft(train_ex, index, settings.top_k, args.p_oracle, args.seed,
-                              settings.retrieval)
+        built, _ = build_raft(
+            train_ex, index, settings.top_k, args.p_oracle, args.seed, settings.retrieval
+        )
         served = [(r.example.question, r.contexts) for r in built]
     else:
         served = [(e.question, None) for e in train_ex]

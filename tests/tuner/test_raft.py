@@ -40,8 +40,16 @@ def test_p_oracle_one_always_has_gold_zero_never(squad_index: tuple) -> None:
 def test_missing_gold_is_inserted_at_a_shuffled_position(squad_index: tuple) -> None:
     _, index = squad_index
     # a question that retrieves nothing of its gold document: the gold is inserted
-    exs = [QAExample(f"Nile river Africa longest world {i}", "Guido van Rossum", f"x:{i}",
-                     doc_id="Article_1#p1", context="unused") for i in range(30)]
+    exs = [
+        QAExample(
+            f"Nile river Africa longest world {i}",
+            "Guido van Rossum",
+            f"x:{i}",
+            doc_id="Article_1#p1",
+            context="unused",
+        )
+        for i in range(30)
+    ]
     built, stats = build_raft(exs, index, k=3, p_oracle=1.0, seed=5)
     assert stats.gold_inserted == sum(1 for _ in exs) - stats.gold_retrieved
     inserted = [r for r in built if r.doc_ids.count("Article_1#p1") == 1]
@@ -54,8 +62,10 @@ def test_missing_gold_is_inserted_at_a_shuffled_position(squad_index: tuple) -> 
 def test_p_oracle_rate_and_seeded_draws(squad_index: tuple) -> None:
     sq, index = squad_index
     exs = load_examples(sq).examples * 8  # 128 draws (same questions, same sources)
-    exs = [QAExample(e.question, e.answer, f"{e.source}/{i}", doc_id=e.doc_id,
-                     context=e.context) for i, e in enumerate(exs)]
+    exs = [
+        QAExample(e.question, e.answer, f"{e.source}/{i}", doc_id=e.doc_id, context=e.context)
+        for i, e in enumerate(exs)
+    ]
     a, st = build_raft(exs, index, 3, 0.8, seed=1)
     b, _ = build_raft(exs, index, 3, 0.8, seed=1)
     assert a == b
@@ -70,12 +80,15 @@ def test_quote_target() -> None:
     assert "\n" not in t
 
 
-def test_raft_training_records_index_and_version(tiny_settings: Settings,
-                                                 squad_index: tuple) -> None:
+def test_raft_training_records_index_and_version(
+    tiny_settings: Settings, squad_index: tuple
+) -> None:
     sq, _ = squad_index
-    info = train_adapter(tiny_settings, quick_args(sq, "raft", raft=True, index="docs",
-                                                   raft_k=2, p_oracle=0.5, raft_quote=True),
-                         progress=False)
+    info = train_adapter(
+        tiny_settings,
+        quick_args(sq, "raft", raft=True, index="docs", raft_k=2, p_oracle=0.5, raft_quote=True),
+        progress=False,
+    )
     r = info.manifest["raft"]
     assert (r["index"], r["index_version"], r["p_oracle"], r["k"]) == ("docs", "v7", 0.5, 2)
     assert r["quote"] is True and r["stats"]["train"]["examples"] > 0

@@ -10,8 +10,9 @@ from tuner.split import dedup, length_filter, split
 
 
 def _ex(i: int, group: str | None = None, q: str | None = None) -> QAExample:
-    return QAExample(q or f"question {i}", f"answer {i}", f"f:{i}", group=group,
-                     meta={"topic": f"t{i % 3}"})
+    return QAExample(
+        q or f"question {i}", f"answer {i}", f"f:{i}", group=group, meta={"topic": f"t{i % 3}"}
+    )
 
 
 def test_dedup_ignores_case_and_spacing() -> None:

@@ -22,15 +22,17 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path / "adapter_model.safetensors"))
 
 
-def test_trains_a_registry_adapter_that_peft_loads_as_is(tiny_settings: Settings,
-                                                           qa_file: Path) -> None:
+def test_trains_a_registry_adapter_that_peft_loads_as_is(
+    tiny_settings: Settings, qa_file: Path
+) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     info = train_adapter(tiny_settings, quick_args(qa_file), progress=False)
     assert info.path == tiny_settings.adapters_dir / "a1"
     assert {"adapter_config.json", "adapter_model.safetensors", "manifest.json"} <= {
-        p.name for p in info.path.iterdir()}
+        p.name for p in info.path.iterdir()
+    }
     assert [a.name for a in list_adapters(tiny_settings)] == ["a1"]
     assert not run_dir(tiny_settings, "a1").exists()  # the work folder is cleaned up
 
@@ -55,8 +57,7 @@ def test_loss_is_only_on_response_tokens() -> None:
     a = Encoded([5, 6, 7, 8, 9], n_prompt=3)
     b = Encoded([5, 6, 10], n_prompt=2)
     batch = collate([a, b], pad_id=0)
-    assert batch["labels"].tolist() == [[-100, -100, -100, 8, 9],
-                                        [-100, -100, -100, -100, 10]]
+    assert batch["labels"].tolist() == [[-100, -100, -100, 8, 9], [-100, -100, -100, -100, 10]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]]
     assert batch["position_ids"].tolist()[1] == [0, 0, 0, 1, 2]
     assert batch["keep"] == 3 and batch["n_target"] == 3
@@ -76,8 +77,9 @@ def test_trimmed_logits_and_padding_do_not_change_the_loss(tiny_settings: Settin
     assert trimmed == pytest.approx(alone, rel=1e-4)
 
 
-def test_same_seed_same_weights_other_seed_other_weights(tiny_settings: Settings,
-                                                         qa_file: Path) -> None:
+def test_same_seed_same_weights_other_seed_other_weights(
+    tiny_settings: Settings, qa_file: Path
+) -> None:
     w = []
     for name, seed in (("s1", 7), ("s2", 7), ("s3", 8)):
         info = train_adapter(tiny_settings, quick_args(qa_file, name, seed=seed), progress=False)
@@ -86,10 +88,14 @@ def test_same_seed_same_weights_other_seed_other_weights(tiny_settings: Settings
     assert any(not torch.equal(w[0][k], w[2][k]) for k in w[0])
 
 
-def test_interrupted_run_resumes_to_the_same_weights(tiny_settings: Settings,
-                                                     qa_file: Path) -> None:
-    ref = train_adapter(tiny_settings, quick_args(qa_file, "ref", max_steps=6, save_every=1,
-                                                  eval_every=2), progress=False)
+def test_interrupted_run_resumes_to_the_same_weights(
+    tiny_settings: Settings, qa_file: Path
+) -> None:
+    ref = train_adapter(
+        tiny_settings,
+        quick_args(qa_file, "ref", max_steps=6, save_every=1, eval_every=2),
+        progress=False,
+    )
 
     def interrupt(step: int, loss: float) -> None:
         if step == 3:
@@ -106,26 +112,30 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny_settings: Settings,
     a, b = _weights(ref.path), _weights(info.path)
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert info.manifest["metrics"]["val_loss"] == pytest.approx(
-        ref.manifest["metrics"]["val_loss"], abs=1e-4)
+        ref.manifest["metrics"]["val_loss"], abs=1e-4
+    )
 
 
-def test_changed_args_start_over_instead_of_resuming(tiny_settings: Settings,
-                                                     qa_file: Path) -> None:
+def test_changed_args_start_over_instead_of_resuming(
+    tiny_settings: Settings, qa_file: Path
+) -> None:
     def interrupt(step: int, loss: float) -> None:
         if step == 2:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_adapter(tiny_settings, quick_args(qa_file, "x", save_every=1), progress=False,
-                      on_step=interrupt)
+        train_adapter(
+            tiny_settings, quick_args(qa_file, "x", save_every=1), progress=False, on_step=interrupt
+        )
     info = train_adapter(tiny_settings, quick_args(qa_file, "x", lr=1e-3), progress=False)
     assert info.manifest["metrics"]["resumed_from_step"] is None
 
 
 def test_continue_from_an_existing_adapter(tiny_settings: Settings, qa_file: Path) -> None:
     first = train_adapter(tiny_settings, quick_args(qa_file, "first"), progress=False)
-    second = train_adapter(tiny_settings, quick_args(qa_file, "second", init_from="first",
-                                                     r=8), progress=False)
+    second = train_adapter(
+        tiny_settings, quick_args(qa_file, "second", init_from="first", r=8), progress=False
+    )
     assert second.manifest["init_from"]["name"] == "first"
     assert second.manifest["hyperparameters"]["r"] == 4  # the adapter's own shape is kept
     a, b = _weights(first.path), _weights(second.path)
@@ -139,37 +149,52 @@ def test_mixing_weights_scale_each_dataset(tiny_settings: Settings, tmp_path: Pa
     assert epoch_order([0] * 10 + [1] * 4, {0: 0.5, 1: 2.0}, seed=1, epoch=1) != order
 
     a = write_jsonl(tmp_path / "a.jsonl", prompt_records(12))
-    b = write_jsonl(tmp_path / "b.jsonl", [{"instruction": f"Say {w}", "output": w}
-                                            for w in ("paris", "nile", "python", "curie")])
-    info = train_adapter(tiny_settings, quick_args([f"{a}:0.5", f"{b}:2"], "mix",
-                                                   val_fraction=0.0, epochs=1,
-                                                   max_steps=None), progress=False)
+    b = write_jsonl(
+        tmp_path / "b.jsonl",
+        [{"instruction": f"Say {w}", "output": w} for w in ("paris", "nile", "python", "curie")],
+    )
+    info = train_adapter(
+        tiny_settings,
+        quick_args([f"{a}:0.5", f"{b}:2"], "mix", val_fraction=0.0, epochs=1, max_steps=None),
+        progress=False,
+    )
     files = info.manifest["data"]["files"]
     assert [(f["format"], f["weight"]) for f in files] == [("prompt", 0.5), ("alpaca", 2.0)]
     # 12 x 0.5 + 4 x 2 = 14 examples per epoch, batch 2 -> 7 steps
     assert info.manifest["metrics"]["steps"] == 7
 
 
-def test_full_fine_tuning_writes_a_full_model_folder(tiny_settings: Settings,
-                                                     qa_file: Path) -> None:
+def test_full_fine_tuning_writes_a_full_model_folder(
+    tiny_settings: Settings, qa_file: Path
+) -> None:
     from transformers import AutoModelForCausalLM
 
-    info = train_adapter(tiny_settings, quick_args(qa_file, "full", method="full"),
-                         progress=False)
+    info = train_adapter(tiny_settings, quick_args(qa_file, "full", method="full"), progress=False)
     assert (info.path / "config.json").is_file() and (info.path / "manifest.json").is_file()
     assert info.method == "full" and get_adapter(tiny_settings, "full").method == "full"
     model = AutoModelForCausalLM.from_pretrained(str(info.path))
     base = AutoModelForCausalLM.from_pretrained(tiny_settings.generator)
-    assert not torch.equal(model.model.layers[0].self_attn.q_proj.weight,
-                           base.model.layers[0].self_attn.q_proj.weight)
-    assert info.manifest["metrics"]["trainable_params"] == sum(p.numel()
-                                                               for p in base.parameters())
+    assert not torch.equal(
+        model.model.layers[0].self_attn.q_proj.weight, base.model.layers[0].self_attn.q_proj.weight
+    )
+    assert info.manifest["metrics"]["trainable_params"] == sum(p.numel() for p in base.parameters())
 
 
 def test_keeps_best_weights_and_stops_early(tiny_settings: Settings, qa_file: Path) -> None:
-    info = train_adapter(tiny_settings, quick_args(qa_file, "es", lr=1.0, max_steps=30,
-                                                   eval_every=1, patience=2, warmup_ratio=0.0,
-                                                   schedule="constant"), progress=False)
+    info = train_adapter(
+        tiny_settings,
+        quick_args(
+            qa_file,
+            "es",
+            lr=1.0,
+            max_steps=30,
+            eval_every=1,
+            patience=2,
+            warmup_ratio=0.0,
+            schedule="constant",
+        ),
+        progress=False,
+    )
     met = info.manifest["metrics"]
     assert met["stopped_early"] and met["steps"] < 30
     vals = [h["val_loss"] for h in met["history"]]
