@@ -1,0 +1,140 @@
+"""The indexer's public API: build/update an index, list, describe and remove indexes.
+
+Other packages (through the CLI) call these; searching lives in ``core.index_store`` because
+the service and the eval harness read indexes too.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from core.config import Settings
+from core.errors import IndexNotFound
+from core.index_store import (
+    FAISS_FILE,
+    VERSIONS_DIR,
+    current_version,
+    index_dir,
+    list_indexes,
+    read_manifest,
+    validate_name,
+    version_dir,
+)
+from core.models import Embedder
+from indexer.build import index_lock, update_index
+from indexer.loaders import load_paths, squad_doc_id
+from indexer.summary import Counts, IndexSummary
+
+__all__ = [
+    "Counts",
+    "IndexSummary",
+    "build_index",
+    "describe_index",
+    "index_overview",
+    "remove_index",
+    "squad_doc_id",
+]
+
+
+def build_index(
+    settings: Settings,
+    paths: Sequence[Path],
+    name: str,
+    *,
+    prune: bool | None = None,
+    progress: bool = True,
+    embedder: Embedder | None = None,
+) -> IndexSummary:
+    """Index ``paths`` into the named index, incrementally.
+
+    Args:
+        settings: chunk size/overlap, batch size, index type, data dir, embedder spec.
+        paths: files and folders (folders recurse) to load.
+        name: the index name (a folder under ``<data_dir>/indexes``).
+        prune: remove indexed documents this run did not produce; None takes ``settings.prune``
+            (default True: the index mirrors the paths given). See ``indexer.build.plan``.
+        progress: show a tqdm progress bar on stderr while embedding.
+        embedder: an already loaded embedder (callers that index repeatedly load it once).
+
+    Returns:
+        What changed, the live version and the problems met (files that could not be used).
+
+    Raises:
+        DataError: nothing at all could be loaded (the index is left as it was).
+        IndexMismatch: the index was built with another embedder or dimension.
+    """
+    started = time.perf_counter()
+    validate_name(name)
+    loaded = load_paths(paths)
+    if embedder is None and loaded.documents:
+        from core.models import load_embedder
+
+        embedder = load_embedder(settings)
+    return update_index(
+        settings,
+        name,
+        loaded,
+        embedder,  # type: ignore[arg-type]  # None only when there is nothing to index
+        prune=settings.prune if prune is None else prune,
+        progress=progress,
+        started=started,
+    )
+
+
+def index_overview(settings: Settings, name: str) -> dict[str, Any]:
+    """A short description of one index (no document table): for ``index list`` and ``show``."""
+    m = read_manifest(settings, name)
+    vdir = version_dir(settings, name, m["version"])
+    size = sum(f.stat().st_size for f in vdir.iterdir() if f.is_file())
+    return {
+        "name": name,
+        "version": m["version"],
+        "previous_version": m.get("previous_version"),
+        "documents": m["counts"]["documents"],
+        "chunks": m["counts"]["chunks"],
+        "embedding_model": m["embedding_model"],
+        "embedding_dim": m["embedding_dim"],
+        "index_type": m["index_type"],
+        "ivf": m.get("ivf") if m["index_type"] == "ivf" else None,
+        "chunker": m.get("chunker"),
+        "created": m.get("created"),
+        "updated": m.get("updated"),
+        "bytes": size,
+        "faiss_bytes": (vdir / FAISS_FILE).stat().st_size,
+    }
+
+
+def describe_index(settings: Settings, name: str, max_documents: int = 20) -> dict[str, Any]:
+    """``index_overview`` plus the sources and a sample of document ids."""
+    m = read_manifest(settings, name)
+    out = index_overview(settings, name)
+    docs = m.get("documents", {})
+    sources: dict[str, int] = {}
+    for info in docs.values():
+        sources[info.get("source", "?")] = sources.get(info.get("source", "?"), 0) + 1
+    out["sources"] = dict(sorted(sources.items()))
+    out["document_ids"] = sorted(docs)[:max_documents]
+    return out
+
+
+def list_overviews(settings: Settings) -> list[dict[str, Any]]:
+    return [index_overview(settings, n) for n in list_indexes(settings)]
+
+
+def remove_index(settings: Settings, name: str) -> str:
+    """Delete an index and every version of it; returns the version that was live."""
+    idir = index_dir(settings, validate_name(name))
+    version = current_version(settings, name)
+    if version is None and not (idir / VERSIONS_DIR).is_dir():
+        raise IndexNotFound(f"index {name!r} not found")
+    with index_lock(idir):
+        # Rename first: the index disappears at once, even if deleting the files takes a while
+        # or is interrupted (a leftover .tmp- folder is cleaned by the next build).
+        trash = settings.indexes_dir / f".tmp-rm-{name}-{time.time_ns()}"
+        idir.rename(trash)
+    shutil.rmtree(trash, ignore_errors=True)
+    return version or ""
