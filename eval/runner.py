@@ -253,13 +253,15 @@ def _check_resume(out_dir: Path, config: dict[str, Any]) -> None:
         old = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return
+    skip = _RESUMABLE_CHANGES | {"variants", "started", "versions"}
     diff = sorted(
-        k
-        for k in set(old) | set(config)
-        if k not in _RESUMABLE_CHANGES
-        and k not in ("variants", "target", "started")
-        and old.get(k) != config.get(k)
+        k for k in set(old) | set(config) if k not in skip and old.get(k) != config.get(k)
     )
+    ov, nv = old.get("versions") or {}, config.get("versions") or {}
+    if ov.get("index_version") and ov.get("index_version") != nv.get("index_version"):
+        diff.append("index version")
+    oa, na = ov.get("adapters") or {}, nv.get("adapters") or {}
+    diff += [f"adapter {a} (retrained)" for a in sorted(set(oa) & set(na)) if oa[a] != na[a]]
     if diff:
         raise InvalidInput(
             f"{out_dir.name} holds a run with other settings ({', '.join(diff)}): "
@@ -304,11 +306,14 @@ def run_eval(
             field="modes",
         )
     retrieves = any(v.retrieves for v in variants)
+    index = (config.index or getattr(target, "default_index", None)) if retrieves else None
     meta = {
         **config.to_dict(),
         "dataset_sha256": file_sha256(Path(config.dataset)),
         "variants": [v.name for v in variants],
         "target": target.describe(),
+        # checked on resume: answers from a retrained adapter or a rebuilt index must not mix
+        "versions": target.fingerprint([v.adapter for v in variants if v.adapter], index),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_resume(out_dir, meta)

@@ -26,12 +26,21 @@ class Target(Protocol):
 
     def describe(self) -> dict[str, Any]: ...
 
+    def fingerprint(self, adapters: Sequence[str], index: str | None) -> dict[str, Any]:
+        """What the answers depend on beyond the config (adapter and index versions); raises
+        early when an adapter or the index does not exist."""
+        ...
+
 
 class PipelineTarget:
     """The in-process pipeline (models load on the first batch)."""
 
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
+
+    @property
+    def default_index(self) -> str:
+        return self.pipeline.settings.default_index
 
     def answer_batch(self, requests: Sequence[QueryRequest]) -> list[Answer]:
         return self.pipeline.answer_batch(list(requests))
@@ -41,14 +50,31 @@ class PipelineTarget:
 
     def describe(self) -> dict[str, Any]:
         s = self.pipeline.settings
+        # Everything in the settings that changes an answer (the defaults a request inherits).
         return {
             "kind": "pipeline",
             "generator": s.generator,
             "embedder": s.embedder,
             "max_context_chars": s.max_context_chars,
-            "torch_threads": s.torch_threads,
-            "device": s.device,
+            "top_k": s.top_k,
+            "retrieval": s.retrieval,
+            "max_new_tokens": s.max_new_tokens,
+            "temperature": s.temperature,
         }
+
+    def fingerprint(self, adapters: Sequence[str], index: str | None) -> dict[str, Any]:
+        from core.index_store import read_manifest
+        from core.registry import get_adapter
+
+        s = self.pipeline.settings
+        out: dict[str, Any] = {
+            "adapters": {
+                a: get_adapter(s, a).manifest.get("created_at") for a in sorted(set(adapters))
+            }
+        }
+        if index is not None:
+            out["index_version"] = read_manifest(s, index)["version"]
+        return out
 
 
 class HttpTarget:
@@ -114,6 +140,9 @@ class HttpTarget:
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "http", "url": self.url}
+
+    def fingerprint(self, adapters: Sequence[str], index: str | None) -> dict[str, Any]:
+        return {}  # the service owns its adapters and indexes
 
     def close(self) -> None:
         self.client.close()

@@ -105,3 +105,27 @@ def test_oracle_needs_gold_passages(tiny_env, tmp_path):
     cfg = _config(data, modes=["oracle"])
     with pytest.raises(InvalidInput, match="oracle"):
         run_eval(cfg, PipelineTarget(Pipeline(settings)), tmp_path / "r", progress=False)
+
+
+def test_resume_refuses_a_retrained_adapter(tiny_env, tmp_path):
+    settings, squad = tiny_env
+    out = tmp_path / "run"
+    target = PipelineTarget(Pipeline(settings))
+    cfg = _config(squad, modes=["finetune"], limit=2)
+    run_eval(cfg, target, out, progress=False)
+    manifest = settings.adapters_dir / "qa" / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"test"', '"2030-01-01T00:00:00"'))
+    with pytest.raises(InvalidInput, match="adapter qa"):
+        run_eval(cfg, PipelineTarget(Pipeline(settings)), out, progress=False)
+
+
+def test_missing_adapter_or_index_fails_before_any_work(tiny_env, tmp_path):
+    from core.errors import IndexNotFound, UnknownAdapter
+
+    settings, squad = tiny_env
+    target = PipelineTarget(Pipeline(settings))
+    with pytest.raises(UnknownAdapter):
+        run_eval(_config(squad, modes=["hybrid:nope"]), target, tmp_path / "a", progress=False)
+    with pytest.raises(IndexNotFound):
+        run_eval(_config(squad, modes=["rag"], index="nope"), target, tmp_path / "b")
+    assert not (tmp_path / "a" / RESULTS).exists() and not (tmp_path / "b").exists()
