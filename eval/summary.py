@@ -209,8 +209,15 @@ def _ci(d: dict[str, Any]) -> str:
     return f"{d['mean']:.3f} [{d['lo']:.3f}, {d['hi']:.3f}]"
 
 
+def _s(x: float) -> str:
+    return f"{round(x, 3) + 0.0:+.3f}"  # + 0.0 turns -0.0 into 0.0
+
+
 def _signed(d: dict[str, Any]) -> str:
-    return f"{d['diff']:+.3f} (95% CI {d['lo']:+.3f} to {d['hi']:+.3f}, paired bootstrap p={d['p_value']:.3g}, McNemar on EM p={d['mcnemar_p']:.3g}, n={d['n']})"
+    return (
+        f"{_s(d['diff'])} (95% CI {_s(d['lo'])} to {_s(d['hi'])}, paired bootstrap "
+        f"p={d['p_value']:.3g}, McNemar on EM p={d['mcnemar_p']:.3g}, n={d['n']})"
+    )
 
 
 def verdict_text(summary: dict[str, Any], v: dict[str, Any]) -> str:

@@ -126,3 +126,17 @@ def test_shipped_experiments_are_valid(name):
         TuneArgs.from_dict({**spec.tune, "data": ["x.json"], "name": "x", "format": "squad"})
     raw = json.loads(exp.dataset.read_text())
     assert raw["canary"].startswith("BENCHMARK DATA SHOULD NEVER APPEAR")
+
+
+def test_demo_runs_the_shipped_config(tiny_settings):
+    """`ragtune demo` end to end on the shipped demo config (tiny models: seconds, not minutes)."""
+    res = _invoke([*_global(tiny_settings), "demo", "-q"])
+    assert "Winner on token F1" in res.output and "Serve the winner" in res.output
+    folder = tiny_settings.data_dir / "runs" / "demo"
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["n_questions"] == 60
+    assert set(summary["variants"]) == {
+        "base", "rag", "finetune:demo-closed", "hybrid:demo-raft", "oracle",
+    }  # fmt: skip
+    state = json.loads((folder / "experiment.json").read_text())
+    assert len(state["steps"]["split"]["test_articles"]) == 3
