@@ -259,6 +259,7 @@ def bench_memory(opts: argparse.Namespace) -> dict[str, Any]:
             flush=True,
         )
         out[method] = res
+    out["gradient_checkpointing"] = opts.gc
     out["ratio_lora_over_full"] = round(out["lora"]["peak_rss_mb"] / out["full"]["peak_rss_mb"], 3)
     return out
 
@@ -405,6 +406,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--squad", type=Path, default=DEFAULT_SQUAD)
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument(
+        "--gradient-checkpointing",
+        dest="gc",
+        action="store_true",
+        help="memory: train both methods with gradient checkpointing",
+    )
     ap.add_argument("--save", action="store_true", help="append to bench/results/tuner.txt")
     opts = ap.parse_args()
     if opts.what == "_memory_child":
@@ -421,7 +428,8 @@ def main() -> None:
         print("  ->", json.dumps(results["throughput"]))
     if opts.what in ("memory", "all"):
         opts.steps = 2
-        print("peak RSS, LoRA vs full fine-tuning (separate processes):")
+        gc = " with gradient checkpointing" if opts.gc else ""
+        print(f"peak RSS, LoRA vs full fine-tuning{gc} (separate processes):")
         results["memory"] = bench_memory(opts)
         print(
             "  ->", json.dumps({"ratio_lora_over_full": results["memory"]["ratio_lora_over_full"]})

@@ -64,6 +64,7 @@ TUNE_OPTIONS = [
     _opt("--patience", name="patience", type=int),
     _opt("--save-every", name="save_every", type=int),
     _opt("--grad-clip", name="grad_clip", type=float),
+    _opt("--gradient-checkpointing/--no-gradient-checkpointing", name="gradient_checkpointing"),
     _opt("--dedup/--no-dedup", name="dedup"),
     _opt("--forgetting/--no-forgetting", name="forgetting"),
     _opt("--min-free-disk-mb", name="min_free_disk_mb", type=int),

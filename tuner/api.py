@@ -473,8 +473,11 @@ def _build_model(
         raise ModelNotFound(f"cannot load base model {settings.generator!r}: {e}") from e
     model.to(device)
     torch.manual_seed(args.seed)  # LoRA init and dropout draw from the global generator
+    model.config.use_cache = False  # no KV cache while training
+    if args.gradient_checkpointing:
+        # non-reentrant checkpointing needs no input that requires grad (frozen embeddings)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if args.method == "full":
-        model.config.use_cache = False
         return model, device
     from peft import LoraConfig, PeftModel, get_peft_model
 

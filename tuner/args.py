@@ -100,6 +100,8 @@ class TuneArgs:
     """Stop after this many validations without improvement (0 = never stop early)."""
     save_every: int = 25
     """Write a resumable checkpoint every N optimizer steps (and at each validation)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: far less memory, ~30% more compute."""
     grad_clip: float = 1.0
     """Clip the gradient norm to this value (0 = no clipping)."""
     dedup: bool = True

@@ -207,3 +207,14 @@ def test_manifest_is_written_last_and_is_json(tiny_settings: Settings, qa_file: 
     files = sorted(info.path.iterdir(), key=lambda p: p.stat().st_mtime_ns)
     assert files[-1].name == "manifest.json"
     assert json.loads((info.path / "manifest.json").read_text())["name"] == "m"
+
+
+def test_gradient_checkpointing_trains_the_same_weights(
+    tiny_settings: Settings, qa_file: Path
+) -> None:
+    a = train_adapter(tiny_settings, quick_args(qa_file, "plain"), progress=False)
+    b = train_adapter(
+        tiny_settings, quick_args(qa_file, "gc", gradient_checkpointing=True), progress=False
+    )
+    wa, wb = _weights(a.path), _weights(b.path)
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
