@@ -266,7 +266,9 @@ def search(
         click.echo(f"   {snippet}")
 
 
-def _batch_search(settings: Any, name: str, k: int, method: str, path: Path, out: Path | None):
+def _batch_search(
+    settings: Any, name: str, k: int, method: str, path: Path, out: Path | None
+) -> None:
     from tqdm import tqdm
 
     pairs, problems = _read_queries(path)

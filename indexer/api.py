@@ -35,6 +35,7 @@ __all__ = [
     "build_index",
     "describe_index",
     "index_overview",
+    "list_overviews",
     "remove_index",
     "squad_doc_id",
 ]

@@ -291,8 +291,6 @@ def update_index(
 
                     old_index = faiss.read_index(str(vroot / old_version / FAISS_FILE))
                     old_kind = IndexKind.from_manifest(old_manifest)
-                    if not same_kind:
-                        old_kind = IndexKind("changed-setting")  # forces a rebuild of the kind
                 index, kind = updated_index(
                     old_index,
                     old_kind,
@@ -302,6 +300,7 @@ def update_index(
                     settings.index_type,
                     settings.ivf_nlist,
                     embedder.dim,
+                    rebuild=not same_kind,  # index_type/ivf_nlist changed: rebuild from vectors
                 )
                 import faiss
 

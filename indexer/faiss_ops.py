@@ -123,19 +123,21 @@ def updated_index(
     requested_type: str,
     requested_nlist: int,
     dim: int,
+    rebuild: bool = False,
 ) -> tuple[Any, IndexKind]:
     """The next index: the old one minus ``drop_ids`` plus the new vectors.
 
     The old index is edited in place when its kind still fits (the caller read it from disk,
     so it is a private copy); otherwise every kept vector is taken out of it and a fresh index
-    of the right kind is built (e.g. the first time a growing corpus is big enough for IVF).
+    of the right kind is built (e.g. the first time a growing corpus is big enough for IVF, or
+    ``rebuild`` when the index type settings changed).
     """
     import faiss
 
     n_after = (old_index.ntotal if old_index is not None else 0) - len(drop_ids) + len(new_ids)
     kind = choose_kind(requested_type, n_after, requested_nlist)
     if old_index is not None and old_kind is not None:
-        if not needs_retrain(old_kind, kind, requested_nlist):
+        if not rebuild and not needs_retrain(old_kind, kind, requested_nlist):
             if len(drop_ids):
                 old_index.remove_ids(faiss.IDSelectorBatch(drop_ids.astype(np.int64)))
             if len(new_ids):
