@@ -20,7 +20,7 @@ def test_kill_9_during_reindex(tiny_settings, tiny_embedder, corpus, tmp_path) -
     first = build_index(tiny_settings, [corpus], "kb", progress=False, embedder=tiny_embedder)
     big = tmp_path / "big.jsonl"
     with big.open("w") as f:
-        for i in range(4000):
+        for i in range(2000):
             f.write(json.dumps({"id": f"d{i}", "text": f"Paris river mountain number {i}."}) + "\n")
     env = {
         **os.environ,
@@ -75,6 +75,6 @@ def test_kill_9_during_reindex(tiny_settings, tiny_embedder, corpus, tmp_path) -
 
     # The next run cleans up and finishes the job.
     s = build_index(tiny_settings, [corpus, big], "kb", progress=False, embedder=tiny_embedder)
-    assert s.cleaned >= 1 and s.documents.added == 4000 and s.documents.unchanged == 5
+    assert s.cleaned >= 1 and s.documents.added == 2000 and s.documents.unchanged == 5
     assert not any(p.name.startswith(".tmp-") for p in vroot.iterdir())
     assert current_version(tiny_settings, "kb") == s.version
