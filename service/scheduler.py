@@ -24,7 +24,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,6 +76,8 @@ class BatchScheduler:
         self._closing = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragtune-generate")
         self._batch_s = 0.5  # running average of one batch's duration, for Retry-After
+        self._free_since = 0.0  # when the worker finished its last batch
+        self._preparing = 0  # requests admitted and still retrieving (not yet queued)
 
     # --- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -95,7 +97,8 @@ class BatchScheduler:
     @property
     def depth(self) -> int:
         """Requests admitted and not yet handed to the model."""
-        return sum(1 for j in self._waiting if not j.cancelled) + self._streams_waiting
+        waiting = sum(1 for j in self._waiting if not j.cancelled)
+        return waiting + self._preparing + self._streams_waiting
 
     def _admit(self) -> None:
         if self._closing:
@@ -108,11 +111,16 @@ class BatchScheduler:
             raise err
 
     # --- batched answers ------------------------------------------------------------------
-    async def submit(self, prepared: Prepared, deadline: float | None = None) -> Answer:
-        """Queue one prepared request and wait for its answer (or the deadline)."""
-        self._admit()
-        if self._wakeup is None:
-            raise RuntimeError("scheduler not started")
+    async def submit(
+        self, prepared: Prepared, deadline: float | None = None, *, admit: bool = True
+    ) -> Answer:
+        """Queue one prepared request and wait for its answer (or the deadline).
+
+        ``admit=False`` when the request was admitted already (by ``preparing``)."""
+        if admit:
+            self._admit()
+        if self._wakeup is None or self._task is None or self._task.done():
+            raise Overloaded("the service is not accepting requests (starting or stopping)")
         job = _Job(prepared, asyncio.get_running_loop().create_future())
         self._waiting.append(job)
         self._wakeup.set()
@@ -134,20 +142,12 @@ class BatchScheduler:
         while True:
             self._drop_cancelled()
             if not self._waiting:
-                if self._closing:
+                if self._closing and self._preparing == 0:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            # Wait for the batch to fill, but never longer than the window after the oldest.
-            close_at = self._waiting[0].enqueued + self.window_s
-            while len(self._waiting) < self.max_batch_size and not self._closing:
-                left = close_at - time.monotonic()
-                if left <= 0:
-                    break
-                self._wakeup.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), left)
+            await self._fill_window()
             batch = self._take()
             if not batch:
                 continue
@@ -159,6 +159,7 @@ class BatchScheduler:
             except BaseException as e:  # executor shut down, loop closing, ...
                 results = [e] * len(batch)
             elapsed = time.perf_counter() - t0
+            self._free_since = time.monotonic()
             self._batch_s = 0.8 * self._batch_s + 0.2 * elapsed
             if self.on_batch is not None:
                 self.on_batch(len(batch), elapsed)
@@ -169,6 +170,37 @@ class BatchScheduler:
                     job.future.set_exception(res)
                 else:
                     job.future.set_result(res)
+
+    async def _fill_window(self) -> None:
+        """Wait for the batch to fill: up to ``window`` after the oldest waiting request, or
+        after the worker came free when requests queued up meanwhile. The second rule lets
+        clients whose answers just went out rejoin the next batch instead of leaving it
+        half full (closed-loop clients would otherwise settle into alternating part-batches).
+        While requests are still retrieving, wait up to 4 windows more for them."""
+        assert self._wakeup is not None
+        close_at = max(self._waiting[0].enqueued, self._free_since) + self.window_s
+        hard_stop = close_at + 4 * self.window_s
+        while len(self._waiting) < self.max_batch_size and not self._closing:
+            now = time.monotonic()
+            if now >= hard_stop or (now >= close_at and self._preparing == 0):
+                return
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._wakeup.wait(), (close_at if now < close_at else hard_stop) - now
+                )
+
+    @contextlib.contextmanager
+    def preparing(self) -> Iterator[None]:
+        """Mark a request as admitted and retrieving; the batch window waits for it."""
+        self._admit()
+        self._preparing += 1
+        try:
+            yield
+        finally:
+            self._preparing -= 1
+            if self._wakeup is not None:
+                self._wakeup.set()
 
     def _drop_cancelled(self) -> None:
         while self._waiting and self._waiting[0].cancelled:

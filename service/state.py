@@ -103,10 +103,11 @@ class Services:
         checked = [self.validate(r) for r in reqs]
 
         async def one(r: QueryRequest) -> Answer:
-            prepared = await anyio.to_thread.run_sync(
-                self.pipeline.prepare, [r], limiter=self.prepare_limiter
-            )
-            answer = await self.scheduler.submit(prepared[0], deadline)
+            with self.scheduler.preparing():
+                prepared = await anyio.to_thread.run_sync(
+                    self.pipeline.prepare, [r], limiter=self.prepare_limiter
+                )
+            answer = await self.scheduler.submit(prepared[0], deadline, admit=False)
             self.metrics.tokens.labels(answer.mode).inc(answer.usage.completion_tokens)
             return answer
 
