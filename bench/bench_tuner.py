@@ -212,6 +212,7 @@ def memory_child(method: str, opts: argparse.Namespace) -> None:
                 max_steps=opts.steps,
                 batch_size=4,
                 val_fraction=0.0,
+                gradient_checkpointing=opts.gc,
                 forgetting=False,
             ),
             progress=False,
@@ -244,7 +245,8 @@ def bench_memory(opts: argparse.Namespace) -> dict[str, Any]:
                 str(opts.threads),
                 "--squad",
                 str(opts.squad),
-            ],
+            ]
+            + (["--gradient-checkpointing"] if opts.gc else []),
             capture_output=True,
             text=True,
             cwd=REPO,
