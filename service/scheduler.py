@@ -61,6 +61,7 @@ class BatchScheduler:
         timeout_s: float,
         max_adapters_per_batch: int,
         on_batch: Callable[[int, float], None] | None = None,
+        on_reject: Callable[[], None] | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.window_s = window_ms / 1000
@@ -69,6 +70,7 @@ class BatchScheduler:
         self.timeout_s = timeout_s
         self.max_adapters = max_adapters_per_batch
         self.on_batch = on_batch
+        self.on_reject = on_reject
         self._waiting: deque[_Job] = deque()
         self._streams_waiting = 0
         self._wakeup: asyncio.Event | None = None
@@ -108,6 +110,8 @@ class BatchScheduler:
             # Roughly how long until the queue drains one batch's worth.
             waits = self.depth / max(1, self.max_batch_size) * self._batch_s
             err.retry_after = max(1, math.ceil(waits))  # type: ignore[attr-defined]
+            if self.on_reject is not None:
+                self.on_reject()
             raise err
 
     # --- batched answers ------------------------------------------------------------------

@@ -55,6 +55,7 @@ class Services:
             timeout_s=settings.request_timeout_s,
             max_adapters_per_batch=settings.max_loaded_adapters,
             on_batch=lambda n, _s: metrics.batch_size.observe(n),
+            on_reject=metrics.rejected.inc,
         )
         holder.append(scheduler)
         return cls(settings, pipeline, scheduler, metrics)

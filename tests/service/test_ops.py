@@ -126,6 +126,7 @@ def test_full_queue_is_503_with_retry_after(svc_settings):
             assert int(r.headers["retry-after"]) >= 1
             assert r.json()["status"] == 503
             assert first.result().status_code == 200
+        assert "ragtune_rejected_total 1.0" in c.get("/metrics").text
 
 
 def test_request_timeout_is_504(svc_settings):
