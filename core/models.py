@@ -234,7 +234,7 @@ def load_embedder(settings: Settings) -> Embedder:
 
     try:
         model = SentenceTransformer(str(loc.path) if loc.path else loc.spec, device="cpu")
-    except OSError as e:
+    except (OSError, ValueError) as e:
         raise ModelNotFound(f"cannot load embedder {settings.embedder!r}: {e}") from e
     return Embedder(model, loc.model_id)
 
@@ -271,7 +271,7 @@ def load_generator(settings: Settings) -> Generator:
     try:
         tok = load_tokenizer(folder)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # transformers raises ValueError for broken folders
         raise ModelNotFound(f"cannot load generator {settings.generator!r}: {e}") from e
     device = settings.device
     if device == "auto":

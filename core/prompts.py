@@ -18,6 +18,8 @@ PROMPT_VERSION = "ragtune-qa-v1"
 SYSTEM_PROMPT = "You answer questions with a short phrase, not a sentence."
 CLOSED_BOOK_INSTRUCTION = "Answer with a short phrase."
 CONTEXT_INSTRUCTION = "Answer with a short phrase copied from the passages."
+# Quote-style RAFT targets read '"<supporting sentence>" Answer: <answer>' on one line.
+ANSWER_MARK = "Answer:"
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,9 @@ def template_id(tokenizer: Any) -> str:
 
 
 def clean_answer(text: str) -> str:
-    """Trim a generated answer to its first line (models sometimes continue past it)."""
+    """The short answer in a generation: its first line (models sometimes continue past it),
+    after the last ``Answer:`` mark when there is one (quote-style RAFT adapters)."""
     text = text.strip()
-    return text.split("\n", 1)[0].strip() if text else text
+    first = text.split("\n", 1)[0].strip() if text else text
+    i = first.rfind(ANSWER_MARK)
+    return first[i + len(ANSWER_MARK) :].strip() if i >= 0 else first

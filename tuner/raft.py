@@ -22,9 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.prompts import ANSWER_MARK
 from tuner.formats import QAExample
-
-ANSWER_MARK = "Answer:"
 
 
 @dataclass(frozen=True)

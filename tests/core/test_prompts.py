@@ -39,3 +39,11 @@ def test_training_prompt_equals_serving_prompt_smollm2(packaged_settings):
     tok = load_tokenizer(generator_folder(packaged_settings))
     _check(tok)
     assert "<|im_start|>assistant\n" in render_prompt(tok, "q?")
+
+
+def test_clean_answer_keeps_the_short_answer():
+    from core.prompts import clean_answer
+
+    assert clean_answer("  Paris\nThe Eiffel Tower is in Paris.") == "Paris"
+    assert clean_answer('"The tower is in Paris." Answer: Paris') == "Paris"
+    assert clean_answer("") == ""
