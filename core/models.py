@@ -180,6 +180,13 @@ def folder_fingerprint(folder: str | Path) -> str:
     return digest
 
 
+def quiet_loading() -> None:
+    """Hide transformers' per-load "Loading weights" bars: models load on every command."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def set_torch_threads(settings: Settings) -> None:
     if settings.torch_threads:
         import torch
@@ -230,6 +237,7 @@ def load_embedder(settings: Settings) -> Embedder:
     """Load the configured embedder on the CPU."""
     loc = locate_embedder(settings.embedder)
     set_torch_threads(settings)
+    quiet_loading()
     from sentence_transformers import SentenceTransformer
 
     try:
@@ -265,6 +273,7 @@ def load_generator(settings: Settings) -> Generator:
     loc = locate_generator(settings.generator)
     folder = generator_folder(settings)
     set_torch_threads(settings)
+    quiet_loading()
     import torch
     from transformers import AutoModelForCausalLM
 
