@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,6 +60,11 @@ def run_safely(fn: Callable[[], Any]) -> None:
         fail("interrupted", 130)
     except BrokenPipeError:
         sys.exit(0)
+    except MemoryError:
+        fail("out of memory: try a smaller batch size, a shorter max length or fewer threads")
+    except Exception as e:  # a bug: say so in one line; the traceback goes to the log (-v)
+        logging.getLogger("ragtune").debug("unexpected error", exc_info=True)
+        fail(f"unexpected {type(e).__name__}: {e} (rerun with -v for details)")
     else:
         if isinstance(rc, int) and rc:
             sys.exit(rc)

@@ -46,12 +46,12 @@ def models(ctx: click.Context, as_json: bool) -> None:
 @pass_app
 def prepare(app: AppContext) -> None:
     """Load both models once (unpacking the GGUF generator into the cache)."""
-    from core.models import generator_folder, load_embedder
+    from core.models import check_generator, load_embedder
 
     settings = app.settings()
     t0 = time.perf_counter()
     emb = load_embedder(settings)
     click.echo(f"embedder  {emb.model_id}: {emb.dim}-d ({time.perf_counter() - t0:.1f} s)")
     t0 = time.perf_counter()
-    folder = generator_folder(settings)
+    folder = check_generator(settings)
     click.echo(f"generator ready in {folder} ({time.perf_counter() - t0:.1f} s)")

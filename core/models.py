@@ -152,6 +152,19 @@ def generator_folder(settings: Settings) -> str:
     return str(loc.path) if loc.path is not None else loc.spec
 
 
+def check_generator(settings: Settings) -> str:
+    """Prepare the generator (materializing a GGUF) and check that its config and tokenizer load."""
+    folder = generator_folder(settings)
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(folder)
+        load_tokenizer(folder)
+    except (OSError, ValueError) as e:
+        raise ModelNotFound(f"cannot load generator {settings.generator!r}: {e}") from e
+    return folder
+
+
 def folder_fingerprint(folder: str | Path) -> str:
     """A content hash of a model folder's weights (cached beside them).
 

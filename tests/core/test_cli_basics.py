@@ -57,3 +57,11 @@ def test_models_lists_configured_models(tmp_path):
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)
     assert [row["role"] for row in rows] == ["embedder", "generator"]
+
+
+def test_unexpected_errors_are_one_line(tmp_path):
+    # A generator folder that exists but holds no model: a clean message, no traceback.
+    (tmp_path / "empty").mkdir()
+    r = _run("--generator", str(tmp_path / "empty"), "models", "prepare")
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr and r.stderr.startswith("error:")
