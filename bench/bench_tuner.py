@@ -276,53 +276,15 @@ def bench_memory(opts: argparse.Namespace) -> dict[str, Any]:
 
 
 def write_index(settings: Any, articles: list[dict[str, Any]], name: str) -> str:
-    """One chunk per SQuAD paragraph, doc id "{title}#p{i}" (the indexer's scheme)."""
-    import faiss
-    import numpy as np
-
-    from core.models import load_embedder
+    """Index every SQuAD paragraph with the real indexer (doc id "{title}#p{i}")."""
+    from tests.helpers import index_docs
 
     docs = [
         (f"{a['title']}#p{i}", p["context"])
         for a in articles
         for i, p in enumerate(a["paragraphs"])
     ]
-    emb = load_embedder(settings)
-    vecs = emb.encode([t for _, t in docs], batch_size=64)
-    index = faiss.IndexIDMap2(faiss.IndexFlatIP(emb.dim))
-    index.add_with_ids(vecs, np.arange(len(docs), dtype=np.int64))
-    version = "bench1"
-    vdir = settings.indexes_dir / name / "versions" / version
-    vdir.mkdir(parents=True)
-    faiss.write_index(index, str(vdir / "index.faiss"))
-    with (vdir / "chunks.jsonl").open("w") as f:
-        for i, (doc_id, text) in enumerate(docs):
-            f.write(
-                json.dumps(
-                    {
-                        "int_id": i,
-                        "id": f"{doc_id}#0",
-                        "doc_id": doc_id,
-                        "text": text,
-                        "span": [0, len(text)],
-                        "metadata": {},
-                    }
-                )
-                + "\n"
-            )
-    (vdir / "manifest.json").write_text(
-        json.dumps(
-            {
-                "schema_version": 1,
-                "name": name,
-                "version": version,
-                "embedding_model": emb.model_id,
-                "embedding_dim": emb.dim,
-            }
-        )
-    )
-    (settings.indexes_dir / name / "CURRENT").write_text(version)
-    return version
+    return index_docs(settings, name, docs)
 
 
 def squad_subset(articles: list[dict[str, Any]], n: int) -> dict[str, Any]:

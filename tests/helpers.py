@@ -41,3 +41,26 @@ def make_lora_adapter(settings: Settings, name: str, seed: int = 0, r: int = 4) 
     }
     (staged / "manifest.json").write_text(json.dumps(manifest))
     return publish(settings, staged, name)
+
+
+def index_docs(
+    settings: Settings,
+    name: str,
+    docs: dict[str, str] | list[tuple[str, str]],
+    embedder: object | None = None,
+) -> str:
+    """Index ``{doc_id: text}`` with the real indexer; returns the new live version.
+
+    The documents go through a JSONL file (``{"id", "text"}`` per line), so doc ids are kept
+    as given; indexing the same ``name`` again with other docs replaces them (prune).
+    """
+    from indexer.api import build_index
+
+    items = list(docs.items()) if isinstance(docs, dict) else list(docs)
+    path = settings.data_dir / "docs" / f"{name}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for doc_id, text in items:
+            f.write(json.dumps({"id": doc_id, "text": text}) + "\n")
+    summary = build_index(settings, [path], name, progress=False, embedder=embedder)  # type: ignore[arg-type]
+    return summary.version

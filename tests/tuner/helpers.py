@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from core.config import Settings
+from tests.helpers import index_docs
 
 # Facts the tiny tokenizer knows the words of (tests/tiny_models.py CORPUS).
 FACTS = [
@@ -84,15 +85,9 @@ def squad_json(path: Path, per_article: int = 2) -> Path:
     return path
 
 
-def build_index(
-    settings: Settings, name: str = "default", version: str = "v1", squad_path: Path | None = None
-) -> str:
-    """Write an index of the SQuAD-style paragraphs (doc id "{title}#p{i}") plus distractors."""
-    import faiss
-    import numpy as np
-
-    from core.models import load_embedder
-
+def build_index(settings: Settings, name: str = "default", squad_path: Path | None = None) -> str:
+    """Index the SQuAD-style paragraphs (doc id "{title}#p{i}") plus distractors with the real
+    indexer; returns the live version."""
     docs: list[tuple[str, str]] = []
     if squad_path is not None:
         for art in json.loads(squad_path.read_text())["data"]:
@@ -104,36 +99,4 @@ def build_index(
         ("distractor#p0", "The Nile and the Great Wall are old."),
         ("distractor#p1", "What is the answer to the question in the passages?"),
     ]
-    emb = load_embedder(settings)
-    vecs = emb.encode([t for _, t in docs])
-    index = faiss.IndexIDMap2(faiss.IndexFlatIP(emb.dim))
-    index.add_with_ids(vecs, np.arange(len(docs), dtype=np.int64))
-    vdir = settings.indexes_dir / name / "versions" / version
-    vdir.mkdir(parents=True)
-    faiss.write_index(index, str(vdir / "index.faiss"))
-    with (vdir / "chunks.jsonl").open("w") as f:
-        for i, (doc_id, text) in enumerate(docs):
-            f.write(
-                json.dumps(
-                    {
-                        "int_id": i,
-                        "id": f"{doc_id}#0",
-                        "doc_id": doc_id,
-                        "text": text,
-                        "span": [0, len(text)],
-                        "metadata": {},
-                    }
-                )
-                + "\n"
-            )
-    manifest = {
-        "schema_version": 1,
-        "name": name,
-        "version": version,
-        "embedding_model": emb.model_id,
-        "embedding_dim": emb.dim,
-        "counts": {"documents": len(docs), "chunks": len(docs)},
-    }
-    (vdir / "manifest.json").write_text(json.dumps(manifest))
-    (settings.indexes_dir / name / "CURRENT").write_text(version)
-    return version
+    return index_docs(settings, name, docs)

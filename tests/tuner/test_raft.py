@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from core.config import Settings
-from core.index_store import load_index
+from core.index_store import current_version, load_index
 from core.models import load_embedder
 from tests.tuner.conftest import quick_args
 from tests.tuner.helpers import build_index, squad_json
@@ -19,7 +19,7 @@ from tuner.raft import build_raft, make_target, strip_quote
 @pytest.fixture
 def squad_index(tiny_settings: Settings, tmp_path: Path) -> tuple[Path, object]:
     sq = squad_json(tmp_path / "squad.json")
-    build_index(tiny_settings, "docs", "v7", squad_path=sq)
+    build_index(tiny_settings, "docs", squad_path=sq)
     emb = load_embedder(tiny_settings)
     return sq, load_index(tiny_settings, "docs", emb.model_id, emb.dim, emb.encode)
 
@@ -90,7 +90,8 @@ def test_raft_training_records_index_and_version(
         progress=False,
     )
     r = info.manifest["raft"]
-    assert (r["index"], r["index_version"], r["p_oracle"], r["k"]) == ("docs", "v7", 0.5, 2)
+    live = current_version(tiny_settings, "docs")
+    assert (r["index"], r["index_version"], r["p_oracle"], r["k"]) == ("docs", live, 0.5, 2)
     assert r["quote"] is True and r["stats"]["train"]["examples"] > 0
     example = info.manifest["prompt"]["example"]
     assert "Passages:\n[1] " in example["prompt"] and "[2] " in example["prompt"]
