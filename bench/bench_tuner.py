@@ -216,7 +216,7 @@ def memory_child(method: str, opts: argparse.Namespace) -> None:
                 name=method,
                 method=method,
                 max_steps=opts.steps,
-                batch_size=4,
+                batch_size=opts.batch_size,
                 val_fraction=0.0,
                 gradient_checkpointing=opts.gc,
                 forgetting=False,
@@ -251,6 +251,8 @@ def bench_memory(opts: argparse.Namespace) -> dict[str, Any]:
                 str(opts.threads),
                 "--squad",
                 str(opts.squad),
+                "--batch-size",
+                str(opts.batch_size),
             ]
             + (["--gradient-checkpointing"] if opts.gc else []),
             capture_output=True,
@@ -268,6 +270,7 @@ def bench_memory(opts: argparse.Namespace) -> dict[str, Any]:
         )
         out[method] = res
     out["gradient_checkpointing"] = opts.gc
+    out["batch_size"] = opts.batch_size
     out["ratio_lora_over_full"] = round(out["lora"]["peak_rss_mb"] / out["full"]["peak_rss_mb"], 3)
     return out
 
