@@ -21,7 +21,7 @@ CHROMIUM = next(
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None,
     reason="headless Chromium not installed (apt-get install -y chromium; "
-    ".ci/setup-extra.sh installs it in CI)",
+    "scripts/setup.sh --dev installs it, as in CI)",
 )
 DATA_IMG = re.compile(r'<img alt="([^"]*)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 
