@@ -113,6 +113,11 @@ class Pipeline:
         return self.indexes.get(name or self.settings.default_index)
 
     @property
+    def loaded_engine(self) -> GenerationEngine | None:
+        """The engine if the generator is loaded already, else None (never loads it)."""
+        return self._engine
+
+    @property
     def models_loaded(self) -> bool:
         return self._engine is not None and self._embedder is not None
 

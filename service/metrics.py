@@ -44,7 +44,7 @@ class _AdapterCacheCollector(Collector):
         self.pipeline = pipeline
 
     def collect(self) -> Iterator[Any]:
-        engine = self.pipeline._engine  # never trigger a model load from a scrape
+        engine = self.pipeline.loaded_engine  # never trigger a model load from a scrape
         stats = engine.stats if engine is not None else None
         for name, doc in (
             ("hits", "Adapter requests served from memory"),
