@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -48,14 +47,9 @@ def eval_group() -> None:
 
 
 def _eval_config_file(path: Path) -> dict[str, Any]:
-    from core.errors import InvalidInput
+    from core.config import read_toml
 
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise InvalidInput(f"--config: file not found: {path}", field="config") from e
-    except tomllib.TOMLDecodeError as e:
-        raise InvalidInput(f"--config: {path.name} is not valid TOML: {e}", field="config") from e
+    raw = read_toml(path, "--config file", field="config")
     return dict(raw.get("eval", raw))
 
 

@@ -19,14 +19,13 @@ import json
 import random
 import shutil
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from core.atomic import write_json_atomic
-from core.config import Settings, resolve_settings
+from core.config import Settings, read_toml, resolve_settings
 from core.errors import InvalidInput
 from eval.datasets import file_sha256, read_squad, subset_squad
 from eval.split import SplitSpec, split_groups
@@ -83,12 +82,7 @@ def _unknown(section: str, got: dict[str, Any], allowed: set[str]) -> None:
 def load_experiment(path: Path) -> Experiment:
     """Read and check an experiment TOML; paths in it are relative to the file."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise InvalidInput(f"experiment config not found: {path}") from e
-    except tomllib.TOMLDecodeError as e:
-        raise InvalidInput(f"{path.name} is not valid TOML: {e}") from e
+    raw = read_toml(path, "experiment config")
     _unknown("top level", raw, TOP_KEYS)
     data = raw.get("data") or {}
     _unknown("data", data, DATA_KEYS)

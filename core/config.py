@@ -116,13 +116,19 @@ class Settings(BaseSettings):
         return self.cache_dir / "models"
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: Path, what: str = "config file", field: str | None = None) -> dict[str, Any]:
+    """Parse a TOML file; a missing file or bad syntax is an InvalidInput naming ``what``."""
+    path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
-        raise InvalidInput(f"config file not found: {path}") from e
+        raise InvalidInput(f"{what} not found: {path}", field=field) from e
     except tomllib.TOMLDecodeError as e:
-        raise InvalidInput(f"config file {path} is not valid TOML: {e}") from e
+        raise InvalidInput(f"{what} {path.name} is not valid TOML: {e}", field=field) from e
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    raw = read_toml(path)
     # Allow a [ragtune] table or top-level keys.
     return dict(raw.get("ragtune", raw))
 

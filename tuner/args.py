@@ -12,12 +12,12 @@ import ast
 import inspect
 import itertools
 import textwrap
-import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+from core.config import read_toml
 from core.errors import InvalidInput
 
 METHODS = ("lora", "full")
@@ -192,14 +192,7 @@ class TuneArgs:
     def from_toml(cls, path: str | Path, **overrides: Any) -> TuneArgs:
         """Load from a TOML file (top level or ``[tune]``); non-None ``overrides`` win."""
         path = Path(path)
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as e:
-            raise InvalidInput(f"--config: file not found: {path}", field="config") from e
-        except tomllib.TOMLDecodeError as e:
-            raise InvalidInput(
-                f"--config: {path.name} is not valid TOML: {e}", field="config"
-            ) from e
+        raw = read_toml(path, "--config file", field="config")
         raw = dict(raw.get("tune", raw))
         return cls.from_dict({**raw, **{k: v for k, v in overrides.items() if v is not None}})
 

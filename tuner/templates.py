@@ -17,11 +17,11 @@ question or answer renders empty is bad too. Worked examples live in examples/te
 from __future__ import annotations
 
 import csv
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.config import read_toml
 from core.errors import DataError, InvalidInput
 from tuner.formats import BadRecord, LoadResult, QAExample, iter_records
 
@@ -116,10 +116,7 @@ def load_template(path: str | Path) -> Template:
     path = Path(path)
     if not path.is_file():
         raise InvalidInput(f"template file not found: {path}", field="template")
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise InvalidInput(f"template {path.name} is not valid TOML: {e}", field="template") from e
+    raw = read_toml(path, "template", field="template")
     unknown = sorted(set(raw) - {*KEYS, "description"})
     if unknown:
         raise InvalidInput(
