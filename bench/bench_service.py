@@ -9,10 +9,14 @@ Measures, in one run (baselines included):
    prompt, at p50 (target <= 5%);
 4. time from publishing a new adapter to its first answered request.
 
-    python bench/bench_service.py [--threads 1] [--tokens 16] [--seconds 20] [--out FILE]
+    python bench/bench_service.py [--threads 1] [--tokens 16] [--seconds 20] [--rounds 3]
+                                  [--pairs 15] [--out FILE]
 
 The server runs as a subprocess (its own GIL), on 127.0.0.1. On a shared 2-core machine
-the numbers are noisy: the run prints the load average before and after.
+the numbers are noisy, so each comparison is measured in several rounds whose phases run
+back to back (1, 4, 8 clients; one adapter, mixed adapters), the ratio is taken within each
+round (both sides saw the same load), and the median over rounds is reported with the
+spread. The run prints the load average before and after.
 """
 
 from __future__ import annotations
@@ -144,21 +148,24 @@ class Server:
             self.proc.kill()
 
 
-def batch_counts(url: str) -> tuple[float, float]:
-    """(rows, batches) generated so far, from the server's Prometheus metrics."""
+def batch_counts(url: str) -> dict[str, float]:
+    """Rows decoded / decode steps / rows prefilled / prefill passes so far (Prometheus)."""
     text = httpx.get(url + "/metrics").text
     values = {}
     for line in text.splitlines():
-        if line.startswith(("ragtune_batch_size_sum", "ragtune_batch_size_count")):
-            name, value = line.split()
+        if line.startswith(("ragtune_batch_size_", "ragtune_prefill_rows_")) and " " in line:
+            name, value = line.rsplit(" ", 1)
             values[name] = float(value)
-    return values["ragtune_batch_size_sum"], values["ragtune_batch_size_count"]
+    return values
 
 
 def closed_loop(
     url: str, bodies: list[dict], seconds: float
-) -> tuple[float, int, list[float], float, float]:
-    """Each body is one client sending requests back to back for ``seconds``."""
+) -> tuple[float, int, list[float], float, float, float]:
+    """Each body is one client sending requests back to back for ``seconds``.
+
+    Returns (queries/s, done, latencies, rows per decode step, tokens per answer,
+    requests per prefill pass)."""
     done = 0
     lat: list[float] = []
     tokens: list[int] = []
@@ -177,15 +184,22 @@ def closed_loop(
                     tokens.append(r.json()["usage"]["completion_tokens"])
                     lat.append(time.perf_counter() - t0)
 
-    rows0, batches0 = batch_counts(url)
+    before = batch_counts(url)
     t0 = time.perf_counter()
     with cf.ThreadPoolExecutor(len(bodies)) as pool:
         list(pool.map(client, bodies))
     rate = done / (time.perf_counter() - t0)
-    rows1, batches1 = batch_counts(url)
-    mean = (rows1 - rows0) / max(1.0, batches1 - batches0)
-    log(f"  {len(bodies)} clients: {rate:.2f} q/s, mean batch {mean:.1f} rows")
-    return rate, done, lat, mean, statistics.mean(tokens)
+    after = batch_counts(url)
+
+    def per(kind: str) -> float:
+        total = after[f"{kind}_sum"] - before[f"{kind}_sum"]
+        return total / max(1.0, after[f"{kind}_count"] - before[f"{kind}_count"])
+
+    mean, joined = per("ragtune_batch_size"), per("ragtune_prefill_rows")
+    log(
+        f"  {len(bodies)} clients: {rate:.2f} q/s, {mean:.1f} rows per decode step, {joined:.1f} per prefill"
+    )
+    return rate, done, lat, mean, statistics.mean(tokens), joined
 
 
 class BareGenerator:
@@ -225,6 +239,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (server and bare)")
     ap.add_argument("--tokens", type=int, default=16, help="max_new_tokens for every request")
     ap.add_argument("--seconds", type=float, default=20.0, help="per throughput phase")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of each comparison")
+    ap.add_argument("--pairs", type=int, default=15, help="overhead: request/generate pairs")
     ap.add_argument(
         "--window-ms",
         type=float,
@@ -271,31 +287,43 @@ def main() -> None:
                 b["adapter"] = adapter
             return b
 
-        # 1. throughput at 1, 4, 8 clients
+        # 1. throughput at 1, 4, 8 clients, in rounds; ratios within each round
         closed_loop(server.url, [body(0)], 3)  # warm up
-        qps = {}
-        for clients in (1, 4, 8):
-            rate, done, lat, mean, toks = closed_loop(
-                server.url, [body(i) for i in range(clients)], args.seconds
-            )
-            qps[clients] = rate
+        runs: dict[int, list[tuple[float, int, list[float], float, float, float]]] = {
+            1: [],
+            4: [],
+            8: [],
+        }
+        for _ in range(args.rounds):
+            for clients in runs:
+                runs[clients].append(
+                    closed_loop(server.url, [body(i) for i in range(clients)], args.seconds)
+                )
+        for clients, phases in runs.items():
+            rates = [p[0] for p in phases]
+            lat = [x for p in phases for x in p[2]]
             lines.append(
-                f"throughput {clients} client(s): {rate:.2f} queries/s ({done} done, "
-                f"p50 latency {statistics.median(lat):.2f} s, mean batch {mean:.1f} rows, "
-                f"{toks:.1f} tokens/answer)"
+                f"throughput {clients} client(s): {statistics.median(rates):.2f} queries/s median "
+                f"of {len(rates)} rounds ({', '.join(f'{r:.2f}' for r in rates)}; "
+                f"{sum(p[1] for p in phases)} done, p50 latency {statistics.median(lat):.2f} s, "
+                f"{statistics.mean(p[3] for p in phases):.1f} rows per decode step, "
+                f"{statistics.mean(p[5] for p in phases):.1f} requests per prefill, "
+                f"{statistics.mean(p[4] for p in phases):.1f} tokens/answer)"
             )
         for clients in (4, 8):
+            ratios = [m[0] / o[0] for m, o in zip(runs[clients], runs[1], strict=True)]
             lines.append(
-                f"  ratio {clients}/1 clients: {qps[clients] / qps[1]:.2f}x (target 8: >= 3x)"
+                f"  ratio {clients}/1 clients: {statistics.median(ratios):.2f}x median "
+                f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)}; target 8: >= 3x)"
             )
 
         # 3. overhead: /v1/query (base mode, one client) vs bare model.generate on the same
-        # prompt in this process, interleaved so that both see the same machine load
+        # prompt in this process, interleaved pair by pair so that both see the same load
         q = LONG_QUESTIONS[0]
         bare = BareGenerator(settings, q, args.tokens)
         http_lat, bare_lat = [], []
         with httpx.Client(base_url=server.url, timeout=600) as c:
-            for i in range(9):
+            for i in range(args.pairs + 1):
                 t1 = time.perf_counter()
                 r = c.post(
                     "/v1/query",
@@ -309,9 +337,13 @@ def main() -> None:
                     bare.time_one()
         http_p50, bare_p50 = statistics.median(http_lat), statistics.median(bare_lat)
         over = (http_p50 - bare_p50) / bare_p50 * 100
+        paired = statistics.median(
+            [(h - b) / b * 100 for h, b in zip(http_lat, bare_lat, strict=True)]
+        )
         lines.append(
             f"overhead: /v1/query p50 {http_p50 * 1000:.0f} ms vs bare model.generate p50 "
-            f"{bare_p50 * 1000:.0f} ms -> {over:+.1f}% (target <= 5%; "
+            f"{bare_p50 * 1000:.0f} ms -> {over:+.1f}% (median of {len(http_lat)} paired "
+            f"differences: {paired:+.1f}%; target <= 5%; "
             f"{r.json()['usage']['completion_tokens']} tokens)"
         )
 
@@ -319,14 +351,23 @@ def main() -> None:
         with httpx.Client(base_url=server.url, timeout=600) as c:
             for n in names:
                 c.post(f"/v1/adapters/{n}/load").raise_for_status()
-        one, _, _, _, _ = closed_loop(server.url, [body(i, "ad0") for i in range(8)], args.seconds)
-        mixed, _, _, _, _ = closed_loop(
-            server.url, [body(i, names[i]) for i in range(8)], args.seconds
+        ones, mixeds = [], []
+        for _ in range(args.rounds):
+            ones.append(
+                closed_loop(server.url, [body(i, "ad0") for i in range(8)], args.seconds)[0]
+            )
+            mixeds.append(
+                closed_loop(server.url, [body(i, names[i]) for i in range(8)], args.seconds)[0]
+            )
+        ratios = [m / o for m, o in zip(mixeds, ones, strict=True)]
+        lines.append(
+            f"8 clients, one adapter: {statistics.median(ones):.2f} q/s; each its own adapter: "
+            f"{statistics.median(mixeds):.2f} q/s (medians of {args.rounds} rounds)"
         )
         lines.append(
-            f"8 clients, one adapter: {one:.2f} q/s; each its own adapter: {mixed:.2f} q/s"
+            f"  mixed/one ratio: {statistics.median(ratios):.2f} median "
+            f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)}; target >= 0.8)"
         )
-        lines.append(f"  mixed/one ratio: {mixed / one:.2f} (target >= 0.8)")
 
         # 4. a newly published adapter's first request
         with httpx.Client(base_url=server.url, timeout=600) as c:

@@ -64,6 +64,13 @@ class AdapterMismatch(RagtuneError):
     title = "Adapter does not match the base model"
 
 
+class AdapterBusy(RagtuneError):
+    """The adapter is generating for running requests, so it cannot be unloaded now."""
+
+    status = 409
+    title = "Adapter in use"
+
+
 class Overloaded(RagtuneError):
     """The request queue is full; the client should retry later."""
 

@@ -3,40 +3,32 @@
 One ``PeftModel`` holds every loaded adapter; each row of a batch names its own adapter
 (``adapter_names=[...]``, "__base__" for none), so requests for different adapters are
 generated together. ``set_adapter`` is never called: it mutates shared state. All model
-access goes through one lock, so callers on several threads are safe.
+access goes through one lock, taken per decode step, so callers on several threads are safe
+and an adapter can be loaded between two steps of a running batch.
+
+Batches are continuous (``core.decode``): rows join and leave between steps. An adapter
+that a running row uses is never evicted or unloaded under it.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from core.config import Settings
-from core.errors import InvalidInput
+from core.decode import DecodeState, Row
+from core.errors import AdapterBusy, InvalidInput
 from core.models import Generator
 from core.registry import AdapterInfo, check_base, get_adapter
+from core.types import GenRequest, GenResult
+
+__all__ = ["BASE", "ContinuousBatch", "GenRequest", "GenResult", "GenerationEngine", "Row"]
 
 BASE = "__base__"  # peft's name for "no adapter" in adapter_names
-
-
-@dataclass(frozen=True)
-class GenRequest:
-    prompt: str
-    adapter: str | None = None
-    max_new_tokens: int = 32
-    temperature: float = 0.0
-
-
-@dataclass
-class GenResult:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    generate_ms: float
 
 
 @dataclass
@@ -63,6 +55,7 @@ class GenerationEngine:
         self._base = generator.model
         self._peft: Any = None
         self._loaded: OrderedDict[str, AdapterInfo] = OrderedDict()
+        self._in_use: Counter[str] = Counter()  # running rows per adapter
         self._lock = threading.RLock()
         self.stats = AdapterStats()
         self._stops = _stop_ids(generator.tokenizer)
@@ -92,7 +85,8 @@ class GenerationEngine:
                 )
             self.stats.misses += 1
             while len(self._loaded) >= self.max_loaded:
-                victim = next((n for n in self._loaded if n not in pinned), None)
+                busy = set(pinned) | set(self._in_use)
+                victim = next((n for n in self._loaded if n not in busy), None)
                 if victim is None:
                     break
                 self._unload_locked(victim)
@@ -116,6 +110,11 @@ class GenerationEngine:
         with self._lock:
             if name not in self._loaded:
                 return False
+            if self._in_use[name]:
+                raise AdapterBusy(
+                    f"adapter {name!r} is generating for {self._in_use[name]} running "
+                    "request(s); unload it when they are done"
+                )
             self._unload_locked(name)
             return True
 
@@ -137,109 +136,121 @@ class GenerationEngine:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def _use(self, adapters: Sequence[str | None], delta: int) -> None:
+        """Count the running rows per adapter (under the lock): those are never evicted."""
+        for name in adapters:
+            if name:
+                self._in_use[name] += delta
+                if self._in_use[name] <= 0:
+                    del self._in_use[name]
+
+    def batch(self) -> ContinuousBatch:
+        """A new, empty continuous batch on this engine's model."""
+        return ContinuousBatch(self)
+
     def generate_batch(self, requests: Sequence[GenRequest]) -> list[GenResult]:
-        """Generate every request in as few forward passes as possible.
+        """Generate every request together; each row leaves the batch when it is done.
 
-        Rows with sampling and greedy rows run as separate sub-batches; within one, the batch
-        runs to the longest ``max_new_tokens`` and each row is cut to its own.
-        """
-        results: list[GenResult | None] = [None] * len(requests)
-        groups: dict[float, list[int]] = {}
-        for i, r in enumerate(requests):
-            groups.setdefault(round(r.temperature, 4), []).append(i)
-        for temp, idx in groups.items():
-            for i, res in zip(
-                idx, self._generate_group([requests[i] for i in idx], temp), strict=True
-            ):
-                results[i] = res
-        return [r for r in results if r is not None]
+        Raises the first row's error if any row failed (an unknown adapter, say)."""
+        results: list[GenResult | BaseException | None] = [None] * len(requests)
 
-    def _generate_group(self, reqs: list[GenRequest], temperature: float) -> list[GenResult]:
-        import torch
+        def keep(i: int) -> Callable[[GenResult | BaseException], None]:
+            return lambda res: results.__setitem__(i, res)
 
-        tok = self.tokenizer
-        with self._lock:
-            wanted = [r.adapter for r in reqs if r.adapter]
-            for name in dict.fromkeys(wanted):
-                self.load_adapter(name, pinned=wanted)
-            model, extra = self._model_and_names([r.adapter for r in reqs])
-            tok.padding_side = "left"
-            enc = tok(
-                [r.prompt for r in reqs],
-                return_tensors="pt",
-                padding=True,
-                add_special_tokens=False,
-            ).to(model.device)
-            max_new = max(r.max_new_tokens for r in reqs)
-            sample = temperature > 0
-            t0 = time.perf_counter()
-            with torch.inference_mode():
-                out = model.generate(
-                    **enc,
-                    max_new_tokens=max_new,
-                    do_sample=sample,
-                    temperature=temperature if sample else None,
-                    top_p=None,
-                    top_k=None,
-                    pad_token_id=tok.pad_token_id,
-                    eos_token_id=self._stops,
-                    **extra,
-                )
-            ms = (time.perf_counter() - t0) * 1000
-        prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
-        width = enc["input_ids"].shape[1]
-        stops = set(self._stops)
-        results = []
-        for row, r, plen in zip(out, reqs, prompt_lens, strict=True):
-            new = row[width:].tolist()[: r.max_new_tokens]
-            cut = next((j for j, t in enumerate(new) if t in stops), len(new))
-            text = tok.decode(new[:cut], skip_special_tokens=True)
-            results.append(GenResult(text, int(plen), cut + (1 if cut < len(new) else 0), ms))
-        return results
+        batch = self.batch()
+        batch.add([Row(r, keep(i)) for i, r in enumerate(requests)])
+        while len(batch):
+            batch.step()
+        out: list[GenResult] = []
+        for res in results:
+            if isinstance(res, BaseException):
+                raise res
+            assert res is not None, "every row ends with a result"
+            out.append(res)
+        return out
 
-    def stream(self, request: GenRequest) -> Iterator[str]:
-        """Yield text pieces as they are generated (one request; holds the model meanwhile)."""
-        from transformers import TextIteratorStreamer
+    def stream(self, request: GenRequest) -> Iterator[str | GenResult]:
+        """Yield text pieces as they are decoded, then the GenResult."""
+        pieces: list[str] = []
+        result: list[GenResult | BaseException] = []
+        batch = self.batch()
+        batch.add([Row(request, result.append, on_text=pieces.append)])
+        while True:
+            ready, pieces[:] = pieces[:], []
+            yield from ready
+            if not len(batch):
+                break
+            batch.step()
+        if isinstance(result[0], BaseException):
+            raise result[0]
+        yield result[0]
 
-        tok = self.tokenizer
-        with self._lock:
-            if request.adapter:
-                self.load_adapter(request.adapter)
-            model, extra = self._model_and_names([request.adapter])
-            enc = tok([request.prompt], return_tensors="pt", add_special_tokens=False).to(
-                model.device
-            )
-            streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
-            sample = request.temperature > 0
-            errors: list[BaseException] = []
 
-            def run() -> None:
-                import torch
+class ContinuousBatch:
+    """Rows generated together that join (``add``) and leave (when done) between steps.
 
-                try:
-                    with torch.inference_mode():
-                        model.generate(
-                            **enc,
-                            max_new_tokens=request.max_new_tokens,
-                            do_sample=sample,
-                            temperature=request.temperature if sample else None,
-                            top_p=None,
-                            top_k=None,
-                            pad_token_id=tok.pad_token_id,
-                            eos_token_id=self._stops,
-                            streamer=streamer,
-                            **extra,
-                        )
-                except BaseException as e:  # surfaced to the consumer below
-                    errors.append(e)
-                    streamer.end()
+    The engine lock is held for one prefill or one step at a time, never across steps."""
 
-            worker = threading.Thread(target=run, daemon=True)
-            worker.start()
-            yield from (piece for piece in streamer if piece)
-            worker.join()
-            if errors:
-                raise errors[0]
+    def __init__(self, engine: GenerationEngine) -> None:
+        self._engine = engine
+        self._state = DecodeState(engine.tokenizer, engine._stops)
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+    @property
+    def adapters(self) -> set[str]:
+        """The distinct adapters the running rows use."""
+        return {a for a in self._state.adapters() if a}
+
+    @property
+    def can_join(self) -> bool:
+        """False while rows run on a model whose cache cannot take new rows mid-batch."""
+        return self._state.mergeable or not len(self._state)
+
+    def add(self, rows: Sequence[Row]) -> None:
+        """Load each row's adapter and prefill the rows together. A row whose adapter
+        fails to load finishes with that error alone; the others join."""
+        eng = self._engine
+        with eng._lock:
+            ready: list[Row] = []
+            pinned = self.adapters
+            for row in rows:
+                if row.adapter:
+                    try:
+                        eng.load_adapter(row.adapter, pinned=[*pinned, row.adapter])
+                    except Exception as e:
+                        row.finish(e)
+                        continue
+                    pinned.add(row.adapter)
+                ready.append(row)
+            if not ready:
+                return
+            eng._use([r.adapter for r in ready], +1)
+            model, extra = eng._model_and_names([r.adapter for r in ready])
+            try:
+                done = self._state.join(model, extra, ready)
+            except Exception as e:
+                eng._use([r.adapter for r in ready], -1)
+                for row in ready:
+                    row.finish(e)
+                return
+            eng._use([r.adapter for r in done], -1)
+
+    def step(self) -> None:
+        """One token for every running row; finished rows get their results."""
+        eng = self._engine
+        with eng._lock:
+            gone = self._state.drop_cancelled()
+            model, extra = eng._model_and_names(self._state.adapters())
+            try:
+                left = gone + self._state.step(model, extra)
+            except Exception as e:
+                failed = self._state.abort()
+                for row in failed:
+                    row.finish(e)
+                left = gone + failed
+            eng._use([r.adapter for r in left], -1)
 
 
 def _stop_ids(tok: Any) -> list[int]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from core.config import Settings
 from core.errors import InvalidInput
-from core.generation import GenerationEngine, GenRequest
+from core.generation import GenerationEngine
 from core.index_store import IndexCache, LoadedIndex
 from core.models import Embedder, Generator, load_embedder, load_generator
 from core.prompts import clean_answer, render_prompt
@@ -22,6 +22,8 @@ from core.types import (
     MODES,
     RETRIEVAL_METHODS,
     Answer,
+    GenRequest,
+    GenResult,
     Hit,
     Mode,
     RetrievalMethod,
@@ -217,26 +219,27 @@ class Pipeline:
         return self.generate(prepared, started=t0)
 
     def generate(self, prepared: Sequence[Prepared], started: float | None = None) -> list[Answer]:
-        """Generate for already-prepared requests (the service's batch scheduler calls this)."""
+        """Generate for already-prepared requests, together."""
         t0 = started or time.perf_counter()
-        gens = self.engine.generate_batch(
-            [
-                GenRequest(
-                    p.prompt,
-                    p.request.adapter,
-                    p.request.max_new_tokens or self.settings.max_new_tokens,
-                    p.request.temperature or 0.0,
-                )
-                for p in prepared
-            ]
+        gens = self.engine.generate_batch([self.gen_request(p) for p in prepared])
+        return [self.finish(p, g, t0) for p, g in zip(prepared, gens, strict=True)]
+
+    def gen_request(self, p: Prepared) -> GenRequest:
+        """What the generation engine needs for one prepared request."""
+        r = p.request
+        return GenRequest(
+            p.prompt,
+            r.adapter,
+            r.max_new_tokens or self.settings.max_new_tokens,
+            r.temperature or 0.0,
         )
-        total = (time.perf_counter() - t0) * 1000
-        return [
-            _answer(
-                p, clean_answer(g.text), g.prompt_tokens, g.completion_tokens, g.generate_ms, total
-            )
-            for p, g in zip(prepared, gens, strict=True)
-        ]
+
+    def finish(self, p: Prepared, g: GenResult, started: float) -> Answer:
+        """The Answer for a generated row (``started``: perf_counter when the request came)."""
+        total = (time.perf_counter() - started) * 1000
+        return _answer(
+            p, clean_answer(g.text), g.prompt_tokens, g.completion_tokens, g.generate_ms, total
+        )
 
     def answer(self, request: QueryRequest) -> Answer:
         return self.answer_batch([request])[0]
@@ -245,24 +248,8 @@ class Pipeline:
         """Yield answer text pieces as generated, then the final Answer (with sources)."""
         t0 = time.perf_counter()
         p = self.prepare([request])[0]
-        r = p.request
-        pieces: list[str] = []
-        g0 = time.perf_counter()
-        for piece in self.engine.stream(
-            GenRequest(p.prompt, r.adapter, r.max_new_tokens or 1, r.temperature or 0.0)
-        ):
-            pieces.append(piece)
-            yield piece
-        gen_ms = (time.perf_counter() - g0) * 1000
-        text = "".join(pieces)
-        yield _answer(
-            p,
-            clean_answer(text),
-            self.engine.count_tokens(p.prompt),
-            self.engine.count_tokens(text),
-            gen_ms,
-            (time.perf_counter() - t0) * 1000,
-        )
+        for item in self.engine.stream(self.gen_request(p)):
+            yield item if isinstance(item, str) else self.finish(p, item, t0)
 
     def status(self) -> dict[str, Any]:
         return {

@@ -91,3 +91,21 @@ class Answer:
         if include_prompt:
             out["prompt"] = self.prompt
         return out
+
+
+@dataclass(frozen=True)
+class GenRequest:
+    """One generation: a rendered prompt, the adapter for its row (None = base model)."""
+
+    prompt: str
+    adapter: str | None = None
+    max_new_tokens: int = 32
+    temperature: float = 0.0
+
+
+@dataclass
+class GenResult:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int  # including the stop token, when the row stopped on one
+    generate_ms: float

@@ -168,7 +168,12 @@ def _doc_ids(hits: Sequence[Hit]) -> list[str]:
 
 
 def answer_record(
-    v: Variant, item: QAItem, ans: Answer, batch_ms: float, batch_n: int
+    v: Variant,
+    item: QAItem,
+    ans: Answer,
+    batch_ms: float,
+    batch_n: int,
+    batch_generate_ms: float | None = None,
 ) -> dict[str, Any]:
     rec: dict[str, Any] = {
         "kind": "answer",
@@ -187,6 +192,8 @@ def answer_record(
         "total_ms": ans.timings.total_ms,
         "batch_ms": round(batch_ms, 3),
         "batch_n": batch_n,
+        # Rows leave a continuous batch when done: the batch generated for its longest row.
+        "batch_generate_ms": round(batch_generate_ms or ans.timings.generate_ms, 3),
         "index_version": ans.index_version,
     }
     if v.sees_passages:
@@ -356,9 +363,10 @@ def run_eval(
                 t0 = time.perf_counter()
                 answers = target.answer_batch([_request(v, it, config) for it in pending])
                 batch_ms = (time.perf_counter() - t0) * 1000
+                gen_ms = max(a.timings.generate_ms for a in answers)
                 writer.write(
                     [
-                        answer_record(v, it, a, batch_ms, len(pending))
+                        answer_record(v, it, a, batch_ms, len(pending), gen_ms)
                         for it, a in zip(pending, answers, strict=True)
                     ]
                 )

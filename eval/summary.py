@@ -22,6 +22,12 @@ def _index(records: Sequence[dict[str, Any]]) -> dict[tuple[str, str], dict[str,
     return {(r["variant"], r["qid"]): r for r in records if "variant" in r and "qid" in r}
 
 
+def _batch_gen_ms(r: dict[str, Any]) -> float:
+    """The generation time of the record's batch (older records: the row's own, which was
+    the batch's under static batching)."""
+    return float(r.get("batch_generate_ms", r["generate_ms"]))
+
+
 def _variant_summary(recs: list[dict[str, Any]], n_boot: int) -> dict[str, Any]:
     out: dict[str, Any] = {"n": len(recs)}
     if not recs:
@@ -38,7 +44,7 @@ def _variant_summary(recs: list[dict[str, Any]], n_boot: int) -> dict[str, Any]:
     lat = [r["total_ms"] for r in recs]
     # Each record carries its batch's wall time; dividing by the batch size sums to the total.
     wall_s = sum(r["batch_ms"] / max(1, r["batch_n"]) for r in recs) / 1000
-    gen_s = sum(r["generate_ms"] / max(1, r["batch_n"]) for r in recs) / 1000
+    gen_s = sum(_batch_gen_ms(r) / max(1, r["batch_n"]) for r in recs) / 1000
     completion = sum(r["completion_tokens"] for r in recs)
     out["latency_ms"] = {
         "p50": percentile(lat, 50),

@@ -5,7 +5,8 @@ Exposed at ``GET /metrics``:
 - ``ragtune_http_requests_total{route,method,status}`` and
   ``ragtune_http_request_duration_seconds{route,method}`` (route = the path template, so
   ``/v1/adapters/{name}/load`` is one series however many names are used);
-- ``ragtune_generated_tokens_total{mode}``; ``ragtune_batch_size`` (rows per generate call);
+- ``ragtune_generated_tokens_total{mode}``; ``ragtune_batch_size`` (rows per decode step);
+  ``ragtune_prefill_rows`` (requests prefilled together when they join the batch);
 - ``ragtune_queue_depth`` (requests admitted and waiting for the model);
 - ``ragtune_adapter_cache_{hits,misses,evictions}_total`` and ``ragtune_adapters_loaded``,
   read from the generation engine's own counters at scrape time.
@@ -81,7 +82,13 @@ class Metrics:
         )
         self.batch_size = Histogram(
             "ragtune_batch_size",
-            "Requests generated together in one batch",
+            "Requests generated together: rows in one decode step",
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64),
+            registry=r,
+        )
+        self.prefill_rows = Histogram(
+            "ragtune_prefill_rows",
+            "Requests that joined the batch together (one prefill pass)",
             buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64),
             registry=r,
         )

@@ -1,18 +1,20 @@
-"""The batching scheduler: requests that arrive close together are generated together.
+"""The continuous-batching scheduler: requests join the running batch between decode steps.
 
-Generation is CPU-bound and the model takes one batch at a time, so one worker thread runs
-``pipeline.generate`` while the event loop keeps accepting requests. The loop collects the
-requests that arrive within ``batch_window_ms`` of the oldest waiting one (at most
-``max_batch_size``), each row with its own adapter (peft ``adapter_names``, LoRAX-style), and
-hands the batch to the worker. Requests that arrive while a batch runs wait for the next
-one, so under load batches fill up by themselves.
+Generation is CPU-bound, so one worker thread owns the decode loop (a
+``core.generation.ContinuousBatch``) while the event loop keeps accepting requests. Before
+every step the worker lets waiting requests join the running rows (oldest first, up to
+``max_batch_size`` rows and ``max_adapters_per_batch`` distinct adapters: more would evict
+adapters that running rows need); each row uses its own adapter (peft ``adapter_names``,
+LoRAX-style), and a row leaves as soon as its answer is done. So a request that arrives
+while others are generating starts at the next step instead of waiting for the whole batch,
+and a short answer frees its slot at once. When nothing runs, the worker waits
+``batch_window_ms`` after the first request, so that a burst is prefilled together.
 
 The waiting queue is bounded (``queue_size``): a full queue raises ``Overloaded`` (503 with
-Retry-After) instead of piling up. Each request has a deadline (``request_timeout_s``,
-504); a request that times out before its batch starts is dropped from the batch.
-
-Streams (SSE) bypass batching: ``pipeline.stream`` runs one request and holds the model
-meanwhile, on its own thread; they count against the same queue bound until they start.
+Retry-After) instead of piling up. Each request has a deadline (``request_timeout_s``, 504);
+a request that times out, or whose client goes away, leaves the batch at the next step.
+Streams (SSE) are rows like the others, with a callback that relays each piece of text as
+it is decoded.
 """
 
 from __future__ import annotations
@@ -24,22 +26,28 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.decode import Row
 from core.errors import Overloaded, RequestTimeout
-from core.pipeline import Pipeline, Prepared, QueryRequest
-from core.types import Answer
+from core.generation import ContinuousBatch
+from core.pipeline import Pipeline, Prepared
+from core.types import Answer, GenResult
 
 log = logging.getLogger("ragtune.service")
 
 
-@dataclass
+@dataclass(eq=False)
 class _Job:
+    """One request waiting for, or in, the batch. Callbacks run on the worker thread."""
+
     prepared: Prepared
-    future: asyncio.Future[Answer]
+    loop: asyncio.AbstractEventLoop
+    started: float  # perf_counter when the request came in (for total_ms)
+    future: asyncio.Future[Answer] | None = None  # a plain request
+    items: asyncio.Queue[tuple[str, Any]] | None = None  # a stream
     enqueued: float = field(default_factory=time.monotonic)
     cancelled: bool = False
 
@@ -47,9 +55,23 @@ class _Job:
     def adapter(self) -> str | None:
         return self.prepared.request.adapter
 
+    def deliver(self, kind: str, item: Any) -> None:
+        """Hand an item to the event loop (a no-op once the loop is gone)."""
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self._put, kind, item)
+
+    def _put(self, kind: str, item: Any) -> None:
+        if self.items is not None:
+            self.items.put_nowait((kind, item))
+        elif self.future is not None and not self.future.done():
+            if kind == "error":
+                self.future.set_exception(item)
+            else:
+                self.future.set_result(item)
+
 
 class BatchScheduler:
-    """Collects prepared requests into batches and generates them on one worker thread."""
+    """Feeds prepared requests into one continuous batch on one worker thread."""
 
     def __init__(
         self,
@@ -60,7 +82,8 @@ class BatchScheduler:
         queue_size: int,
         timeout_s: float,
         max_adapters_per_batch: int,
-        on_batch: Callable[[int, float], None] | None = None,
+        on_step: Callable[[int, float], None] | None = None,
+        on_join: Callable[[int], None] | None = None,
         on_reject: Callable[[], None] | None = None,
     ) -> None:
         self.pipeline = pipeline
@@ -69,38 +92,40 @@ class BatchScheduler:
         self.queue_size = queue_size
         self.timeout_s = timeout_s
         self.max_adapters = max_adapters_per_batch
-        self.on_batch = on_batch
+        self.on_step = on_step
+        self.on_join = on_join
         self.on_reject = on_reject
-        self._waiting: deque[_Job] = deque()
-        self._streams_waiting = 0
-        self._wakeup: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._pending: deque[_Job] = deque()  # guarded by _cond
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
         self._closing = False
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragtune-generate")
-        self._batch_s = 0.5  # running average of one batch's duration, for Retry-After
-        self._free_since = 0.0  # when the worker finished its last batch
-        self._preparing = 0  # requests admitted and still retrieving (not yet queued)
+        self._preparing = 0  # admitted and still retrieving (event loop only)
+        self._answer_s = 2.0  # running average of one answer's generation time
 
     # --- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
-        self._wakeup = asyncio.Event()
         self._closing = False
-        self._task = asyncio.create_task(self._run(), name="ragtune-batcher")
+        self._thread = threading.Thread(target=self._work, name="ragtune-generate", daemon=True)
+        self._thread.start()
 
     async def stop(self) -> None:
-        """Finish every queued request, then stop the worker (graceful shutdown)."""
-        self._closing = True
-        if self._wakeup is not None:
-            self._wakeup.set()
-        if self._task is not None:
-            await self._task
-        self._executor.shutdown(wait=True)
+        """Finish every admitted request, then stop the worker (graceful shutdown)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        while self._preparing:  # requests still retrieving will queue in a moment
+            await asyncio.sleep(0.01)
+        with self._cond:
+            self._cond.notify()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
 
     @property
     def depth(self) -> int:
-        """Requests admitted and not yet handed to the model."""
-        waiting = sum(1 for j in self._waiting if not j.cancelled)
-        return waiting + self._preparing + self._streams_waiting
+        """Requests admitted and not yet generating."""
+        with self._cond:
+            waiting = sum(1 for j in self._pending if not j.cancelled)
+        return waiting + self._preparing
 
     def _admit(self) -> None:
         if self._closing:
@@ -108,200 +133,199 @@ class BatchScheduler:
         if self.depth >= self.queue_size:
             err = Overloaded(f"the request queue is full ({self.queue_size} waiting); retry later")
             # Roughly how long until the queue drains one batch's worth.
-            waits = self.depth / max(1, self.max_batch_size) * self._batch_s
+            waits = self.depth / max(1, self.max_batch_size) * self._answer_s
             err.retry_after = max(1, math.ceil(waits))  # type: ignore[attr-defined]
             if self.on_reject is not None:
                 self.on_reject()
             raise err
 
-    # --- batched answers ------------------------------------------------------------------
-    async def submit(
-        self, prepared: Prepared, deadline: float | None = None, *, admit: bool = True
-    ) -> Answer:
-        """Queue one prepared request and wait for its answer (or the deadline).
-
-        ``admit=False`` when the request was admitted already (by ``preparing``)."""
-        if admit:
-            self._admit()
-        if self._wakeup is None or self._task is None or self._task.done():
-            raise Overloaded("the service is not accepting requests (starting or stopping)")
-        job = _Job(prepared, asyncio.get_running_loop().create_future())
-        self._waiting.append(job)
-        self._wakeup.set()
-        remaining = (deadline or time.monotonic() + self.timeout_s) - time.monotonic()
-        try:
-            return await asyncio.wait_for(asyncio.shield(job.future), max(0.0, remaining))
-        except TimeoutError:
-            job.cancelled = True
-            raise RequestTimeout(
-                f"no answer within the request timeout ({self.timeout_s:g} s)"
-            ) from None
-        except asyncio.CancelledError:  # the client went away
-            job.cancelled = True
-            raise
-
-    async def _run(self) -> None:
-        assert self._wakeup is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            self._drop_cancelled()
-            if not self._waiting:
-                if self._closing and self._preparing == 0:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            await self._fill_window()
-            batch = self._take()
-            if not batch:
-                continue
-            t0 = time.perf_counter()
-            try:
-                results = await loop.run_in_executor(
-                    self._executor, self._generate, [j.prepared for j in batch]
-                )
-            except BaseException as e:  # executor shut down, loop closing, ...
-                results = [e] * len(batch)
-            elapsed = time.perf_counter() - t0
-            self._free_since = time.monotonic()
-            self._batch_s = 0.8 * self._batch_s + 0.2 * elapsed
-            if self.on_batch is not None:
-                self.on_batch(len(batch), elapsed)
-            for job, res in zip(batch, results, strict=True):
-                if job.future.done():
-                    continue
-                if isinstance(res, BaseException):
-                    job.future.set_exception(res)
-                else:
-                    job.future.set_result(res)
-
-    async def _fill_window(self) -> None:
-        """Wait for the batch to fill: up to ``window`` after the oldest waiting request, or
-        after the worker came free when requests queued up meanwhile. The second rule lets
-        clients whose answers just went out rejoin the next batch instead of leaving it
-        half full (closed-loop clients would otherwise settle into alternating part-batches).
-        While requests are still retrieving, wait up to 4 windows more for them."""
-        assert self._wakeup is not None
-        close_at = max(self._waiting[0].enqueued, self._free_since) + self.window_s
-        hard_stop = close_at + 4 * self.window_s
-        while len(self._waiting) < self.max_batch_size and not self._closing:
-            now = time.monotonic()
-            if now >= hard_stop or (now >= close_at and self._preparing == 0):
-                return
-            self._wakeup.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._wakeup.wait(), (close_at if now < close_at else hard_stop) - now
-                )
-
     @contextlib.contextmanager
     def preparing(self) -> Iterator[None]:
-        """Mark a request as admitted and retrieving; the batch window waits for it."""
+        """Admit a request while it is retrieving (it counts against the queue bound)."""
         self._admit()
         self._preparing += 1
         try:
             yield
         finally:
             self._preparing -= 1
-            if self._wakeup is not None:
-                self._wakeup.set()
+            with self._cond:  # a worker waiting for this request to queue looks again
+                self._cond.notify()
 
-    def _drop_cancelled(self) -> None:
-        while self._waiting and self._waiting[0].cancelled:
-            self._waiting.popleft()
+    def _enqueue(self, job: _Job) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            raise Overloaded("the service is not accepting requests (starting or stopping)")
+        with self._cond:
+            self._pending.append(job)
+            self._cond.notify()
 
-    def _take(self) -> list[_Job]:
-        """Oldest first, up to max_batch_size rows and at most max_adapters distinct adapters
-        (more would evict adapters that the same batch needs); the rest wait their turn."""
-        batch: list[_Job] = []
-        adapters: set[str] = set()
-        keep: deque[_Job] = deque()
-        while self._waiting:
-            job = self._waiting.popleft()
-            if job.cancelled:
-                continue
-            full = len(batch) >= self.max_batch_size
-            new_adapter = job.adapter is not None and job.adapter not in adapters
-            if full or (new_adapter and len(adapters) >= self.max_adapters):
-                keep.append(job)
-                continue
-            if job.adapter is not None:
-                adapters.add(job.adapter)
-            batch.append(job)
-        self._waiting = keep
-        return batch
+    # --- the two ways in ------------------------------------------------------------------
+    async def submit(
+        self,
+        prepared: Prepared,
+        deadline: float | None = None,
+        *,
+        admit: bool = True,
+        started: float | None = None,
+    ) -> Answer:
+        """Queue one prepared request and wait for its answer (or the deadline).
 
-    def _generate(self, prepared: Sequence[Prepared]) -> list[Answer | BaseException]:
-        """Runs on the worker thread. A failing batch is retried row by row, so one bad
-        request (an adapter deleted meanwhile, say) fails alone."""
-        try:
-            return list(self.pipeline.generate(prepared))
-        except Exception as e:
-            if len(prepared) == 1:
-                return [e]
-            log.warning("batch of %d failed (%s); retrying row by row", len(prepared), e)
-        out: list[Answer | BaseException] = []
-        for p in prepared:
-            try:
-                out.append(self.pipeline.generate([p])[0])
-            except Exception as e:
-                out.append(e)
-        return out
-
-    # --- streams --------------------------------------------------------------------------
-    async def stream(
-        self, request: QueryRequest, deadline: float | None = None
-    ) -> AsyncIterator[str | Answer]:
-        """Run ``pipeline.stream`` on its own thread and relay its items.
-
-        The first item is awaited before this returns, so errors (unknown index, timeout
-        before the first token) surface as statuses rather than inside a started stream.
-        The thread always runs the generator to its end, even if the client leaves: closing
-        it early would release the model lock while generation still runs.
-        """
-        self._admit()
-        deadline = deadline or time.monotonic() + self.timeout_s
+        ``admit=False`` when the request was admitted already (by ``preparing``)."""
+        if admit:
+            self._admit()
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        self._streams_waiting += 1
+        job = _Job(prepared, loop, started or time.perf_counter(), future=loop.create_future())
+        self._enqueue(job)
+        assert job.future is not None
+        remaining = (deadline or time.monotonic() + self.timeout_s) - time.monotonic()
+        try:
+            return await asyncio.wait_for(asyncio.shield(job.future), max(0.0, remaining))
+        except TimeoutError:
+            job.cancelled = True
+            raise self._timeout() from None
+        except asyncio.CancelledError:  # the client went away
+            job.cancelled = True
+            raise
 
-        def put(kind: str, item: Any) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop is gone (shutdown)
-                loop.call_soon_threadsafe(queue.put_nowait, (kind, item))
-
-        def work() -> None:
-            try:
-                for item in self.pipeline.stream(request):
-                    put("item", item)
-            except BaseException as e:
-                put("error", e)
-            finally:
-                put("end", None)
-
-        threading.Thread(target=work, name="ragtune-stream", daemon=True).start()
+    async def stream(
+        self, prepared: Prepared, deadline: float | None = None, *, started: float | None = None
+    ) -> AsyncIterator[str | Answer]:
+        """Text pieces as they are decoded, then the Answer. The first item is awaited
+        before this returns, so errors before the first token surface as statuses."""
+        loop = asyncio.get_running_loop()
+        job = _Job(prepared, loop, started or time.perf_counter(), items=asyncio.Queue())
+        self._enqueue(job)
+        deadline = deadline or time.monotonic() + self.timeout_s
+        assert job.items is not None
+        items = job.items
 
         async def next_item() -> tuple[str, Any]:
-            left = deadline - time.monotonic()
             try:
-                return await asyncio.wait_for(queue.get(), max(0.0, left))
+                return await asyncio.wait_for(items.get(), max(0.0, deadline - time.monotonic()))
             except TimeoutError:
-                raise RequestTimeout(
-                    f"no answer within the request timeout ({self.timeout_s:g} s)"
-                ) from None
+                job.cancelled = True
+                raise self._timeout() from None
 
         try:
             kind, item = await next_item()
-        finally:
-            self._streams_waiting -= 1
+        except BaseException:
+            job.cancelled = True
+            raise
         if kind == "error":
             raise item
 
         async def relay() -> AsyncIterator[str | Answer]:
             nonlocal kind, item
-            while kind != "end":
-                if kind == "error":
-                    raise item
-                yield item
-                kind, item = await next_item()
+            try:
+                while kind != "end":
+                    if kind == "error":
+                        raise item
+                    yield item
+                    kind, item = await next_item()
+            finally:
+                job.cancelled = True  # a client that left mid-stream frees its row
 
         return relay()
+
+    def _timeout(self) -> RequestTimeout:
+        return RequestTimeout(f"no answer within the request timeout ({self.timeout_s:g} s)")
+
+    # --- the worker thread ----------------------------------------------------------------
+    def _work(self) -> None:
+        try:
+            self._loop()
+        except Exception:  # a bug: say so, and fail what waits rather than hang it
+            log.exception("the generation worker stopped")
+            with self._cond:
+                jobs, self._pending = list(self._pending), deque()
+            for job in jobs:
+                job.deliver("error", RuntimeError("the generation worker stopped"))
+
+    def _loop(self) -> None:
+        batch: ContinuousBatch | None = None
+        while True:
+            with self._cond:
+                if not self._wait_for_work(len(batch) if batch else 0):
+                    return
+                new = self._take(batch)
+            if new:
+                try:
+                    batch = batch or self.pipeline.engine.batch()
+                except Exception as e:  # the models failed to load: fail these requests
+                    for job in new:
+                        job.deliver("error", e)
+                    continue
+                batch.add([self._row(job) for job in new])
+                if self.on_join is not None:
+                    self.on_join(len(new))
+            if batch is not None and len(batch):
+                rows, t0 = len(batch), time.perf_counter()
+                batch.step()
+                if self.on_step is not None:
+                    self.on_step(rows, time.perf_counter() - t0)
+
+    def _wait_for_work(self, running: int) -> bool:
+        """Under the lock: wait until there is something to do; False means stop.
+
+        With nothing running, wait up to the batch window for a burst to arrive whole, and
+        up to four windows more while admitted requests are still being prepared: a burst
+        prefilled in one pass costs far less than its rows prefilled one by one."""
+        while True:
+            self._drop_cancelled()
+            if running or self._pending:
+                break
+            if self._closing and not self._preparing:  # retrieving requests will queue soon
+                return False
+            self._cond.wait()
+        if not running:
+            close_at = self._pending[0].enqueued + self.window_s
+            hard_stop = close_at + 4 * self.window_s
+            while len(self._pending) < self.max_batch_size and not self._closing:
+                now = time.monotonic()
+                if now >= hard_stop or (now >= close_at and not self._preparing):
+                    break
+                self._cond.wait((close_at if now < close_at else hard_stop) - now)
+            self._drop_cancelled()
+        return True
+
+    def _drop_cancelled(self) -> None:
+        self._pending = deque(j for j in self._pending if not j.cancelled)
+
+    def _take(self, batch: ContinuousBatch | None) -> list[_Job]:
+        """Oldest first: the requests that fit beside the running rows (row and adapter
+        limits); the rest keep their place in the queue."""
+        if batch is not None and not batch.can_join:
+            return []
+        room = self.max_batch_size - (len(batch) if batch else 0)
+        adapters = set(batch.adapters) if batch else set()
+        taken: list[_Job] = []
+        keep: deque[_Job] = deque()
+        for job in self._pending:
+            new_adapter = job.adapter is not None and job.adapter not in adapters
+            if len(taken) >= room or (new_adapter and len(adapters) >= self.max_adapters):
+                keep.append(job)
+                continue
+            if job.adapter is not None:
+                adapters.add(job.adapter)
+            taken.append(job)
+        self._pending = keep
+        return taken
+
+    def _row(self, job: _Job) -> Row:
+        def done(result: GenResult | BaseException) -> None:
+            if isinstance(result, BaseException):
+                job.deliver("error", result)
+                return
+            self._answer_s = 0.8 * self._answer_s + 0.2 * result.generate_ms / 1000
+            job.deliver("item", self.pipeline.finish(job.prepared, result, job.started))
+            if job.items is not None:
+                job.deliver("end", None)
+
+        def text(piece: str) -> None:
+            job.deliver("item", piece)
+
+        return Row(
+            self.pipeline.gen_request(job.prepared),
+            done,
+            on_text=text if job.items is not None else None,
+            is_cancelled=lambda: job.cancelled,
+        )

@@ -20,7 +20,7 @@ import anyio
 from core.config import Settings
 from core.errors import RagtuneError
 from core.index_store import current_version
-from core.pipeline import Pipeline, QueryRequest
+from core.pipeline import Pipeline, Prepared, QueryRequest
 from core.registry import get_adapter
 from core.types import Answer
 from service.metrics import Metrics
@@ -54,7 +54,8 @@ class Services:
             queue_size=settings.queue_size,
             timeout_s=settings.request_timeout_s,
             max_adapters_per_batch=settings.max_loaded_adapters,
-            on_batch=lambda n, _s: metrics.batch_size.observe(n),
+            on_step=lambda rows, _s: metrics.batch_size.observe(rows),
+            on_join=metrics.prefill_rows.observe,
             on_reject=metrics.rejected.inc,
         )
         holder.append(scheduler)
@@ -99,16 +100,14 @@ class Services:
         return req
 
     async def answer_many(self, reqs: list[QueryRequest]) -> list[Answer]:
-        """Validate, retrieve and queue each request; they join batches as they arrive."""
+        """Validate, retrieve and queue each request; each joins the running batch."""
         deadline = self.deadline()
         checked = [self.validate(r) for r in reqs]
 
         async def one(r: QueryRequest) -> Answer:
-            with self.scheduler.preparing():
-                prepared = await anyio.to_thread.run_sync(
-                    self.pipeline.prepare, [r], limiter=self.prepare_limiter
-                )
-            answer = await self.scheduler.submit(prepared[0], deadline, admit=False)
+            started = time.perf_counter()
+            prepared = await self._prepare(r)
+            answer = await self.scheduler.submit(prepared, deadline, admit=False, started=started)
             self.metrics.tokens.labels(answer.mode).inc(answer.usage.completion_tokens)
             return answer
 
@@ -121,9 +120,18 @@ class Services:
 
     async def stream(self, req: QueryRequest) -> AsyncIterator[str | Answer]:
         """Text pieces, then the final Answer; errors before the first piece raise here."""
-        req = self.validate(req)
-        items = await self.scheduler.stream(req, self.deadline())
+        deadline, started = self.deadline(), time.perf_counter()
+        prepared = await self._prepare(self.validate(req))
+        items = await self.scheduler.stream(prepared, deadline, started=started)
         return self._count_tokens(items)
+
+    async def _prepare(self, req: QueryRequest) -> Prepared:
+        """Retrieve and render on a thread; the request counts against the queue meanwhile."""
+        with self.scheduler.preparing():
+            prepared = await anyio.to_thread.run_sync(
+                self.pipeline.prepare, [req], limiter=self.prepare_limiter
+            )
+        return prepared[0]
 
     async def _count_tokens(
         self, items: AsyncIterator[str | Answer]

@@ -64,8 +64,11 @@ def test_unknown_and_mismatched_adapters(tiny_settings, engine):
 def test_stream_yields_same_text_as_batch(tiny_settings, engine):
     make_lora_adapter(tiny_settings, "a", seed=1)
     req = GenRequest("the great wall of", "a", 6)
-    streamed = "".join(engine.stream(req))
-    assert streamed.strip() == engine.generate_batch([req])[0].text.strip()
+    items = list(engine.stream(req))
+    *pieces, result = items
+    assert all(isinstance(p, str) for p in pieces) and len(pieces) > 1
+    assert "".join(pieces).strip() == result.text.strip()
+    assert result.text == engine.generate_batch([req])[0].text
 
 
 def test_pipeline_modes_with_given_contexts(tiny_settings):

@@ -1,0 +1,260 @@
+"""Continuous batching: the rows being decoded together, one token per step.
+
+Rows join between steps (their prompts are prefilled together, and their key/value cache is
+merged into the running one) and leave as soon as they finish (stop token, token limit) or
+are cancelled, so a late request never waits for a whole batch to end, and a short answer
+never holds a slot while the longest one runs (static batching does both).
+
+Every row is left-padded: a row's cache holds [padding..., real tokens...], its attention
+mask says which is which, and its position ids count real tokens only. Joining pads the
+shorter side on the left; leaving drops the row and any padding columns no row needs.
+
+This module is tensor bookkeeping only: callers hold the model lock and pick the model
+(base or peft, with per-row adapter names).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.types import GenRequest, GenResult
+
+Finish = Callable[["GenResult | BaseException"], None]
+
+
+@dataclass(eq=False)
+class Row:
+    """One request in a batch, with callbacks for its text and its end."""
+
+    request: GenRequest
+    on_done: Finish
+    on_text: Callable[[str], None] | None = None  # streaming: new text as it is decoded
+    is_cancelled: Callable[[], bool] = lambda: False
+    tokens: list[int] = field(default_factory=list)
+    prompt_tokens: int = 0
+    started: float = 0.0
+    _sent: str = ""  # text already handed to on_text
+
+    @property
+    def adapter(self) -> str | None:
+        return self.request.adapter
+
+    def finish(self, result: GenResult | BaseException) -> None:
+        self.on_done(result)
+
+
+class DecodeState:
+    """Key/value cache, attention mask and next input token for every active row."""
+
+    def __init__(self, tokenizer: Any, stop_ids: Sequence[int]) -> None:
+        self.tok = tokenizer
+        self.stops = frozenset(stop_ids)
+        self.rows: list[Row] = []
+        self._cache: Any = None  # transformers DynamicCache, batch dimension = rows
+        self._mask: Any = None  # [rows, columns] 1 = real token, 0 = left padding
+        self._next: Any = None  # [rows] the token each row feeds in at the next step
+        self._pos: Any = None  # [rows] that token's position (real tokens before it)
+        self.mergeable = True  # False for caches that are not plain key/value layers
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def adapters(self) -> list[str | None]:
+        return [r.adapter for r in self.rows]
+
+    # --- joining --------------------------------------------------------------------------
+    def join(self, model: Any, extra: dict[str, Any], rows: Sequence[Row]) -> list[Row]:
+        """Prefill ``rows`` (one forward pass) and add them; returns rows already finished
+        (a stop token or a one-token limit), which are not kept."""
+        import torch
+        from transformers import DynamicCache
+
+        ids = [self.tok(r.request.prompt, add_special_tokens=False)["input_ids"] for r in rows]
+        if any(not i for i in ids):
+            raise ValueError("an empty prompt cannot be generated from")
+        width = max(map(len, ids))
+        input_ids = torch.zeros((len(rows), width), dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for j, seq in enumerate(ids):
+            input_ids[j, width - len(seq) :] = torch.tensor(seq)
+            mask[j, width - len(seq) :] = 1
+        now = time.perf_counter()
+        for r, seq in zip(rows, ids, strict=True):
+            r.prompt_tokens, r.started, r.tokens = len(seq), now, []
+        cache = DynamicCache()
+        with torch.inference_mode():
+            out = model(
+                input_ids=input_ids.to(model.device),
+                attention_mask=mask.to(model.device),
+                position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(model.device),
+                **{_cache_kwarg(model): cache},
+                use_cache=True,
+                logits_to_keep=1,
+                **extra,
+            )
+        first = _pick(out.logits[:, -1].float(), [r.request.temperature for r in rows])
+        pos = mask.sum(dim=1)
+        self._merge(cache, mask, first, pos)
+        self.rows.extend(rows)
+        return self._advance(first.tolist(), offset=len(self.rows) - len(rows))
+
+    def _merge(self, cache: Any, mask: Any, first: Any, pos: Any) -> None:
+        import torch
+        import torch.nn.functional as F
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        new_ok = all(type(layer) is DynamicLayer for layer in cache.layers)
+        if self._cache is None:
+            self._cache, self._mask, self._next, self._pos = cache, mask, first, pos
+            self.mergeable = new_ok
+            return
+        if not (self.mergeable and new_ok):
+            raise RuntimeError("this model's cache cannot take rows mid-batch")
+        old_w, new_w = self._mask.shape[1], mask.shape[1]
+        width = max(old_w, new_w)
+        layers = []
+        for a, b in zip(self._cache.layers, cache.layers, strict=True):
+            layers.append(
+                tuple(
+                    torch.cat(
+                        [F.pad(x, (0, 0, width - old_w, 0)), F.pad(y, (0, 0, width - new_w, 0))]
+                    )
+                    for x, y in ((a.keys, b.keys), (a.values, b.values))
+                )
+            )
+        self._cache = DynamicCache(ddp_cache_data=layers)
+        self._mask = torch.cat(
+            [F.pad(self._mask, (width - old_w, 0)), F.pad(mask, (width - new_w, 0))]
+        )
+        self._next = torch.cat([self._next, first])
+        self._pos = torch.cat([self._pos, pos])
+
+    # --- decoding -------------------------------------------------------------------------
+    def step(self, model: Any, extra: dict[str, Any]) -> list[Row]:
+        """Feed every row its next token; returns the rows that finished (now removed).
+        Call ``drop_cancelled`` first: ``extra`` names an adapter per row."""
+        import torch
+
+        if not self.rows:
+            return []
+        ones = torch.ones((len(self.rows), 1), dtype=self._mask.dtype)
+        self._mask = torch.cat([self._mask, ones], dim=1)
+        with torch.inference_mode():
+            out = model(
+                input_ids=self._next[:, None].to(model.device),
+                attention_mask=self._mask.to(model.device),
+                position_ids=self._pos[:, None].to(model.device),
+                **{_cache_kwarg(model): self._cache},
+                use_cache=True,
+                logits_to_keep=1,
+                **extra,
+            )
+        self._pos = self._pos + 1
+        self._next = _pick(out.logits[:, -1].float(), [r.request.temperature for r in self.rows])
+        return self._advance(self._next.tolist(), offset=0)
+
+    def drop_cancelled(self) -> list[Row]:
+        """Remove the rows whose callers gave up (they get no result)."""
+        return self._drop([i for i, r in enumerate(self.rows) if r.is_cancelled()])
+
+    def abort(self) -> list[Row]:
+        """Empty the batch (after a failed step) and return the rows it held."""
+        rows, self.rows = self.rows, []
+        self._cache = self._mask = self._next = self._pos = None
+        self.mergeable = True
+        return rows
+
+    def _advance(self, picked: list[int], offset: int) -> list[Row]:
+        """Record each row's new token, stream its text, and remove the rows that are done."""
+        done = []
+        for i, token in enumerate(picked, start=offset):
+            row = self.rows[i]
+            row.tokens.append(token)
+            stopped = token in self.stops
+            if row.on_text is not None and not stopped:
+                self._stream(row)
+            if stopped or len(row.tokens) >= row.request.max_new_tokens:
+                done.append(i)
+        finished = self._drop(done)
+        for row in finished:
+            row.finish(self._result(row))
+        return finished
+
+    def _stream(self, row: Row) -> None:
+        text = self.tok.decode(row.tokens, skip_special_tokens=True)
+        # A multi-byte character split over tokens decodes as U+FFFD until it is complete.
+        if text.endswith("\ufffd") or not text.startswith(row._sent):
+            return
+        piece, row._sent = text[len(row._sent) :], text
+        if piece and row.on_text is not None:
+            row.on_text(piece)
+
+    def _result(self, row: Row) -> GenResult:
+        toks = row.tokens
+        cut = len(toks) - 1 if toks and toks[-1] in self.stops else len(toks)
+        return GenResult(
+            text=self.tok.decode(toks[:cut], skip_special_tokens=True),
+            prompt_tokens=row.prompt_tokens,
+            completion_tokens=len(toks),
+            generate_ms=(time.perf_counter() - row.started) * 1000,
+        )
+
+    def _drop(self, indices: list[int]) -> list[Row]:
+        """Remove rows by index, and the padding columns that only they needed."""
+        if not indices:
+            return []
+        import torch
+        from transformers import DynamicCache
+
+        gone = [self.rows[i] for i in indices]
+        keep = [i for i in range(len(self.rows)) if i not in set(indices)]
+        self.rows = [self.rows[i] for i in keep]
+        if not keep:
+            self._cache = self._mask = self._next = self._pos = None
+            self.mergeable = True
+            return gone
+        idx = torch.tensor(keep)
+        mask = self._mask[idx]
+        if not self.mergeable:  # not plain key/value layers: let the cache select its rows
+            self._cache.batch_select_indices(idx)
+            self._mask, self._next, self._pos = mask, self._next[idx], self._pos[idx]
+            return gone
+        skip = int((mask.sum(dim=0) == 0).long().cumprod(dim=0).sum())  # all-padding columns
+        self._cache = DynamicCache(
+            ddp_cache_data=[
+                (layer.keys[idx, :, skip:], layer.values[idx, :, skip:])
+                for layer in self._cache.layers
+            ]
+        )
+        self._mask, self._next, self._pos = mask[:, skip:], self._next[idx], self._pos[idx]
+        return gone
+
+
+@functools.cache
+def _cache_kwarg_of(cls: type) -> str:
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
+
+
+def _cache_kwarg(model: Any) -> str:
+    """transformers 5 renamed ``past_key_values`` to ``cache``; accept both."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _cache_kwarg_of(type(base))
+
+
+def _pick(logits: Any, temperatures: Sequence[float]) -> Any:
+    """Greedy for temperature 0, else a sample from softmax(logits / t), row by row."""
+    import torch
+
+    picked = logits.argmax(dim=-1)
+    for i, t in enumerate(temperatures):
+        if t > 0:
+            probs = torch.softmax(logits[i] / t, dim=-1)
+            picked[i] = torch.multinomial(probs, 1)[0]
+    return picked

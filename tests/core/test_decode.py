@@ -1,0 +1,170 @@
+"""Continuous batching (core.decode through the engine) on a tiny real Llama and real LoRA
+adapters: rows that join a running batch, leave it early or are cancelled get exactly the
+tokens they would get alone, and exactly what transformers' own generate() gives."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.errors import AdapterBusy, UnknownAdapter
+from core.generation import GenerationEngine, GenRequest, Row
+from core.models import load_generator
+from tests.helpers import make_lora_adapter
+
+PROMPTS = [
+    "paris is in",
+    "the nile is a river in africa and one of the longest rivers in the world",
+    "python is a",
+    "marie curie won",
+]
+
+
+@pytest.fixture
+def engine(tiny_settings):
+    make_lora_adapter(tiny_settings, "a", seed=1)
+    make_lora_adapter(tiny_settings, "b", seed=2)
+    return GenerationEngine(load_generator(tiny_settings), tiny_settings)
+
+
+def alone(engine: GenerationEngine, req: GenRequest) -> str:
+    return engine.generate_batch([req])[0].text
+
+
+class Collect:
+    """Results by row, as the batch hands them out."""
+
+    def __init__(self) -> None:
+        self.results: dict[int, object] = {}
+
+    def row(self, i: int, req: GenRequest, **kw) -> Row:
+        return Row(req, lambda res: self.results.__setitem__(i, res), **kw)
+
+
+def test_greedy_matches_transformers_generate(engine):
+    import torch
+
+    tok, model = engine.tokenizer, engine.gen.model
+    for prompt in PROMPTS:
+        enc = tok([prompt], return_tensors="pt", add_special_tokens=False)
+        with torch.inference_mode():
+            out = model.generate(
+                **enc,
+                max_new_tokens=10,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=engine._stops,
+            )
+        new = out[0, enc["input_ids"].shape[1] :].tolist()
+        new = [t for t in new if t not in engine._stops and t != tok.pad_token_id]
+        expected = tok.decode(new, skip_special_tokens=True)
+        assert alone(engine, GenRequest(prompt, None, 10)) == expected
+
+
+def test_rows_joining_a_running_batch_get_their_own_answers(engine):
+    reqs = [
+        GenRequest(PROMPTS[0], None, 10),
+        GenRequest(PROMPTS[1], "a", 8),  # longer prompt: the running rows get padded
+        GenRequest(PROMPTS[2], "b", 3),  # leaves early
+        GenRequest(PROMPTS[3], "a", 9),
+    ]
+    singles = [alone(engine, r) for r in reqs]
+    got = Collect()
+    batch = engine.batch()
+    batch.add([got.row(0, reqs[0])])
+    for _ in range(3):
+        batch.step()
+    batch.add([got.row(1, reqs[1]), got.row(2, reqs[2])])
+    sizes = []
+    for _ in range(2):
+        batch.step()
+        sizes.append(len(batch))
+    batch.add([got.row(3, reqs[3])])
+    while len(batch):
+        sizes.append(len(batch))
+        batch.step()
+    assert [got.results[i].text for i in range(4)] == singles
+    assert max(sizes) >= 3 and sizes[-1] < max(sizes)  # rows left as they finished
+    # the adapters really changed the answers
+    assert len({alone(engine, GenRequest(PROMPTS[0], a, 8)) for a in (None, "a", "b")}) > 1
+
+
+def test_padding_is_dropped_when_the_long_row_leaves(engine):
+    got = Collect()
+    batch = engine.batch()
+    batch.add([got.row(0, GenRequest(PROMPTS[0], None, 12))])
+    batch.add([got.row(1, GenRequest(PROMPTS[1], None, 1))])  # done after its prefill
+    state = batch._state
+    assert len(batch) == 1 and 1 in got.results
+    # the short row's padding for the long row's prompt is gone again
+    assert int(state._mask[0].eq(0).sum()) == 0
+
+
+def test_cancelled_rows_leave_and_free_their_adapter(engine):
+    got = Collect()
+    cancelled = {"flag": False}
+    batch = engine.batch()
+    batch.add(
+        [
+            got.row(0, GenRequest(PROMPTS[0], "a", 10), is_cancelled=lambda: cancelled["flag"]),
+            got.row(1, GenRequest(PROMPTS[2], None, 6)),
+        ]
+    )
+    batch.step()
+    with pytest.raises(AdapterBusy):
+        engine.unload_adapter("a")
+    cancelled["flag"] = True
+    batch.step()
+    assert len(batch) == 1 and batch.adapters == set()
+    assert engine.unload_adapter("a")  # no running row uses it any more
+    while len(batch):
+        batch.step()
+    assert 0 not in got.results and got.results[1].text == alone(
+        engine, GenRequest(PROMPTS[2], None, 6)
+    )
+
+
+def test_a_row_with_a_bad_adapter_fails_alone(engine):
+    got = Collect()
+    batch = engine.batch()
+    batch.add(
+        [got.row(0, GenRequest(PROMPTS[0], "missing", 4)), got.row(1, GenRequest(PROMPTS[0]))]
+    )
+    while len(batch):
+        batch.step()
+    assert isinstance(got.results[0], UnknownAdapter)
+    assert got.results[1].text == alone(engine, GenRequest(PROMPTS[0]))
+    with pytest.raises(UnknownAdapter):
+        engine.generate_batch([GenRequest(PROMPTS[0], "missing", 4)])
+
+
+def test_streamed_rows_batch_with_others(engine):
+    pieces: list[str] = []
+    got = Collect()
+    batch = engine.batch()
+    batch.add([got.row(0, GenRequest(PROMPTS[3], "b", 8), on_text=pieces.append)])
+    batch.step()
+    batch.add([got.row(1, GenRequest(PROMPTS[0], None, 8))])
+    while len(batch):
+        batch.step()
+    assert "".join(pieces).strip() == got.results[0].text.strip()
+    assert got.results[0].text == alone(engine, GenRequest(PROMPTS[3], "b", 8))
+
+
+@pytest.mark.slow
+def test_joining_rows_match_alone_on_the_real_model(packaged_settings):
+    """SmolLM2 with a chat-templated prompt: continuous joins change no answer."""
+    from core.prompts import render_prompt
+
+    eng = GenerationEngine(load_generator(packaged_settings), packaged_settings)
+    qs = ["Where is the Eiffel Tower?", "List five fruits.", "Who wrote Hamlet?"]
+    reqs = [GenRequest(render_prompt(eng.tokenizer, q), None, 12) for q in qs]
+    singles = [alone(eng, r) for r in reqs]
+    got = Collect()
+    batch = eng.batch()
+    for i, r in enumerate(reqs):
+        batch.add([got.row(i, r)])
+        batch.step()
+        batch.step()
+    while len(batch):
+        batch.step()
+    assert [got.results[i].text for i in range(3)] == singles
