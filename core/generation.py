@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.config import Settings
-from core.decode import DecodeState, Row
+from core.decode import KV, DecodeState, Row, prefix_states
 from core.errors import AdapterBusy, InvalidInput
 from core.models import Generator
 from core.registry import AdapterInfo, check_base, get_adapter
@@ -29,6 +29,7 @@ from core.types import GenRequest, GenResult
 __all__ = ["BASE", "ContinuousBatch", "GenRequest", "GenResult", "GenerationEngine", "Row"]
 
 BASE = "__base__"  # peft's name for "no adapter" in adapter_names
+MIN_PREFIX = 4  # a shorter shared preamble is not worth a cache
 
 
 @dataclass
@@ -56,6 +57,10 @@ class GenerationEngine:
         self._peft: Any = None
         self._loaded: OrderedDict[str, AdapterInfo] = OrderedDict()
         self._in_use: Counter[str] = Counter()  # running rows per adapter
+        # The prompt preamble every ragtune prompt shares, and its key/value states per
+        # adapter (None = base), so joining rows prefill only the rest of their prompts.
+        self._prefix: tuple[int, ...] | None = None
+        self._prefix_kv: dict[str | None, list[KV]] = {}
         self._lock = threading.RLock()
         self.stats = AdapterStats()
         self._stops = _stop_ids(generator.tokenizer)
@@ -120,6 +125,7 @@ class GenerationEngine:
 
     def _unload_locked(self, name: str) -> None:
         del self._loaded[name]
+        self._prefix_kv.pop(name, None)
         if not self._loaded:
             # Last one: take the LoRA layers out so the base model runs at full speed again.
             self._base = self._peft.unload()
@@ -132,6 +138,24 @@ class GenerationEngine:
         if self._peft is None:
             return self._base, {}
         return self._peft, {"adapter_names": [a or BASE for a in adapters]}
+
+    def prefix_for(self, ids: Sequence[int]) -> int:
+        """How many leading tokens of ``ids`` have cached states (0: none)."""
+        if self._prefix is None:
+            from core.prompts import shared_prefix_ids
+
+            found = tuple(shared_prefix_ids(self.tokenizer))
+            self._prefix = found if len(found) >= MIN_PREFIX else ()
+        n = len(self._prefix)
+        return n if n and len(ids) > n and tuple(ids[:n]) == self._prefix else 0
+
+    def _prefix_states(self, adapter: str | None) -> list[KV]:
+        """Under the lock: the preamble's key/value states for one adapter (computed once)."""
+        if adapter not in self._prefix_kv:
+            assert self._prefix
+            model, extra = self._model_and_names([adapter])
+            self._prefix_kv[adapter] = prefix_states(model, extra, self._prefix)
+        return self._prefix_kv[adapter]
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -226,16 +250,29 @@ class ContinuousBatch:
                 ready.append(row)
             if not ready:
                 return
-            eng._use([r.adapter for r in ready], +1)
-            model, extra = eng._model_and_names([r.adapter for r in ready])
-            try:
-                done = self._state.join(model, extra, ready)
-            except Exception as e:
-                eng._use([r.adapter for r in ready], -1)
-                for row in ready:
-                    row.finish(e)
-                return
-            eng._use([r.adapter for r in done], -1)
+            ids = [
+                eng.tokenizer(r.request.prompt, add_special_tokens=False)["input_ids"]
+                for r in ready
+            ]
+            cached = [eng.prefix_for(i) > 0 for i in ids]
+            for use_prefix in (True, False):  # one prefill pass per layout
+                group = [j for j, c in enumerate(cached) if c == use_prefix]
+                if group:
+                    self._join([ready[j] for j in group], [ids[j] for j in group], use_prefix)
+
+    def _join(self, rows: list[Row], ids: list[list[int]], use_prefix: bool) -> None:
+        eng = self._engine
+        eng._use([r.adapter for r in rows], +1)
+        try:
+            prefix = [eng._prefix_states(r.adapter) for r in rows] if use_prefix else None
+            model, extra = eng._model_and_names([r.adapter for r in rows])
+            done = self._state.join(model, extra, rows, ids, prefix)
+        except Exception as e:
+            eng._use([r.adapter for r in rows], -1)
+            for row in rows:
+                row.finish(e)
+            return
+        eng._use([r.adapter for r in done], -1)
 
     def step(self) -> None:
         """One token for every running row; finished rows get their results."""

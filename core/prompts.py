@@ -106,6 +106,19 @@ def render_training_example(
     return TrainingExample(prompt, completion.rstrip("\n"))
 
 
+def shared_prefix_ids(tokenizer: Any) -> list[int]:
+    """The token ids every serving prompt starts with (the system turn and the start of the
+    user turn, whatever the mode): a server can compute their key/value states once."""
+
+    def ids(text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    a = ids(render_prompt(tokenizer, "Who?"))
+    b = ids(render_prompt(tokenizer, "When?", ["A passage."]))
+    n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    return a[:n]
+
+
 def template_id(tokenizer: Any) -> str:
     """Identifies the prompt format (ours + the model's chat template) for adapter manifests."""
     tmpl = getattr(tokenizer, "chat_template", None) or "plain"

@@ -168,3 +168,43 @@ def test_joining_rows_match_alone_on_the_real_model(packaged_settings):
     while len(batch):
         batch.step()
     assert [got.results[i].text for i in range(3)] == singles
+    assert eng.prefix_for(eng.tokenizer(reqs[0].prompt)["input_ids"]) > 10  # preamble cached
+    assert singles[0] == _hf_greedy(eng, reqs[0].prompt, 12)
+
+
+def _hf_greedy(engine: GenerationEngine, prompt: str, n: int) -> str:
+    import torch
+
+    tok, model = engine.tokenizer, engine.gen.model
+    enc = tok([prompt], return_tensors="pt", add_special_tokens=False)
+    with torch.inference_mode():
+        out = model.generate(
+            **enc,
+            max_new_tokens=n,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=engine._stops,
+        )
+    new = [t for t in out[0, enc["input_ids"].shape[1] :].tolist() if t not in engine._stops]
+    return tok.decode(new, skip_special_tokens=True)
+
+
+def test_cached_prompt_preamble_changes_no_answer(tiny_settings, engine):
+    """Rendered prompts share a preamble whose states are cached per adapter; answers are
+    those of a full prefill (an engine without the cache, and transformers' generate)."""
+    from core.prompts import render_prompt
+
+    tok = engine.tokenizer
+    prompts = [render_prompt(tok, "where is paris?"), render_prompt(tok, "who?", ["python is"])]
+    reqs = [GenRequest(p, a, 8) for p in prompts for a in (None, "a", "b")]
+    assert all(engine.prefix_for(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts)
+    reference = _hf_greedy(engine, prompts[0], 8)  # before any adapter is injected
+    plain = GenerationEngine(load_generator(tiny_settings), tiny_settings)
+    plain._prefix = ()  # no cache: every prompt is prefilled whole
+    assert [r.text for r in engine.generate_batch(reqs)] == [
+        r.text for r in plain.generate_batch(reqs)
+    ]
+    assert engine.generate_batch(reqs[:1])[0].text == reference
+    assert set(engine._prefix_kv) == {None, "a", "b"}
+    engine.unload_adapter("a")  # a republished "a" must not reuse the old states
+    assert set(engine._prefix_kv) == {None, "b"}
