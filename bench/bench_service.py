@@ -191,9 +191,10 @@ def closed_loop(
     rate = done / (time.perf_counter() - t0)
     after = batch_counts(url)
 
-    def per(kind: str) -> float:
-        total = after[f"{kind}_sum"] - before[f"{kind}_sum"]
-        return total / max(1.0, after[f"{kind}_count"] - before[f"{kind}_count"])
+    def per(kind: str) -> float:  # 0 when the server has no such metric
+        total = after.get(f"{kind}_sum", 0.0) - before.get(f"{kind}_sum", 0.0)
+        steps = after.get(f"{kind}_count", 0.0) - before.get(f"{kind}_count", 0.0)
+        return total / max(1.0, steps)
 
     mean, joined = per("ragtune_batch_size"), per("ragtune_prefill_rows")
     log(

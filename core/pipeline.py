@@ -48,6 +48,7 @@ class QueryRequest:
     max_new_tokens: int | None = None
     temperature: float | None = None
     contexts: tuple[str, ...] | list[str] | None = None  # given passages: retrieval is skipped
+    history: tuple[tuple[str, str], ...] = ()  # earlier (question, answer) turns of a chat
 
 
 @dataclass
@@ -133,6 +134,16 @@ class Pipeline:
             raise InvalidInput(
                 f"question is longer than {s.max_question_chars} characters", field="question"
             )
+        for q, a in req.history:
+            if not (isinstance(q, str) and isinstance(a, str)):
+                raise InvalidInput(
+                    "history turns must be (question, answer) strings", field="history"
+                )
+            if len(q) + len(a) > s.max_question_chars:
+                raise InvalidInput(
+                    f"a history turn is longer than {s.max_question_chars} characters",
+                    field="history",
+                )
         if req.mode not in MODES:
             raise InvalidInput(f"mode must be one of {', '.join(MODES)}", field="mode")
         if req.mode in ADAPTER_MODES and not req.adapter:
@@ -205,7 +216,11 @@ class Pipeline:
     ) -> Prepared:
         contexts = [h.text for h in hits] if r.mode in RETRIEVAL_MODES else None
         prompt = render_prompt(
-            self.engine.tokenizer, r.question, contexts, self.settings.max_context_chars
+            self.engine.tokenizer,
+            r.question,
+            contexts,
+            self.settings.max_context_chars,
+            r.history,
         )
         return Prepared(r, prompt, hits if contexts else [], name, version, ms)
 

@@ -52,10 +52,21 @@ def format_user_message(
 
 
 def build_messages(
-    question: str, contexts: Sequence[str] | None = None, max_context_chars: int | None = None
+    question: str,
+    contexts: Sequence[str] | None = None,
+    max_context_chars: int | None = None,
+    history: Sequence[tuple[str, str]] = (),
 ) -> list[dict[str, str]]:
+    """System turn, earlier (question, answer) turns of a conversation, then this question."""
+    earlier = []
+    for q, a in history:
+        earlier += [
+            {"role": "user", "content": format_user_message(q)},
+            {"role": "assistant", "content": a.strip()},
+        ]
     return [
         {"role": "system", "content": SYSTEM_PROMPT},
+        *earlier,
         {"role": "user", "content": format_user_message(question, contexts, max_context_chars)},
     ]
 
@@ -75,9 +86,14 @@ def render_prompt(
     question: str,
     contexts: Sequence[str] | None = None,
     max_context_chars: int | None = None,
+    history: Sequence[tuple[str, str]] = (),
 ) -> str:
-    """The serving prompt: everything up to where the model starts its answer."""
-    return _apply(tokenizer, build_messages(question, contexts, max_context_chars), True)
+    """The serving prompt: everything up to where the model starts its answer.
+
+    ``history``: earlier (question, answer) turns of a chat, oldest first (none in training
+    data, so an empty history gives exactly the trained prompt)."""
+    messages = build_messages(question, contexts, max_context_chars, history)
+    return _apply(tokenizer, messages, True)
 
 
 def render_training_example(

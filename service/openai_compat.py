@@ -8,13 +8,17 @@
   passages (mode ``rag``, or ``hybrid`` with an adapter) and the response's extra
   ``ragtune`` field lists them.
 - The question is the last user message (chat) or the prompt (completions); it is rendered
-  with ragtune's own prompt template, the one adapters were trained on.
+  with ragtune's own prompt template, the one adapters were trained on. In a chat, the
+  earlier user/assistant pairs (the last ``MAX_HISTORY_TURNS``) go into the prompt as
+  conversation turns; system and tool messages are not used (ragtune's own system prompt
+  is the one adapters learned with). Retrieval searches with the last user message.
 - ``stream: true`` answers with SSE in the OpenAI chunk format, ending with ``data: [DONE]``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -54,6 +58,7 @@ from service.state import Services
 
 ERRORS = problem_responses(400, 401, 404, 409, 413, 415, 503, 504)
 DONE = b"data: [DONE]\n\n"
+MAX_HISTORY_TURNS = 4  # earlier question/answer pairs of a chat that go into the prompt
 # (retrieval on, adapter named) -> mode
 _MODES: dict[tuple[bool, bool], Mode] = {
     (False, False): "base",
@@ -118,6 +123,7 @@ def _to_request(
     max_tokens: int | None,
     temperature: float | None,
     opts: RagtuneOptions | None,
+    history: tuple[tuple[str, str], ...] = (),
 ) -> QueryRequest:
     adapter = _resolve_model(svc, model)
     retrieval = opts is not None and opts.retrieval != "none"
@@ -131,6 +137,7 @@ def _to_request(
         retrieval=opts.retrieval if opts and retrieval else None,  # type: ignore[arg-type]
         max_new_tokens=max_tokens,
         temperature=temperature,
+        history=history,
     )
 
 
@@ -146,15 +153,24 @@ def _openai_fields(question_field: str) -> Iterator[None]:
         raise
 
 
-def _last_user_text(messages: list[ChatMessage]) -> str:
-    for m in reversed(messages):
-        if m.role != "user":
-            continue
-        if isinstance(m.content, str):
-            return m.content
-        if isinstance(m.content, list):
-            return "\n".join(p.text for p in m.content if p.type == "text" and p.text)
-    raise InvalidInput("messages must contain a user message with text", field="messages")
+def _text(m: ChatMessage) -> str:
+    if isinstance(m.content, list):
+        return "\n".join(p.text for p in m.content if p.type == "text" and p.text)
+    return m.content or ""
+
+
+def _conversation(messages: list[ChatMessage]) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """The last user message, and the (user, assistant) pairs before it, oldest first."""
+    turns = [(m.role, _text(m)) for m in messages if m.role in ("user", "assistant")]
+    last = max((i for i, (role, text) in enumerate(turns) if role == "user" and text), default=-1)
+    if last < 0:
+        raise InvalidInput("messages must contain a user message with text", field="messages")
+    pairs = [
+        (q, a)
+        for (r1, q), (r2, a) in itertools.pairwise(turns[:last])
+        if r1 == "user" and r2 == "assistant" and q and a
+    ]
+    return turns[last][1], tuple(pairs[-MAX_HISTORY_TURNS:])
 
 
 def _finish(answer: Answer, svc: Services, max_tokens: int | None) -> str:
@@ -195,13 +211,9 @@ async def chat_completions(
     switches retrieval on. ``stream: true`` answers with ``chat.completion.chunk`` events."""
     max_tokens = data.max_completion_tokens or data.max_tokens
     with _openai_fields("messages"):
+        question, history = _conversation(data.messages)
         req = _to_request(
-            svc,
-            data.model,
-            _last_user_text(data.messages),
-            max_tokens,
-            data.temperature,
-            data.ragtune,
+            svc, data.model, question, max_tokens, data.temperature, data.ragtune, history
         )
         if data.stream:
             usage = bool(data.stream_options and data.stream_options.include_usage)

@@ -163,8 +163,9 @@ class StreamOptions(msgspec.Struct, kw_only=True):
 class ChatCompletionBody(msgspec.Struct, kw_only=True):
     """The OpenAI chat request; fields ragtune does not use (top_p, seed, ...) are ignored.
 
-    The question is the last user message; the prompt is ragtune's own template (the one
-    adapters are trained on), so earlier turns and system messages are not used.
+    The question is the last user message; earlier user/assistant pairs (the last four)
+    are conversation turns in ragtune's own prompt template (the one adapters are trained
+    on); system and tool messages are not used.
     """
 
     model: Annotated[str, Meta(min_length=1, max_length=256)]

@@ -47,3 +47,23 @@ def test_clean_answer_keeps_the_short_answer():
     assert clean_answer("  Paris\nThe Eiffel Tower is in Paris.") == "Paris"
     assert clean_answer('"The tower is in Paris." Answer: Paris') == "Paris"
     assert clean_answer("") == ""
+
+
+def test_chat_history_turns_and_the_shared_preamble(tiny_settings):
+    from core.prompts import shared_prefix_ids
+
+    tok = load_generator(tiny_settings).tokenizer
+    plain = render_prompt(tok, "Where is the Nile?", ["The Nile is in Africa."])
+    assert render_prompt(tok, "Where is the Nile?", ["The Nile is in Africa."], history=()) == plain
+    chat = render_prompt(
+        tok,
+        "Where is the Nile?",
+        ["The Nile is in Africa."],
+        history=[("Where is Paris?", "France")],
+    )
+    assert chat.index("Where is Paris?") < chat.index("France") < chat.index("Where is the Nile?")
+    assert chat.count("Passages:") == 1  # earlier turns are closed-book questions
+    prefix = shared_prefix_ids(tok)
+    assert len(prefix) > 5
+    for text in (plain, chat, render_prompt(tok, "q?")):
+        assert tok(text, add_special_tokens=False)["input_ids"][: len(prefix)] == prefix

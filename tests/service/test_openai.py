@@ -107,3 +107,42 @@ def test_errors_reach_the_client_as_openai_errors(oai):
             messages=[{"role": "user", "content": "hi"}],
             extra_body={"ragtune": {"index": "missing"}},
         )
+
+
+def test_chat_history_goes_into_the_prompt(oai, svc_settings):
+    """Earlier user/assistant pairs are conversation turns; system messages are not used."""
+    last = {"role": "user", "content": "And where is the Nile?"}
+    turns = [
+        {"role": "system", "content": "ignored"},
+        {"role": "user", "content": "Where is the Eiffel Tower?"},
+        {"role": "assistant", "content": "Paris"},
+    ]
+    model = base_id(svc_settings)
+    alone = oai.chat.completions.create(model=model, messages=[last], max_tokens=3)
+    system_only = oai.chat.completions.create(model=model, messages=[turns[0], last], max_tokens=3)
+    chat = oai.chat.completions.create(model=model, messages=[*turns, last], max_tokens=3)
+    assert system_only.usage.prompt_tokens == alone.usage.prompt_tokens
+    assert chat.usage.prompt_tokens > alone.usage.prompt_tokens
+
+
+def test_conversation_pairs_questions_with_answers():
+    from service.openai_compat import MAX_HISTORY_TURNS, _conversation
+    from service.schemas import ChatMessage
+
+    def msgs(*pairs):
+        return [ChatMessage(role=r, content=c) for r, c in pairs]
+
+    q, hist = _conversation(
+        msgs(("system", "s"), ("user", "q1"), ("assistant", "a1"), ("user", "q2"))
+    )
+    assert (q, hist) == ("q2", (("q1", "a1"),))
+    # a user turn without an answer, and tool messages, are left out
+    q, hist = _conversation(
+        msgs(("user", "q1"), ("user", "q2"), ("tool", "t"), ("assistant", "a2"), ("user", "q3"))
+    )
+    assert (q, hist) == ("q3", (("q2", "a2"),))
+    many = [("user", f"q{i}") if i % 2 == 0 else ("assistant", f"a{i}") for i in range(20)]
+    q, hist = _conversation(msgs(*many, ("user", "last")))
+    assert q == "last" and len(hist) == MAX_HISTORY_TURNS and hist[-1] == ("q18", "a19")
+    with pytest.raises(Exception, match="user message"):
+        _conversation(msgs(("system", "s"), ("assistant", "a")))
