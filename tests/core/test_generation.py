@@ -107,3 +107,14 @@ def test_validation_names_the_field(tiny_settings, req, field):
     with pytest.raises(InvalidInput) as e:
         Pipeline(tiny_settings).validate(req)
     assert e.value.field == field
+
+
+def test_pipeline_stream_ends_with_the_answer(tiny_settings):
+    from core.types import Answer
+
+    pipe = Pipeline(tiny_settings)
+    req = QueryRequest("where is the tower?", mode="base", max_new_tokens=5)
+    *pieces, final = list(pipe.stream(req))
+    assert isinstance(final, Answer) and all(isinstance(p, str) for p in pieces)
+    assert final.answer == pipe.answer(req).answer
+    assert final.usage.completion_tokens == 5 and final.timings.total_ms > 0
