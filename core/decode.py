@@ -25,6 +25,7 @@ from core.types import GenRequest, GenResult
 
 Finish = Callable[["GenResult | BaseException"], None]
 KV = tuple[Any, Any]  # one layer's key and value states
+MIN_TEMPERATURE = 1e-4  # lower temperatures decode greedily
 
 
 @dataclass(eq=False)
@@ -328,12 +329,15 @@ def _cache_kwarg(model: Any) -> str:
 
 
 def _pick(logits: Any, temperatures: Sequence[float]) -> Any:
-    """Greedy for temperature 0, else a sample from softmax(logits / t), row by row."""
+    """Greedy for temperature ~0, else a sample from softmax(logits / t), row by row."""
     import torch
 
     picked = logits.argmax(dim=-1)
     for i, t in enumerate(temperatures):
-        if t > 0:
-            probs = torch.softmax(logits[i] / t, dim=-1)
+        # Below MIN_TEMPERATURE (in float32 1e-300 is 0) sampling is greedy in all but name.
+        if t >= MIN_TEMPERATURE:
+            # Shift so the largest logit is 0: a small t gives -inf and 0, never inf - inf.
+            row = logits[i] - logits[i].max()
+            probs = torch.softmax(row / t, dim=-1)
             picked[i] = torch.multinomial(probs, 1)[0]
     return picked

@@ -208,3 +208,16 @@ def test_cached_prompt_preamble_changes_no_answer(tiny_settings, engine):
     assert set(engine._prefix_kv) == {None, "a", "b"}
     engine.unload_adapter("a")  # a republished "a" must not reuse the old states
     assert set(engine._prefix_kv) == {None, "b"}
+
+
+def test_sampling_is_safe_at_extreme_temperatures():
+    """A tiny temperature (the fuzzer sent 1e-300) is all but greedy, never NaN."""
+    import torch
+
+    from core.decode import _pick
+
+    logits = torch.tensor([[1.0, 3.0, 2.0], [50.0, -50.0, 0.0], [0.0, 0.0, 0.0]])
+    assert _pick(logits.clone(), [1e-300, 1e-300, 0.0]).tolist() == [1, 0, 0]
+    torch.manual_seed(0)
+    draws = {int(_pick(logits.clone(), [2.0, 0.0, 2.0])[2]) for _ in range(50)}
+    assert draws == {0, 1, 2}  # a flat row samples every token
