@@ -60,7 +60,6 @@ class DecodeState:
         self._mask: Any = None  # [rows, columns] 1 = real token, 0 = left padding
         self._next: Any = None  # [rows] the token each row feeds in at the next step
         self._pos: Any = None  # [rows] that token's position (real tokens before it)
-        self.mergeable = True  # False for caches that are not plain key/value layers
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -118,13 +117,9 @@ class DecodeState:
         import torch
         import torch.nn.functional as F
 
-        new_ok = all(type(layer) is _growing_layer() for layer in cache.layers)
         if self._cache is None:
             self._cache, self._mask, self._next, self._pos = cache, mask, first, pos
-            self.mergeable = new_ok
             return
-        if not (self.mergeable and new_ok):
-            raise RuntimeError("this model's cache cannot take rows mid-batch")
         old_w, new_w = self._mask.shape[1], mask.shape[1]
         width = max(old_w, new_w)
         layers = []
@@ -169,7 +164,6 @@ class DecodeState:
         """Empty the batch (after a failed step) and return the rows it held."""
         rows, self.rows = self.rows, []
         self._cache = self._mask = self._next = self._pos = None
-        self.mergeable = True
         return rows
 
     def _advance(self, picked: list[int], offset: int) -> list[Row]:
@@ -218,14 +212,9 @@ class DecodeState:
         self.rows = [self.rows[i] for i in keep]
         if not keep:
             self._cache = self._mask = self._next = self._pos = None
-            self.mergeable = True
             return gone
         idx = torch.tensor(keep)
         mask = self._mask[idx]
-        if not self.mergeable:  # not plain key/value layers: let the cache select its rows
-            self._cache.batch_select_indices(idx)
-            self._mask, self._next, self._pos = mask, self._next[idx], self._pos[idx]
-            return gone
         skip = int((mask.sum(dim=0) == 0).long().cumprod(dim=0).sum())  # all-padding columns
         self._cache = _new_cache(
             [

@@ -157,9 +157,6 @@ class GenerationEngine:
             self._prefix_kv[adapter] = prefix_states(model, extra, self._prefix)
         return self._prefix_kv[adapter]
 
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
     def _use(self, adapters: Sequence[str | None], delta: int) -> None:
         """Count the running rows per adapter (under the lock): those are never evicted."""
         for name in adapters:
@@ -226,11 +223,6 @@ class ContinuousBatch:
     def adapters(self) -> set[str]:
         """The distinct adapters the running rows use."""
         return {a for a in self._state.adapters() if a}
-
-    @property
-    def can_join(self) -> bool:
-        """False while rows run on a model whose cache cannot take new rows mid-batch."""
-        return self._state.mergeable or not len(self._state)
 
     def add(self, rows: Sequence[Row]) -> None:
         """Load each row's adapter and prefill the rows together. A row whose adapter

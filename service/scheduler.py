@@ -293,8 +293,6 @@ class BatchScheduler:
     def _take(self, batch: ContinuousBatch | None) -> list[_Job]:
         """Oldest first: the requests that fit beside the running rows (row and adapter
         limits); the rest keep their place in the queue."""
-        if batch is not None and not batch.can_join:
-            return []
         room = self.max_batch_size - (len(batch) if batch else 0)
         adapters = set(batch.adapters) if batch else set()
         taken: list[_Job] = []
