@@ -34,12 +34,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from core.config import resolve_settings  # noqa: E402
-from core.index_store import load_index, rrf_fuse  # noqa: E402
-from core.models import load_embedder  # noqa: E402
-from indexer.api import build_index  # noqa: E402
-from indexer.build import embed_chunks  # noqa: E402
-from indexer.loaders import squad_doc_id  # noqa: E402
+from ragtune.core.config import resolve_settings  # noqa: E402
+from ragtune.core.index_store import load_index, rrf_fuse  # noqa: E402
+from ragtune.core.models import load_embedder  # noqa: E402
+from ragtune.indexer.api import build_index  # noqa: E402
+from ragtune.indexer.build import embed_chunks  # noqa: E402
+from ragtune.indexer.loaders import squad_doc_id  # noqa: E402
 
 SQUAD = REPO.parent / "shared" / "data" / "squad" / "squaddev_v1.1.json"
 RESULTS = REPO / "bench" / "results" / "indexer.txt"
@@ -114,7 +114,7 @@ def plain_bm25(idx, qs: list[str], depth: int) -> list[list[int]]:
 
     import bm25s
 
-    from core.index_store import STOPWORDS
+    from ragtune.core.index_store import STOPWORDS
 
     tok_re = re.compile(r"[a-z0-9]+")
 

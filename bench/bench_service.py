@@ -39,7 +39,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from core.config import Settings, resolve_settings  # noqa: E402
+from ragtune.core.config import Settings, resolve_settings  # noqa: E402
 
 QUESTIONS = [
     "Where is the Eiffel Tower?",
@@ -89,8 +89,8 @@ def make_adapters(settings: Settings, names: list[str]) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from core.models import folder_fingerprint, generator_folder
-    from core.registry import publish
+    from ragtune.core.models import folder_fingerprint, generator_folder
+    from ragtune.core.registry import publish
 
     folder = generator_folder(settings)
     base = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
@@ -122,7 +122,7 @@ class Server:
             "RAGTUNE_MAX_LOADED_ADAPTERS": "10",
             "PYTHONPATH": str(REPO),
         }
-        cmd = [sys.executable, "-m", "cli.main", "--data-dir", str(data_dir)]
+        cmd = [sys.executable, "-m", "ragtune", "--data-dir", str(data_dir)]
         cmd += ["--threads", str(threads), "serve", "--port", str(port), "--log-level", "warning"]
         self.url = f"http://127.0.0.1:{port}"
         self.proc = subprocess.Popen(cmd, cwd=data_dir.parent, env=env)
@@ -207,9 +207,9 @@ class BareGenerator:
     """Bare ``model.generate`` on the exact prompt the service renders (base mode)."""
 
     def __init__(self, settings: Settings, question: str, tokens: int) -> None:
-        from core.generation import _stop_ids
-        from core.models import load_generator
-        from core.prompts import render_prompt
+        from ragtune.core.generation import _stop_ids
+        from ragtune.core.models import load_generator
+        from ragtune.core.prompts import render_prompt
 
         self.gen = load_generator(settings)
         tok = self.gen.tokenizer
@@ -262,7 +262,7 @@ def main() -> None:
     settings, _ = resolve_settings(
         overrides={"data_dir": data, "torch_threads": args.threads}, environ={}
     )
-    from core.models import load_embedder
+    from ragtune.core.models import load_embedder
     from tests.service.helpers import write_index
 
     log("building the index and 9 adapters ...")

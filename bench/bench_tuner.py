@@ -38,7 +38,7 @@ DEFAULT_SQUAD = REPO.parent / "shared" / "data" / "squad" / "squaddev_v1.1.json"
 
 
 def settings_for(data_dir: Path, threads: int) -> Any:
-    from core.config import resolve_settings
+    from ragtune.core.config import resolve_settings
 
     s, _ = resolve_settings(overrides={"data_dir": data_dir, "torch_threads": threads}, environ={})
     return s
@@ -50,8 +50,8 @@ def squad_articles(path: Path) -> list[dict[str, Any]]:
 
 def rag_examples(squad: Path, n: int, tokenizer: Any) -> list[Any]:
     """n gold-passage QA examples rendered with core.prompts (one passage, ~250 tokens)."""
-    from core.prompts import render_training_example
-    from tuner.train import encode
+    from ragtune.core.prompts import render_training_example
+    from ragtune.tuner.train import encode
 
     out = []
     for art in squad_articles(squad)[::-1]:  # last articles: not those the RAFT run uses
@@ -100,7 +100,7 @@ def lora_model(folder: str, seed: int) -> Any:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from tuner.args import TuneArgs
+    from ragtune.tuner.args import TuneArgs
 
     a = TuneArgs()
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
@@ -118,9 +118,9 @@ def lora_model(folder: str, seed: int) -> Any:
 
 
 def bench_throughput(opts: argparse.Namespace) -> dict[str, Any]:
-    from core.models import generator_folder, load_tokenizer, set_torch_threads
-    from tuner.args import TuneArgs
-    from tuner.train import epoch_order, train_loop
+    from ragtune.core.models import generator_folder, load_tokenizer, set_torch_threads
+    from ragtune.tuner.args import TuneArgs
+    from ragtune.tuner.train import epoch_order, train_loop
 
     with tempfile.TemporaryDirectory() as tmp:
         settings = settings_for(Path(tmp), opts.threads)
@@ -191,9 +191,9 @@ def bench_throughput(opts: argparse.Namespace) -> dict[str, Any]:
 
 def memory_child(method: str, opts: argparse.Namespace) -> None:
     """Runs in its own process: train_adapter with one method, print peak RSS as JSON."""
+    from ragtune.tuner.api import train_adapter
+    from ragtune.tuner.args import TuneArgs
     from tests.tuner.helpers import write_jsonl
-    from tuner.api import train_adapter
-    from tuner.args import TuneArgs
 
     with tempfile.TemporaryDirectory() as tmp:
         settings = settings_for(Path(tmp) / "data", opts.threads)
@@ -317,8 +317,8 @@ def squad_subset(articles: list[dict[str, Any]], n: int) -> dict[str, Any]:
 
 
 def bench_raft(opts: argparse.Namespace) -> dict[str, Any]:
-    from tuner.api import train_adapter
-    from tuner.args import TuneArgs
+    from ragtune.tuner.api import train_adapter
+    from ragtune.tuner.args import TuneArgs
 
     articles = squad_articles(opts.squad)
     train_articles, distractors = articles[:12], articles[12:16]

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from cli.context import AppContext, pass_app
+from ragtune.cli.context import AppContext, pass_app
 
 
 @click.group()

@@ -11,8 +11,8 @@ from typing import Any
 
 import click
 
-from core.config import Settings, resolve_settings
-from core.errors import RagtuneError
+from ragtune.core.config import Settings, resolve_settings
+from ragtune.core.errors import RagtuneError
 
 
 @dataclass

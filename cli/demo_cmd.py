@@ -8,13 +8,15 @@ under 30 minutes on 2 CPU cores (examples/experiment-demo.toml says how).
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 
 import click
 
-from cli.context import AppContext, pass_app
+from ragtune.cli.context import AppContext, pass_app
 
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "experiment-demo.toml"
+# Shipped as package data (ragtune.examples), so the demo runs from a wheel as from a checkout.
+DEMO_CONFIG = Path(str(files("ragtune.examples").joinpath("experiment-demo.toml")))
 
 
 @click.command("demo")
@@ -23,7 +25,7 @@ DEMO_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "experiment-dem
     "config",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
-    help=f"Experiment TOML (default: {DEMO_CONFIG.parent.name}/{DEMO_CONFIG.name}).",
+    help="Experiment TOML (default: the shipped examples/experiment-demo.toml).",
 )
 @click.option(
     "--out",
@@ -37,8 +39,8 @@ DEMO_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "experiment-dem
 @pass_app
 def demo(app: AppContext, config: Path | None, out: Path | None, fresh: bool, quiet: bool) -> None:
     """Index, tune, evaluate and report on a small SQuAD subset; print the verdict."""
-    from cli.eval_cmd import run_experiment_cmd
-    from core.errors import InvalidInput
+    from ragtune.cli.eval_cmd import run_experiment_cmd
+    from ragtune.core.errors import InvalidInput
 
     config = config or DEMO_CONFIG
     if not config.is_file():

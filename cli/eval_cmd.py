@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from cli.context import AppContext, pass_app
+from ragtune.cli.context import AppContext, pass_app
 
 RUN_FLAGS = (
     "dataset",
@@ -47,7 +47,7 @@ def eval_group() -> None:
 
 
 def _eval_config_file(path: Path) -> dict[str, Any]:
-    from core.config import read_toml
+    from ragtune.core.config import read_toml
 
     raw = read_toml(path, "--config file", field="config")
     return dict(raw.get("eval", raw))
@@ -59,8 +59,8 @@ def build_run_config(config_file: Path | None, flags: dict[str, Any]) -> Any:
     A dataset path in the file is relative to the file; one given as a flag, to the
     current folder.
     """
-    from core.errors import InvalidInput
-    from eval.runner import RunConfig
+    from ragtune.core.errors import InvalidInput
+    from ragtune.eval.runner import RunConfig
 
     values: dict[str, Any] = {}
     base_dir = None
@@ -182,7 +182,7 @@ def run_cmd(
     **flags: Any,
 ) -> None:
     """Answer every question in every mode; write results, summary and report into --out."""
-    from eval.runner import run_eval
+    from ragtune.eval.runner import run_eval
 
     flags["out"] = str(out) if out else None
     config = build_run_config(eval_config, flags)
@@ -194,12 +194,12 @@ def run_cmd(
         stamp = time.strftime("%Y%m%d-%H%M%S")
         out = settings.runs_dir / f"{stamp}-{Path(config.dataset).stem}"
     if config.url:
-        from eval.targets import HttpTarget
+        from ragtune.eval.targets import HttpTarget
 
         target: Any = HttpTarget(config.url, api_key)
     else:
-        from core.pipeline import Pipeline
-        from eval.targets import PipelineTarget
+        from ragtune.core.pipeline import Pipeline
+        from ragtune.eval.targets import PipelineTarget
 
         target = PipelineTarget(Pipeline(settings))
     summary = run_eval(config, target, out, progress=not quiet)
@@ -212,7 +212,7 @@ def run_cmd(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def compare_cmd(run_a: Path, run_b: Path, as_json: bool) -> None:
     """Metric deltas B - A per mode, with a paired F1 test on shared questions."""
-    from eval.compare import compare_runs, format_comparison
+    from ragtune.eval.compare import compare_runs, format_comparison
 
     c = compare_runs(run_a, run_b)
     click.echo(json.dumps(c, indent=2) if as_json else format_comparison(c))
@@ -222,7 +222,7 @@ def run_experiment_cmd(
     app: AppContext, config: Path, out: Path | None, fresh: bool, quiet: bool
 ) -> dict[str, Any]:
     """Shared by `eval experiment` and `demo`: run it, then print timings and the verdict."""
-    from cli.experiment import experiment_settings, load_experiment, run_experiment
+    from ragtune.cli.experiment import experiment_settings, load_experiment, run_experiment
 
     t0 = time.perf_counter()
     exp = load_experiment(config)

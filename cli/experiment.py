@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.atomic import write_json_atomic
-from core.config import Settings, read_toml, resolve_settings
-from core.errors import InvalidInput
-from eval.datasets import file_sha256, read_squad, subset_squad
-from eval.split import SplitSpec, split_groups
+from ragtune.core.atomic import write_json_atomic
+from ragtune.core.config import Settings, read_toml, resolve_settings
+from ragtune.core.errors import InvalidInput
+from ragtune.eval.datasets import file_sha256, read_squad, subset_squad
+from ragtune.eval.split import SplitSpec, split_groups
 
 TOP_KEYS = {"name", "description", "settings", "data", "index", "adapters", "eval"}
 DATA_KEYS = {"dataset", "test_fraction", "seed", "test_groups"}
@@ -104,7 +104,7 @@ def load_experiment(path: Path) -> Experiment:
     ev = dict(raw.get("eval") or {})
     _unknown("eval", ev, EVAL_KEYS)
     name = str(raw.get("name") or path.stem)
-    from core.index_store import validate_name
+    from ragtune.core.index_store import validate_name
 
     validate_name(name, "experiment")
     return Experiment(
@@ -193,14 +193,14 @@ def run_experiment(
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run every step (skipping what is already done) and return the eval summary."""
-    from core.errors import UnknownAdapter
-    from core.pipeline import Pipeline
-    from core.registry import get_adapter
-    from eval.runner import RunConfig, run_eval
-    from eval.targets import PipelineTarget
-    from indexer.api import build_index
-    from tuner.api import train_adapter
-    from tuner.args import TuneArgs
+    from ragtune.core.errors import UnknownAdapter
+    from ragtune.core.pipeline import Pipeline
+    from ragtune.core.registry import get_adapter
+    from ragtune.eval.runner import RunConfig, run_eval
+    from ragtune.eval.targets import PipelineTarget
+    from ragtune.indexer.api import build_index
+    from ragtune.tuner.api import train_adapter
+    from ragtune.tuner.args import TuneArgs
 
     out = Path(out_dir) if out_dir else settings.runs_dir / exp.name
     if fresh and out.exists():

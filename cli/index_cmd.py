@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from cli.context import AppContext, pass_app
+from ragtune.cli.context import AppContext, pass_app
 
 METHODS = click.Choice(["dense", "bm25", "hybrid"])
 
@@ -79,7 +79,7 @@ def build(
     Files that cannot be used are reported and skipped; the exit status is non-zero only when
     nothing could be indexed.
     """
-    from indexer.api import build_index
+    from ragtune.indexer.api import build_index
 
     settings = app.settings(**flags)
     summary = build_index(
@@ -96,7 +96,7 @@ def build(
 @pass_app
 def list_cmd(app: AppContext, as_json: bool) -> None:
     """List the indexes: documents, chunks, model, type and live version."""
-    from indexer.api import list_overviews
+    from ragtune.indexer.api import list_overviews
 
     rows = list_overviews(app.settings())
     if as_json:
@@ -119,7 +119,7 @@ def list_cmd(app: AppContext, as_json: bool) -> None:
 @pass_app
 def show_cmd(app: AppContext, name: str, as_json: bool) -> None:
     """Describe one index: model, chunker, counts, sources, versions."""
-    from indexer.api import describe_index
+    from ragtune.indexer.api import describe_index
 
     info = describe_index(app.settings(), name)
     if as_json:
@@ -144,7 +144,7 @@ def show_cmd(app: AppContext, name: str, as_json: bool) -> None:
 @pass_app
 def rm_cmd(app: AppContext, name: str) -> None:
     """Delete an index and all its versions."""
-    from indexer.api import remove_index
+    from ragtune.indexer.api import remove_index
 
     version = remove_index(app.settings(), name)
     click.echo(f"removed index {name!r}" + (f" (was at version {version})" if version else ""))
@@ -152,7 +152,7 @@ def rm_cmd(app: AppContext, name: str) -> None:
 
 def _read_queries(path: Path) -> tuple[list[tuple[str, str]], list[str]]:
     """(id, query) pairs from a file: a query per line, or JSONL {id, query}; and the problems."""
-    from core.errors import DataError
+    from ragtune.core.errors import DataError
 
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -183,7 +183,7 @@ def _read_queries(path: Path) -> tuple[list[tuple[str, str]], list[str]]:
 
 def _open_index(settings: Any, name: str, method: str) -> Any:
     """Load the index; the embedder only when the method needs it (BM25 alone does not)."""
-    from core.index_store import load_index, read_manifest
+    from ragtune.core.index_store import load_index, read_manifest
 
     if method == "bm25":
         m = read_manifest(settings, name)
@@ -192,7 +192,7 @@ def _open_index(settings: Any, name: str, method: str) -> Any:
             raise RuntimeError("BM25 search does not embed")
 
         return load_index(settings, name, m["embedding_model"], m["embedding_dim"], no_embed)
-    from core.models import load_embedder
+    from ragtune.core.models import load_embedder
 
     emb = load_embedder(settings)
     return load_index(
@@ -231,7 +231,7 @@ def search(
     as_json: bool,
 ) -> None:
     """Search an index: one QUERY, or every query of --queries FILE (JSONL hits out)."""
-    from core.errors import InvalidInput
+    from ragtune.core.errors import InvalidInput
 
     if (query is None) == (queries is None):
         raise InvalidInput("give either a QUERY or --queries FILE")
@@ -296,7 +296,7 @@ def _batch_search(
     if out is None:
         click.echo(text, nl=False)
     else:
-        from core.atomic import write_text_atomic
+        from ragtune.core.atomic import write_text_atomic
 
         write_text_atomic(out, text)
         click.echo(f"wrote {len(lines)} results to {out}", err=True)

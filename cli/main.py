@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from cli.context import AppContext, run_safely
+from ragtune.cli.context import AppContext, run_safely
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -46,16 +46,16 @@ def cli(ctx: click.Context, config_file: Path | None, verbose: bool, **overrides
 
 
 def _register() -> None:
-    from cli import config_cmd, models_cmd
+    from ragtune.cli import config_cmd, models_cmd
 
     cli.add_command(config_cmd.config)
     cli.add_command(models_cmd.models)
     # Commands of the four packages register themselves when their CLI module exists.
     for mod_name in ("index_cmd", "tune_cmd", "serve_cmd", "eval_cmd", "demo_cmd"):
         try:
-            mod = __import__(f"cli.{mod_name}", fromlist=["register"])
+            mod = __import__(f"ragtune.cli.{mod_name}", fromlist=["register"])
         except ModuleNotFoundError as e:
-            if e.name == f"cli.{mod_name}":
+            if e.name == f"ragtune.cli.{mod_name}":
                 continue
             raise
         mod.register(cli)

@@ -7,7 +7,7 @@ import time
 
 import click
 
-from cli.context import AppContext, pass_app
+from ragtune.cli.context import AppContext, pass_app
 
 
 @click.group(invoke_without_command=True)
@@ -17,7 +17,7 @@ def models(ctx: click.Context, as_json: bool) -> None:
     """Show the configured models (`ragtune models prepare` materializes them)."""
     if ctx.invoked_subcommand is not None:
         return
-    from core.models import locate_embedder, locate_generator, materialized_dir
+    from ragtune.core.models import locate_embedder, locate_generator, materialized_dir
 
     settings = ctx.find_object(AppContext).settings()
     rows = []
@@ -46,7 +46,7 @@ def models(ctx: click.Context, as_json: bool) -> None:
 @pass_app
 def prepare(app: AppContext) -> None:
     """Load both models once (unpacking the GGUF generator into the cache)."""
-    from core.models import check_generator, load_embedder
+    from ragtune.core.models import check_generator, load_embedder
 
     settings = app.settings()
     t0 = time.perf_counter()

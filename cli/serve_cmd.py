@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.context import AppContext, pass_app
+from ragtune.cli.context import AppContext, pass_app
 
 # After SIGTERM/Ctrl-C uvicorn stops accepting connections and waits for the requests in
 # flight; generation can take up to request_timeout_s, so wait that long plus a margin.
@@ -30,7 +30,7 @@ def serve(app: AppContext, host: str | None, port: int | None, log_level: str) -
     """
     import uvicorn
 
-    from service.app import create_app
+    from ragtune.service.app import create_app
 
     settings = app.settings(host=host, port=port)
     config = uvicorn.Config(

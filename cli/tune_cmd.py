@@ -13,8 +13,8 @@ from typing import Any
 
 import click
 
-from cli.context import AppContext, pass_app
-from tuner.args import TuneArgs, field_docs, split_modules
+from ragtune.cli.context import AppContext, pass_app
+from ragtune.tuner.args import TuneArgs, field_docs, split_modules
 
 
 def _help(name: str) -> str:
@@ -106,7 +106,7 @@ def tune_command() -> click.Command:
           ragtune tune --data a.jsonl:2 --data b.jsonl:0.5 --name mix --max-steps 200
           ragtune tune --data reviews.csv --template examples/templates/reviews.toml --name rev
         """
-        from tuner.api import train_adapter
+        from ragtune.tuner.api import train_adapter
 
         args = build_args(tune_config, flags)
         info = train_adapter(app.settings(), args, progress=not quiet)
@@ -154,7 +154,7 @@ def adapters() -> None:
 @pass_app
 def list_cmd(app: AppContext, as_json: bool) -> None:
     """One line per adapter: name, method, base model, validation loss, created."""
-    from core.registry import list_adapters
+    from ragtune.core.registry import list_adapters
 
     rows = []
     for info in list_adapters(app.settings()):
@@ -188,7 +188,7 @@ def list_cmd(app: AppContext, as_json: bool) -> None:
 @pass_app
 def show_cmd(app: AppContext, name: str) -> None:
     """Print an adapter's manifest (JSON)."""
-    from core.registry import get_adapter
+    from ragtune.core.registry import get_adapter
 
     click.echo(json.dumps(get_adapter(app.settings(), name).manifest, indent=2))
 
@@ -198,7 +198,7 @@ def show_cmd(app: AppContext, name: str) -> None:
 @pass_app
 def rm_cmd(app: AppContext, name: str) -> None:
     """Remove an adapter (and any interrupted run of that name)."""
-    from tuner.api import remove_adapter
+    from ragtune.tuner.api import remove_adapter
 
     remove_adapter(app.settings(), name)
     click.echo(f"removed adapter {name}")
@@ -221,11 +221,11 @@ def export_cmd(app: AppContext, name: str, merged: bool, out: Path, overwrite: b
     """Export an adapter: as is (a peft folder), or --merged into a full model folder."""
     settings = app.settings()
     if merged:
-        from tuner.export import export_merged
+        from ragtune.tuner.export import export_merged
 
         export_merged(settings, name, out, overwrite=overwrite)
     else:
-        from tuner.export import export_plain
+        from ragtune.tuner.export import export_plain
 
         export_plain(settings, name, out, overwrite=overwrite)
     click.echo(f"exported {name} to {out}")

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from core.errors import InvalidInput
+from ragtune.core.errors import InvalidInput
 
 ENV_PREFIX = "RAGTUNE_"
 DEFAULT_CONFIG_FILE = "ragtune.toml"

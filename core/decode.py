@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.types import GenRequest, GenResult
+from ragtune.core.types import GenRequest, GenResult
 
 Finish = Callable[["GenResult | BaseException"], None]
 KV = tuple[Any, Any]  # one layer's key and value states

@@ -19,12 +19,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.config import Settings
-from core.decode import KV, DecodeState, Row, prefix_states
-from core.errors import AdapterBusy, InvalidInput
-from core.models import Generator
-from core.registry import AdapterInfo, check_base, get_adapter
-from core.types import GenRequest, GenResult
+from ragtune.core.config import Settings
+from ragtune.core.decode import KV, DecodeState, Row, prefix_states
+from ragtune.core.errors import AdapterBusy, InvalidInput
+from ragtune.core.models import Generator
+from ragtune.core.registry import AdapterInfo, check_base, get_adapter
+from ragtune.core.types import GenRequest, GenResult
 
 __all__ = ["BASE", "ContinuousBatch", "GenRequest", "GenResult", "GenerationEngine", "Row"]
 
@@ -142,7 +142,7 @@ class GenerationEngine:
     def prefix_for(self, ids: Sequence[int]) -> int:
         """How many leading tokens of ``ids`` have cached states (0: none)."""
         if self._prefix is None:
-            from core.prompts import shared_prefix_ids
+            from ragtune.core.prompts import shared_prefix_ids
 
             found = tuple(shared_prefix_ids(self.tokenizer))
             self._prefix = found if len(found) >= MIN_PREFIX else ()

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.config import Settings
-from core.errors import IndexMismatch, IndexNotFound, InvalidInput
-from core.types import Hit, RetrievalMethod
+from ragtune.core.config import Settings
+from ragtune.core.errors import IndexMismatch, IndexNotFound, InvalidInput
+from ragtune.core.types import Hit, RetrievalMethod
 
 SCHEMA_VERSION = 1
 CURRENT_FILE = "CURRENT"

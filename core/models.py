@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.atomic import replace_dir, staging_dir, write_text_atomic
-from core.config import PACKAGED_EMBEDDER, PACKAGED_GENERATOR, Settings
-from core.errors import ModelNotFound
+from ragtune.core.atomic import replace_dir, staging_dir, write_text_atomic
+from ragtune.core.config import PACKAGED_EMBEDDER, PACKAGED_GENERATOR, Settings
+from ragtune.core.errors import ModelNotFound
 
 if TYPE_CHECKING:
     import numpy as np

@@ -12,13 +12,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from core.config import Settings
-from core.errors import InvalidInput
-from core.generation import GenerationEngine
-from core.index_store import IndexCache, LoadedIndex
-from core.models import Embedder, Generator, load_embedder, load_generator
-from core.prompts import clean_answer, render_prompt
-from core.types import (
+from ragtune.core.config import Settings
+from ragtune.core.errors import InvalidInput
+from ragtune.core.generation import GenerationEngine
+from ragtune.core.index_store import IndexCache, LoadedIndex
+from ragtune.core.models import Embedder, Generator, load_embedder, load_generator
+from ragtune.core.prompts import clean_answer, render_prompt
+from ragtune.core.types import (
     MODES,
     RETRIEVAL_METHODS,
     Answer,

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.atomic import clean_stale, replace_dir
-from core.config import Settings
-from core.errors import AdapterMismatch, UnknownAdapter
-from core.index_store import validate_name
+from ragtune.core.atomic import clean_stale, replace_dir
+from ragtune.core.config import Settings
+from ragtune.core.errors import AdapterMismatch, UnknownAdapter
+from ragtune.core.index_store import validate_name
 
 MANIFEST = "manifest.json"
 ADAPTER_CONFIG = "adapter_config.json"

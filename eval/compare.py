@@ -11,9 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from core.errors import InvalidInput
-from eval.runner import RESULTS, SUMMARY, read_results
-from eval.stats import paired_bootstrap
+from ragtune.core.errors import InvalidInput
+from ragtune.eval.runner import RESULTS, SUMMARY, read_results
+from ragtune.eval.stats import paired_bootstrap
 
 METRICS = ("em", "f1", "rouge_l")
 

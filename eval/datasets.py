@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from core.errors import DataError
+from ragtune.core.errors import DataError
 
 
 @dataclass(frozen=True)

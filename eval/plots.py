@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from eval.summary import ANSWER_METRICS
+from ragtune.eval.summary import ANSWER_METRICS
 
 LABELS = {"em": "Exact match", "f1": "Token F1", "rouge_l": "ROUGE-L"}
 

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from core.atomic import write_text_atomic
-from eval.datasets import QAItem
-from eval.plots import make_plots
-from eval.variants import Variant
+from ragtune.core.atomic import write_text_atomic
+from ragtune.eval.datasets import QAItem
+from ragtune.eval.plots import make_plots
+from ragtune.eval.variants import Variant
 
 TITLES = {
     "metrics": "EM, F1 and ROUGE-L per mode with 95% CIs",

@@ -18,15 +18,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.atomic import write_json_atomic
-from core.errors import InvalidInput
-from core.pipeline import QueryRequest
-from core.types import Answer, Hit
-from eval.datasets import QAItem, file_sha256, load_items
-from eval.metrics import answer_in_context, answer_scores, retrieval_scores
-from eval.split import SplitSpec, sample_items, select_split
-from eval.targets import Target
-from eval.variants import Variant, expand_variants
+from ragtune.core.atomic import write_json_atomic
+from ragtune.core.errors import InvalidInput
+from ragtune.core.pipeline import QueryRequest
+from ragtune.core.types import Answer, Hit
+from ragtune.eval.datasets import QAItem, file_sha256, load_items
+from ragtune.eval.metrics import answer_in_context, answer_scores, retrieval_scores
+from ragtune.eval.split import SplitSpec, sample_items, select_split
+from ragtune.eval.targets import Target
+from ragtune.eval.variants import Variant, expand_variants
 
 RESULTS = "results.jsonl"
 CONFIG = "config.json"
@@ -299,8 +299,8 @@ def run_eval(
     """
     from tqdm import tqdm
 
-    from eval.report import write_report
-    from eval.summary import summarize
+    from ragtune.eval.report import write_report
+    from ragtune.eval.summary import summarize
 
     config.validate()
     variants = config.variants()

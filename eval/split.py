@@ -23,8 +23,8 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from core.errors import InvalidInput
-from eval.datasets import QAItem
+from ragtune.core.errors import InvalidInput
+from ragtune.eval.datasets import QAItem
 
 SPLITS = ("all", "train", "test")
 

@@ -10,9 +10,9 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
-from eval.metrics import percentile
-from eval.stats import bootstrap_ci, mcnemar, paired_bootstrap
-from eval.variants import Variant
+from ragtune.eval.metrics import percentile
+from ragtune.eval.stats import bootstrap_ci, mcnemar, paired_bootstrap
+from ragtune.eval.variants import Variant
 
 ANSWER_METRICS = ("em", "f1", "rouge_l")
 
@@ -82,7 +82,7 @@ def _retrieval_from_sources(
     recs: list[dict[str, Any]], gold: dict[str, list[str]], ks: Sequence[int], n_boot: int
 ) -> dict[str, Any] | None:
     """Without a retrieve call (HTTP target), score the rag answers' own sources."""
-    from eval.metrics import retrieval_scores
+    from ragtune.eval.metrics import retrieval_scores
 
     rows = [r for r in recs if r.get("sources") is not None and gold.get(r["qid"])]
     if not rows:

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
-from core.errors import RagtuneError
-from core.pipeline import Pipeline, QueryRequest
-from core.types import Answer, Hit, Timings, Usage
+from ragtune.core.errors import RagtuneError
+from ragtune.core.pipeline import Pipeline, QueryRequest
+from ragtune.core.types import Answer, Hit, Timings, Usage
 
 
 class Target(Protocol):
@@ -63,8 +63,8 @@ class PipelineTarget:
         }
 
     def fingerprint(self, adapters: Sequence[str], index: str | None) -> dict[str, Any]:
-        from core.index_store import read_manifest
-        from core.registry import get_adapter
+        from ragtune.core.index_store import read_manifest
+        from ragtune.core.registry import get_adapter
 
         s = self.pipeline.settings
         out: dict[str, Any] = {

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from core.errors import InvalidInput
+from ragtune.core.errors import InvalidInput
 
 KINDS = ("base", "rag", "finetune", "hybrid", "oracle")
 ADAPTER_KINDS = ("finetune", "hybrid")

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from core.config import Settings
-from core.errors import IndexNotFound
-from core.index_store import (
+from ragtune.core.config import Settings
+from ragtune.core.errors import IndexNotFound
+from ragtune.core.index_store import (
     FAISS_FILE,
     VERSIONS_DIR,
     current_version,
@@ -24,10 +24,10 @@ from core.index_store import (
     validate_name,
     version_dir,
 )
-from core.models import Embedder
-from indexer.build import index_lock, update_index
-from indexer.loaders import load_paths, squad_doc_id
-from indexer.summary import Counts, IndexSummary
+from ragtune.core.models import Embedder
+from ragtune.indexer.build import index_lock, update_index
+from ragtune.indexer.loaders import load_paths, squad_doc_id
+from ragtune.indexer.summary import Counts, IndexSummary
 
 __all__ = [
     "Counts",
@@ -72,7 +72,7 @@ def build_index(
     validate_name(name)
     loaded = load_paths(paths)
     if embedder is None and loaded.documents:
-        from core.models import load_embedder
+        from ragtune.core.models import load_embedder
 
         embedder = load_embedder(settings)
     return update_index(

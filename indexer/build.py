@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from core.atomic import clean_stale, fsync_dir, staging_dir, write_text_atomic
-from core.config import Settings
-from core.errors import DataError, IndexMismatch, InsufficientResources, InvalidInput
-from core.index_store import (
+from ragtune.core.atomic import clean_stale, fsync_dir, staging_dir, write_text_atomic
+from ragtune.core.config import Settings
+from ragtune.core.errors import DataError, IndexMismatch, InsufficientResources, InvalidInput
+from ragtune.core.index_store import (
     CHUNKS_FILE,
     CURRENT_FILE,
     FAISS_FILE,
@@ -44,12 +44,12 @@ from core.index_store import (
     index_dir,
     read_chunks,
 )
-from core.models import Embedder
-from core.types import Chunk, Document
-from indexer.chunking import Chunker, ChunkerConfig
-from indexer.faiss_ops import IndexKind, updated_index
-from indexer.loaders import LoadResult
-from indexer.summary import IndexSummary
+from ragtune.core.models import Embedder
+from ragtune.core.types import Chunk, Document
+from ragtune.indexer.chunking import Chunker, ChunkerConfig
+from ragtune.indexer.faiss_ops import IndexKind, updated_index
+from ragtune.indexer.loaders import LoadResult
+from ragtune.indexer.summary import IndexSummary
 
 LOCK_FILE = ".lock"
 

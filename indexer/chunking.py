@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from core.types import Chunk, Document
+from ragtune.core.types import Chunk, Document
 
 # A sentence ends at . ! ? (optionally followed by closing quotes/brackets) and white space,
 # or at a line break. Paragraphs end at a blank line.

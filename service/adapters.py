@@ -12,11 +12,11 @@ from litestar import delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
-from core.index_store import validate_name
-from core.registry import get_adapter, list_adapters
-from service.errors import problem_responses
-from service.schemas import AdapterAction, AdapterList, AdapterOut, AdapterStatsOut
-from service.state import Services
+from ragtune.core.index_store import validate_name
+from ragtune.core.registry import get_adapter, list_adapters
+from ragtune.service.errors import problem_responses
+from ragtune.service.schemas import AdapterAction, AdapterList, AdapterOut, AdapterStatsOut
+from ragtune.service.state import Services
 
 
 @get("/v1/adapters", tags=["adapters"], responses=problem_responses(401))

@@ -19,13 +19,13 @@ from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
-from core.config import Settings
-from core.pipeline import Pipeline
-from service import adapters, health, openai_compat, query
-from service.auth import require_api_key
-from service.errors import EXCEPTION_HANDLERS
-from service.metrics import MetricsMiddleware, metrics_endpoint
-from service.state import Services
+from ragtune.core.config import Settings
+from ragtune.core.pipeline import Pipeline
+from ragtune.service import adapters, health, openai_compat, query
+from ragtune.service.auth import require_api_key
+from ragtune.service.errors import EXCEPTION_HANDLERS
+from ragtune.service.metrics import MetricsMiddleware, metrics_endpoint
+from ragtune.service.state import Services
 
 OPENAPI_PATH = "/schema"  # the document is at /schema/openapi.json
 

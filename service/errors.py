@@ -17,8 +17,8 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 
-from core.errors import IndexNotFound, RagtuneError, UnknownAdapter
-from service.schemas import Problem
+from ragtune.core.errors import IndexNotFound, RagtuneError, UnknownAdapter
+from ragtune.service.schemas import Problem
 
 log = logging.getLogger("ragtune.service")
 

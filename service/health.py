@@ -6,9 +6,9 @@ from litestar import Response, get
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 
-from service.auth import PUBLIC
-from service.schemas import Health, Readiness
-from service.state import Services
+from ragtune.service.auth import PUBLIC
+from ragtune.service.schemas import Health, Readiness
+from ragtune.service.state import Services
 
 
 @get("/healthz", opt={PUBLIC: True}, sync_to_thread=False, tags=["health"])

@@ -29,14 +29,14 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from litestar.response import Stream
 
-from core.errors import InvalidInput, ModelNotFound, RagtuneError, UnknownAdapter
-from core.models import locate_generator
-from core.pipeline import QueryRequest
-from core.registry import get_adapter, list_adapters
-from core.types import Answer, Mode
-from service.auth import require_json
-from service.errors import log, problem_body, problem_responses
-from service.schemas import (
+from ragtune.core.errors import InvalidInput, ModelNotFound, RagtuneError, UnknownAdapter
+from ragtune.core.models import locate_generator
+from ragtune.core.pipeline import QueryRequest
+from ragtune.core.registry import get_adapter, list_adapters
+from ragtune.core.types import Answer, Mode
+from ragtune.service.auth import require_json
+from ragtune.service.errors import log, problem_body, problem_responses
+from ragtune.service.schemas import (
     AssistantMessage,
     ChatChoice,
     ChatCompletion,
@@ -53,8 +53,8 @@ from service.schemas import (
     Usage,
     sources_out,
 )
-from service.sse import VisibleText, event, sse_response
-from service.state import Services
+from ragtune.service.sse import VisibleText, event, sse_response
+from ragtune.service.state import Services
 
 ERRORS = problem_responses(400, 401, 404, 409, 413, 415, 503, 504)
 DONE = b"data: [DONE]\n\n"

@@ -10,14 +10,14 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from litestar.response import Stream
 
-from core.errors import RagtuneError
-from core.pipeline import QueryRequest
-from core.types import Answer
-from service.auth import require_json
-from service.errors import log, problem_body, problem_responses
-from service.schemas import QueryBody, QueryResponse
-from service.sse import VisibleText, event, sse_response
-from service.state import Services
+from ragtune.core.errors import RagtuneError
+from ragtune.core.pipeline import QueryRequest
+from ragtune.core.types import Answer
+from ragtune.service.auth import require_json
+from ragtune.service.errors import log, problem_body, problem_responses
+from ragtune.service.schemas import QueryBody, QueryResponse
+from ragtune.service.sse import VisibleText, event, sse_response
+from ragtune.service.state import Services
 
 ERRORS = problem_responses(400, 401, 404, 409, 413, 415, 503, 504)
 

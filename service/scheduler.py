@@ -30,11 +30,11 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.decode import Row
-from core.errors import Overloaded, RequestTimeout
-from core.generation import ContinuousBatch
-from core.pipeline import Pipeline, Prepared
-from core.types import Answer, GenResult
+from ragtune.core.decode import Row
+from ragtune.core.errors import Overloaded, RequestTimeout
+from ragtune.core.generation import ContinuousBatch
+from ragtune.core.pipeline import Pipeline, Prepared
+from ragtune.core.types import Answer, GenResult
 
 log = logging.getLogger("ragtune.service")
 

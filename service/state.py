@@ -17,14 +17,14 @@ from typing import Any
 
 import anyio
 
-from core.config import Settings
-from core.errors import RagtuneError
-from core.index_store import current_version
-from core.pipeline import Pipeline, Prepared, QueryRequest
-from core.registry import get_adapter
-from core.types import Answer
-from service.metrics import Metrics
-from service.scheduler import BatchScheduler
+from ragtune.core.config import Settings
+from ragtune.core.errors import RagtuneError
+from ragtune.core.index_store import current_version
+from ragtune.core.pipeline import Pipeline, Prepared, QueryRequest
+from ragtune.core.registry import get_adapter
+from ragtune.core.types import Answer
+from ragtune.service.metrics import Metrics
+from ragtune.service.scheduler import BatchScheduler
 
 log = logging.getLogger("ragtune.service")
 

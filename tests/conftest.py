@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from core.config import Settings, resolve_settings
+from ragtune.core.config import Settings, resolve_settings
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_SQUAD = REPO.parent / "shared" / "data" / "squad" / "squaddev_v1.1.json"

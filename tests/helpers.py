@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from core.config import Settings
-from core.models import folder_fingerprint, generator_folder
-from core.registry import AdapterInfo, publish
+from ragtune.core.config import Settings
+from ragtune.core.models import folder_fingerprint, generator_folder
+from ragtune.core.registry import AdapterInfo, publish
 
 
 def make_lora_adapter(settings: Settings, name: str, seed: int = 0, r: int = 4) -> AdapterInfo:
@@ -54,7 +54,7 @@ def index_docs(
     The documents go through a JSONL file (``{"id", "text"}`` per line), so doc ids are kept
     as given; indexing the same ``name`` again with other docs replaces them (prune).
     """
-    from indexer.api import build_index
+    from ragtune.indexer.api import build_index
 
     items = list(docs.items()) if isinstance(docs, dict) else list(docs)
     path = settings.data_dir / "docs" / f"{name}.jsonl"

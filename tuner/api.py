@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.atomic import staging_dir, write_json_atomic
-from core.config import Settings
-from core.errors import DataError, InsufficientResources, InvalidInput, ModelNotFound
-from core.registry import (
+from ragtune.core.atomic import staging_dir, write_json_atomic
+from ragtune.core.config import Settings
+from ragtune.core.errors import DataError, InsufficientResources, InvalidInput, ModelNotFound
+from ragtune.core.registry import (
     MANIFEST,
     AdapterInfo,
     adapter_dir,
@@ -28,8 +28,8 @@ from core.registry import (
     get_adapter,
     publish,
 )
-from tuner.args import TuneArgs, parse_data_spec
-from tuner.formats import MAX_REPORTED, BadRecord, QAExample, load_examples
+from ragtune.tuner.args import TuneArgs, parse_data_spec
+from ragtune.tuner.formats import MAX_REPORTED, BadRecord, QAExample, load_examples
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +110,9 @@ def prepare_data(
     """Load -> dedup -> split -> (RAFT) -> render with core.prompts -> tokenize -> length filter."""
     import random
 
-    from core.prompts import render_training_example
-    from tuner import split as splitter
-    from tuner.train import encode
+    from ragtune.core.prompts import render_training_example
+    from ragtune.tuner import split as splitter
+    from ragtune.tuner.train import encode
 
     examples, meta = load_data(args, progress)
     files, bad = meta["files"], meta["bad"]
@@ -184,9 +184,9 @@ def _raft_items(
     val_ex: list[QAExample],
     progress: bool,
 ) -> tuple[list, list, dict[str, Any]]:
-    from core.index_store import load_index
-    from core.models import load_embedder
-    from tuner.raft import build_raft
+    from ragtune.core.index_store import load_index
+    from ragtune.core.models import load_embedder
+    from ragtune.tuner.raft import build_raft
 
     name = args.index or settings.default_index
     embedder = load_embedder(settings)
@@ -287,8 +287,13 @@ def train_adapter(
     """
     import time
 
-    from core.models import folder_fingerprint, generator_folder, load_tokenizer, locate_generator
-    from core.prompts import PROMPT_VERSION, template_id
+    from ragtune.core.models import (
+        folder_fingerprint,
+        generator_folder,
+        load_tokenizer,
+        locate_generator,
+    )
+    from ragtune.core.prompts import PROMPT_VERSION, template_id
 
     args.validate()
     if args.base:
@@ -327,7 +332,7 @@ def train_adapter(
 
     t_start = time.perf_counter()
     model, device = _build_model(settings, args, folder, init_info)
-    from tuner.forgetting import perplexity
+    from ragtune.tuner.forgetting import perplexity
 
     base_ppl = perplexity(_unwrapped(model), tokenizer) if args.forgetting else None
     run_key = {
@@ -338,7 +343,7 @@ def train_adapter(
         "prompt": template_id(tokenizer),
         "max_context_chars": settings.max_context_chars,
     }
-    from tuner.train import peak_rss_mb, prepare_workdir, train_loop
+    from ragtune.tuner.train import peak_rss_mb, prepare_workdir, train_loop
 
     workdir = run_dir(settings, args.name)
     if prepare_workdir(workdir, run_key, args.restart):
@@ -461,7 +466,7 @@ def _build_model(
     import torch
     from transformers import AutoModelForCausalLM
 
-    from core.models import set_torch_threads
+    from ragtune.core.models import set_torch_threads
 
     set_torch_threads(settings)
     device = settings.device
@@ -510,13 +515,13 @@ def load_tuned(settings: Settings, name: str) -> tuple[Any, Any, AdapterInfo]:
     refusing an adapter trained on another base model (AdapterMismatch)."""
     import torch
 
-    from core.models import load_generator
+    from ragtune.core.models import load_generator
 
     info = get_adapter(settings, name)
     if info.method == "full":
         from transformers import AutoModelForCausalLM
 
-        from core.models import load_tokenizer
+        from ragtune.core.models import load_tokenizer
 
         tok = load_tokenizer(str(info.path))
         model = AutoModelForCausalLM.from_pretrained(str(info.path), dtype=torch.float32)
@@ -530,7 +535,7 @@ def load_tuned(settings: Settings, name: str) -> tuple[Any, Any, AdapterInfo]:
 
 
 def remove_adapter(settings: Settings, name: str) -> None:
-    from core.registry import remove
+    from ragtune.core.registry import remove
 
     remove(settings, name)
     shutil.rmtree(run_dir(settings, name), ignore_errors=True)

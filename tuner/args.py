@@ -17,8 +17,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from core.config import read_toml
-from core.errors import InvalidInput
+from ragtune.core.config import read_toml
+from ragtune.core.errors import InvalidInput
 
 METHODS = ("lora", "full")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -117,7 +117,7 @@ class TuneArgs:
 
     def validate(self) -> TuneArgs:
         """Check every value; raise InvalidInput naming the flag."""
-        from core.index_store import validate_name
+        from ragtune.core.index_store import validate_name
 
         def bad(flag: str, msg: str) -> None:
             raise InvalidInput(f"--{flag}: {msg}", field=flag.replace("-", "_"))
@@ -131,7 +131,7 @@ class TuneArgs:
         validate_name(self.name, "adapter")
         if self.init_from:
             validate_name(self.init_from, "adapter")
-        from tuner.formats import FORMATS
+        from ragtune.tuner.formats import FORMATS
 
         if self.format not in FORMATS:
             bad("format", f"unknown format {self.format!r} (use {', '.join(FORMATS)})")

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from core.atomic import replace_dir, staging_dir
-from core.config import Settings
-from core.errors import InvalidInput
+from ragtune.core.atomic import replace_dir, staging_dir
+from ragtune.core.config import Settings
+from ragtune.core.errors import InvalidInput
 
 EXPORT_INFO = "ragtune_export.json"
 
@@ -27,7 +27,7 @@ def export_merged(
         UnknownAdapter: no such adapter. AdapterMismatch: trained on another base model.
         InvalidInput: ``out`` exists and is not empty (without ``overwrite``).
     """
-    from tuner.api import load_tuned
+    from ragtune.tuner.api import load_tuned
 
     out = _check_out(out, overwrite)
     model, tokenizer, info = load_tuned(settings, name)
@@ -53,7 +53,7 @@ def export_plain(
     """Copy the adapter folder as is (a peft adapter + manifest) to ``out``."""
     import shutil
 
-    from core.registry import get_adapter
+    from ragtune.core.registry import get_adapter
 
     out = _check_out(out, overwrite)
     info = get_adapter(settings, name)

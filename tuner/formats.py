@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.errors import DataError, InvalidInput
+from ragtune.core.errors import DataError, InvalidInput
 
 FORMATS = ("auto", "prompt", "alpaca", "chat", "squad", "template")
 MAX_REPORTED = 20  # bad records listed by name; the rest are only counted
@@ -296,7 +296,7 @@ def load_examples(
     if fmt == "template":
         if template is None:
             raise InvalidInput("--format template needs --template FILE", field="template")
-        from tuner.templates import load_template
+        from ragtune.tuner.templates import load_template
 
         result = load_template(template).apply_file(path)
     elif fmt == "squad" or (fmt == "auto" and _is_squad(path)):

@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.prompts import ANSWER_MARK
-from tuner.formats import QAExample
+from ragtune.core.prompts import ANSWER_MARK
+from ragtune.tuner.formats import QAExample
 
 
 @dataclass(frozen=True)

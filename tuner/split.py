@@ -11,8 +11,8 @@ import random
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from core.errors import DataError
-from tuner.formats import QAExample
+from ragtune.core.errors import DataError
+from ragtune.tuner.formats import QAExample
 
 T = TypeVar("T")
 

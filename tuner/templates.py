@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.config import read_toml
-from core.errors import DataError, InvalidInput
-from tuner.formats import BadRecord, LoadResult, QAExample, iter_records
+from ragtune.core.config import read_toml
+from ragtune.core.errors import DataError, InvalidInput
+from ragtune.tuner.formats import BadRecord, LoadResult, QAExample, iter_records
 
 KEYS = ("question", "answer", "group", "context")
 

@@ -30,8 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.atomic import replace_dir, staging_dir, write_json_atomic
-from tuner.args import TuneArgs
+from ragtune.core.atomic import replace_dir, staging_dir, write_json_atomic
+from ragtune.tuner.args import TuneArgs
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from core.atomic import clean_stale, replace_dir, staging_dir, write_json_atomic
-from core.errors import InvalidInput, UnknownAdapter
-from core.registry import clean_registry, get_adapter, list_adapters, publish, remove
+from ragtune.core.atomic import clean_stale, replace_dir, staging_dir, write_json_atomic
+from ragtune.core.errors import InvalidInput, UnknownAdapter
+from ragtune.core.registry import clean_registry, get_adapter, list_adapters, publish, remove
 
 
 def test_replace_dir_swaps_whole_folders(tmp_path):

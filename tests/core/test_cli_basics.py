@@ -12,7 +12,7 @@ from tests.conftest import REPO
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", "from cli.main import main; main()", *args],
+        [sys.executable, "-c", "from ragtune.cli.main import main; main()", *args],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -23,7 +23,7 @@ def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 
 def test_help_does_not_import_heavy_libraries():
     code = (
-        "import sys; from click.testing import CliRunner; from cli.main import cli;"
+        "import sys; from click.testing import CliRunner; from ragtune.cli.main import cli;"
         "r = CliRunner().invoke(cli, ['--help']); assert r.exit_code == 0, r.output;"
         "heavy = [m for m in ('torch', 'transformers', 'sentence_transformers', 'faiss', 'peft')"
         " if m in sys.modules]; print(heavy)"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from core.config import resolve_settings
-from core.errors import InvalidInput
+from ragtune.core.config import resolve_settings
+from ragtune.core.errors import InvalidInput
 
 
 def test_layers_and_sources(tmp_path):

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from core.errors import AdapterBusy, UnknownAdapter
-from core.generation import GenerationEngine, GenRequest, Row
-from core.models import load_generator
+from ragtune.core.errors import AdapterBusy, UnknownAdapter
+from ragtune.core.generation import GenerationEngine, GenRequest, Row
+from ragtune.core.models import load_generator
 from tests.helpers import make_lora_adapter
 
 PROMPTS = [
@@ -153,7 +153,7 @@ def test_streamed_rows_batch_with_others(engine):
 @pytest.mark.slow
 def test_joining_rows_match_alone_on_the_real_model(packaged_settings):
     """SmolLM2 with a chat-templated prompt: continuous joins change no answer."""
-    from core.prompts import render_prompt
+    from ragtune.core.prompts import render_prompt
 
     eng = GenerationEngine(load_generator(packaged_settings), packaged_settings)
     qs = ["Where is the Eiffel Tower?", "List five fruits.", "Who wrote Hamlet?"]
@@ -192,7 +192,7 @@ def _hf_greedy(engine: GenerationEngine, prompt: str, n: int) -> str:
 def test_cached_prompt_preamble_changes_no_answer(tiny_settings, engine):
     """Rendered prompts share a preamble whose states are cached per adapter; answers are
     those of a full prefill (an engine without the cache, and transformers' generate)."""
-    from core.prompts import render_prompt
+    from ragtune.core.prompts import render_prompt
 
     tok = engine.tokenizer
     prompts = [render_prompt(tok, "where is paris?"), render_prompt(tok, "who?", ["python is"])]
@@ -214,7 +214,7 @@ def test_sampling_is_safe_at_extreme_temperatures():
     """A tiny temperature (the fuzzer sent 1e-300) is all but greedy, never NaN."""
     import torch
 
-    from core.decode import _pick
+    from ragtune.core.decode import _pick
 
     logits = torch.tensor([[1.0, 3.0, 2.0], [50.0, -50.0, 0.0], [0.0, 0.0, 0.0]])
     assert _pick(logits.clone(), [1e-300, 1e-300, 0.0]).tolist() == [1, 0, 0]

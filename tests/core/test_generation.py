@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from core.errors import AdapterMismatch, InvalidInput, UnknownAdapter
-from core.generation import GenerationEngine, GenRequest
-from core.models import load_generator
-from core.pipeline import Pipeline, QueryRequest
+from ragtune.core.errors import AdapterMismatch, InvalidInput, UnknownAdapter
+from ragtune.core.generation import GenerationEngine, GenRequest
+from ragtune.core.models import load_generator
+from ragtune.core.pipeline import Pipeline, QueryRequest
 from tests.helpers import make_lora_adapter
 
 
@@ -110,7 +110,7 @@ def test_validation_names_the_field(tiny_settings, req, field):
 
 
 def test_pipeline_stream_ends_with_the_answer(tiny_settings):
-    from core.types import Answer
+    from ragtune.core.types import Answer
 
     pipe = Pipeline(tiny_settings)
     req = QueryRequest("where is the tower?", mode="base", max_new_tokens=5)

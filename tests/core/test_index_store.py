@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from core.errors import IndexMismatch, IndexNotFound, InvalidInput
-from core.index_store import (
+from ragtune.core.errors import IndexMismatch, IndexNotFound, InvalidInput
+from ragtune.core.index_store import (
     IndexCache,
     bm25_text,
     bm25_tokenize,
@@ -53,14 +53,14 @@ def test_check_compatible() -> None:
 
 
 def _build(settings, emb, root, name="kb"):
-    from indexer.api import build_index
+    from ragtune.indexer.api import build_index
 
     return build_index(settings, [root], name, progress=False, embedder=emb)
 
 
 @pytest.fixture
 def tiny_emb(tiny_settings):
-    from core.models import load_embedder
+    from ragtune.core.models import load_embedder
 
     return load_embedder(tiny_settings)
 

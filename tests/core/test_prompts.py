@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from core.models import load_generator
-from core.prompts import render_prompt, render_training_example, template_id
+from ragtune.core.models import load_generator
+from ragtune.core.prompts import render_prompt, render_training_example, template_id
 
 
 def _check(tokenizer):
@@ -34,7 +34,7 @@ def test_long_passages_are_cut(tiny_settings):
 
 @pytest.mark.slow
 def test_training_prompt_equals_serving_prompt_smollm2(packaged_settings):
-    from core.models import generator_folder, load_tokenizer
+    from ragtune.core.models import generator_folder, load_tokenizer
 
     tok = load_tokenizer(generator_folder(packaged_settings))
     _check(tok)
@@ -42,7 +42,7 @@ def test_training_prompt_equals_serving_prompt_smollm2(packaged_settings):
 
 
 def test_clean_answer_keeps_the_short_answer():
-    from core.prompts import clean_answer
+    from ragtune.core.prompts import clean_answer
 
     assert clean_answer("  Paris\nThe Eiffel Tower is in Paris.") == "Paris"
     assert clean_answer('"The tower is in Paris." Answer: Paris') == "Paris"
@@ -50,7 +50,7 @@ def test_clean_answer_keeps_the_short_answer():
 
 
 def test_chat_history_turns_and_the_shared_preamble(tiny_settings):
-    from core.prompts import shared_prefix_ids
+    from ragtune.core.prompts import shared_prefix_ids
 
     tok = load_generator(tiny_settings).tokenizer
     plain = render_prompt(tok, "Where is the Nile?", ["The Nile is in Africa."])

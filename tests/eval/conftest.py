@@ -83,7 +83,7 @@ def tiny_squad_file(tmp_path: Path) -> Path:
 @pytest.fixture
 def tiny_env(tiny_settings, tiny_squad_file):
     """tiny_settings with the tiny SQuAD indexed as 'squad' and a LoRA adapter 'qa'."""
-    from indexer.api import build_index
+    from ragtune.indexer.api import build_index
     from tests.helpers import make_lora_adapter
 
     build_index(tiny_settings, [tiny_squad_file], "squad", progress=False)

@@ -6,12 +6,12 @@ import json
 import random
 from pathlib import Path
 
-from core.types import Hit
-from eval.datasets import QAItem
-from eval.metrics import answer_scores
-from eval.runner import RunConfig, retrieval_record
-from eval.summary import summarize
-from eval.variants import Variant
+from ragtune.core.types import Hit
+from ragtune.eval.datasets import QAItem
+from ragtune.eval.metrics import answer_scores
+from ragtune.eval.runner import RunConfig, retrieval_record
+from ragtune.eval.summary import summarize
+from ragtune.eval.variants import Variant
 
 VARIANTS = [
     Variant("base"),

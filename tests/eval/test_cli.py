@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cli.experiment import eval_modes, load_experiment
-from cli.main import cli
-from eval.runner import read_results
+from ragtune.cli.experiment import eval_modes, load_experiment
+from ragtune.cli.main import cli
+from ragtune.eval.runner import read_results
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -112,8 +112,8 @@ def test_experiment_end_to_end_and_resume(tiny_settings, tiny_squad_file, tmp_pa
 
 @pytest.mark.parametrize("name", ["experiment-demo.toml", "experiment-large.toml"])
 def test_shipped_experiments_are_valid(name):
-    from eval.datasets import load_items
-    from tuner.args import TuneArgs
+    from ragtune.eval.datasets import load_items
+    from ragtune.tuner.args import TuneArgs
 
     exp = load_experiment(EXAMPLES / name)
     items = load_items(exp.dataset)

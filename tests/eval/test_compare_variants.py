@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from core.errors import InvalidInput
-from eval.compare import compare_runs, format_comparison
-from eval.variants import Variant, expand_variants
+from ragtune.core.errors import InvalidInput
+from ragtune.eval.compare import compare_runs, format_comparison
+from ragtune.eval.variants import Variant, expand_variants
 from tests.eval.synthetic import ACCURACY, make_run
 
 

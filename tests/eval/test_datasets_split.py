@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import DataError, InvalidInput
-from eval.datasets import load_items, squad_items, subset_squad, write_jsonl
-from eval.split import SplitSpec, sample_items, select_split, split_groups, split_items
+from ragtune.core.errors import DataError, InvalidInput
+from ragtune.eval.datasets import load_items, squad_items, subset_squad, write_jsonl
+from ragtune.eval.split import SplitSpec, sample_items, select_split, split_groups, split_items
 
 
 def _squad(n_articles: int = 6) -> dict:

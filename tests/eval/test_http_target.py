@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from eval.runner import RESULTS, RunConfig, read_results, run_eval
-from eval.targets import HttpTarget
+from ragtune.eval.runner import RESULTS, RunConfig, read_results, run_eval
+from ragtune.eval.targets import HttpTarget
 
-pytest.importorskip("service.app")
+pytest.importorskip("ragtune.service.app")
 
 
 def test_eval_over_http_matches_shape_of_pipeline_run(tiny_env, tmp_path):
-    from service.app import create_app
+    from ragtune.service.app import create_app
     from tests.service.helpers import live_server
 
     settings, squad = tiny_env
@@ -43,8 +43,8 @@ def test_eval_over_http_matches_shape_of_pipeline_run(tiny_env, tmp_path):
 
 
 def test_http_errors_are_clean_messages(tiny_env, tmp_path):
-    from core.errors import RagtuneError
-    from service.app import create_app
+    from ragtune.core.errors import RagtuneError
+    from ragtune.service.app import create_app
     from tests.service.helpers import live_server
 
     settings, squad = tiny_env

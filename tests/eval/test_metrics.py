@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from eval.metrics import (
+from ragtune.eval.metrics import (
     answer_in_context,
     answer_scores,
     exact_match,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.report import write_report
+from ragtune.eval.report import write_report
 from tests.eval.synthetic import VARIANTS, make_run
 
 CHROMIUM = next(

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import InvalidInput
-from core.pipeline import Pipeline
-from eval.runner import RESULTS, RunConfig, read_results, run_eval
-from eval.targets import PipelineTarget
+from ragtune.core.errors import InvalidInput
+from ragtune.core.pipeline import Pipeline
+from ragtune.eval.runner import RESULTS, RunConfig, read_results, run_eval
+from ragtune.eval.targets import PipelineTarget
 
 
 def _config(dataset: Path, **kw) -> RunConfig:
@@ -120,7 +120,7 @@ def test_resume_refuses_a_retrained_adapter(tiny_env, tmp_path):
 
 
 def test_missing_adapter_or_index_fails_before_any_work(tiny_env, tmp_path):
-    from core.errors import IndexNotFound, UnknownAdapter
+    from ragtune.core.errors import IndexNotFound, UnknownAdapter
 
     settings, squad = tiny_env
     target = PipelineTarget(Pipeline(settings))

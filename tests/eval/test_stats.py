@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from eval.stats import bootstrap_ci, mcnemar, paired_bootstrap
+from ragtune.eval.stats import bootstrap_ci, mcnemar, paired_bootstrap
 
 
 def test_ci_covers_true_mean_most_of_the_time() -> None:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from core.config import resolve_settings
-from core.models import Embedder, load_embedder
+from ragtune.core.config import resolve_settings
+from ragtune.core.models import Embedder, load_embedder
 
 CORPUS = {
     "paris.txt": "The Eiffel Tower is in Paris. Paris is the capital of France.",

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.config import Settings
-from core.errors import DataError, IndexMismatch, InvalidInput
-from core.index_store import current_version, load_index, read_manifest, version_dir
-from core.models import Embedder, load_embedder
-from indexer.api import build_index
-from indexer.build import index_lock
+from ragtune.core.config import Settings
+from ragtune.core.errors import DataError, IndexMismatch, InvalidInput
+from ragtune.core.index_store import current_version, load_index, read_manifest, version_dir
+from ragtune.core.models import Embedder, load_embedder
+from ragtune.indexer.api import build_index
+from ragtune.indexer.build import index_lock
 from tests.indexer.conftest import write_corpus
 
 

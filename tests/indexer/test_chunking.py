@@ -6,10 +6,10 @@ import itertools
 
 import pytest
 
-from core.models import Embedder
-from core.types import Document
-from indexer.chunking import Chunker
-from indexer.loaders import content_hash
+from ragtune.core.models import Embedder
+from ragtune.core.types import Document
+from ragtune.indexer.chunking import Chunker
+from ragtune.indexer.loaders import content_hash
 
 SENTENCES = [
     "The Eiffel Tower is in Paris.",

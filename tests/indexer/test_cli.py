@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import main
-from core.config import Settings
+from ragtune.cli.main import main
+from ragtune.core.config import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -132,7 +132,7 @@ def test_batch_search_writes_one_jsonl_line_per_query(run, corpus: Path, tmp_pat
 def test_help_does_not_import_torch() -> None:
     code = (
         "import sys\n"
-        "from cli.main import main\n"
+        "from ragtune.cli.main import main\n"
         "for args in (['--help'], ['index', '--help'], ['search', '--help'], ['index', 'list', '--help']):\n"
         "    try:\n"
         "        main(args)\n"

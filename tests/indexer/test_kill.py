@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from core.index_store import current_version, load_index
-from indexer.api import build_index
+from ragtune.core.index_store import current_version, load_index
+from ragtune.indexer.api import build_index
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,7 +32,7 @@ def test_kill_9_during_reindex(tiny_settings, tiny_embedder, corpus, tmp_path) -
     cmd = [
         sys.executable,
         "-m",
-        "cli.main",
+        "ragtune",
         "--data-dir",
         str(tiny_settings.data_dir),
         "--embedder",

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from core.index_store import load_index
-from core.models import load_embedder
-from indexer.api import build_index
-from indexer.loaders import squad_doc_id
+from ragtune.core.index_store import load_index
+from ragtune.core.models import load_embedder
+from ragtune.indexer.api import build_index
+from ragtune.indexer.loaders import squad_doc_id
 from tests.conftest import SHARED_SQUAD
 
 pytestmark = [
@@ -50,7 +50,7 @@ def test_squad_subset_hybrid_recall(packaged_settings, squad_subset) -> None:
 
 
 def test_cli_index_and_search(packaged_settings, squad_subset, monkeypatch, capsys) -> None:
-    from cli.main import main
+    from ragtune.cli.main import main
 
     path, qa = squad_subset
     monkeypatch.chdir(path.parent)

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import pytest
 from litestar.testing import TestClient
 
-from core.config import Settings
-from core.models import load_embedder
-from service.app import create_app
+from ragtune.core.config import Settings
+from ragtune.core.models import load_embedder
+from ragtune.service.app import create_app
 from tests.helpers import make_lora_adapter
 from tests.service.helpers import live_server, write_index
 

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from core.config import Settings
-from core.models import Embedder
+from ragtune.core.config import Settings
+from ragtune.core.models import Embedder
 from tests.helpers import index_docs
 
 DOCS = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from litestar.testing import TestClient
 
-from service.app import create_app
+from ragtune.service.app import create_app
 from tests.helpers import make_lora_adapter
 from tests.service.conftest import make_settings, wait_ready
 

@@ -13,9 +13,9 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
-from core.config import Settings
-from core.models import load_embedder
-from service.app import create_app
+from ragtune.core.config import Settings
+from ragtune.core.models import load_embedder
+from ragtune.service.app import create_app
 from tests.helpers import make_lora_adapter
 from tests.service.conftest import make_settings
 from tests.service.helpers import live_server, write_index

@@ -5,7 +5,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from core.models import locate_generator
+from ragtune.core.models import locate_generator
 
 
 @pytest.fixture
@@ -126,8 +126,8 @@ def test_chat_history_goes_into_the_prompt(oai, svc_settings):
 
 
 def test_conversation_pairs_questions_with_answers():
-    from service.openai_compat import MAX_HISTORY_TURNS, _conversation
-    from service.schemas import ChatMessage
+    from ragtune.service.openai_compat import MAX_HISTORY_TURNS, _conversation
+    from ragtune.service.schemas import ChatMessage
 
     def msgs(*pairs):
         return [ChatMessage(role=r, content=c) for r, c in pairs]

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from litestar.testing import TestClient
 
-from service.app import create_app
+from ragtune.service.app import create_app
 from tests.service.conftest import make_settings, wait_ready
 from tests.service.helpers import free_port
 
@@ -148,7 +148,7 @@ def test_ragtune_serve_finishes_requests_in_flight_on_sigterm(svc_settings, tmp_
     cmd = [
         sys.executable,
         "-m",
-        "cli.main",
+        "ragtune",
         "--data-dir",
         str(svc_settings.data_dir),
         "--embedder",

@@ -7,8 +7,8 @@ import json
 import httpx
 import pytest
 
-from core.errors import InvalidInput
-from core.registry import get_adapter
+from ragtune.core.errors import InvalidInput
+from ragtune.core.registry import get_adapter
 
 PROBLEM = "application/problem+json"
 
@@ -127,7 +127,7 @@ def test_malformed_json_wrong_type_and_big_body(client, svc_settings):
 
 def test_no_traceback_or_path_reaches_the_client(client, svc_settings):
     # Corrupt the live index version: loading it fails inside the server.
-    from core.index_store import current_version, version_dir
+    from ragtune.core.index_store import current_version, version_dir
 
     v = current_version(svc_settings, "default")
     manifest = version_dir(svc_settings, "default", v) / "manifest.json"

@@ -9,8 +9,8 @@ import time
 
 import httpx
 
-from core.index_store import version_dir
-from core.models import load_embedder
+from ragtune.core.index_store import version_dir
+from ragtune.core.models import load_embedder
 from tests.service.helpers import write_index
 
 NEW_DOCS = {
@@ -20,7 +20,7 @@ NEW_DOCS = {
 
 
 def test_rebuild_while_requests_run(server, svc_settings):
-    from core.index_store import current_version
+    from ragtune.core.index_store import current_version
 
     old = current_version(svc_settings, "default")
     embedder = load_embedder(svc_settings)

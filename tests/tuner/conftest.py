@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from ragtune.tuner.args import TuneArgs
 from tests.tuner.helpers import prompt_records, write_jsonl
-from tuner.args import TuneArgs
 
 
 @pytest.fixture

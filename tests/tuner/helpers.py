@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from core.config import Settings
+from ragtune.core.config import Settings
 from tests.helpers import index_docs
 
 # Facts the tiny tokenizer knows the words of (tests/tiny_models.py CORPUS).

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import InvalidInput
-from tuner.args import TuneArgs, field_docs
+from ragtune.core.errors import InvalidInput
+from ragtune.tuner.args import TuneArgs, field_docs
 
 
 def test_every_field_has_a_docstring() -> None:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from core.config import Settings
-from core.errors import (
+from ragtune.core.config import Settings
+from ragtune.core.errors import (
     AdapterMismatch,
     DataError,
     InsufficientResources,
@@ -15,10 +15,10 @@ from core.errors import (
     ModelNotFound,
     UnknownAdapter,
 )
+from ragtune.tuner.api import load_tuned, run_dir, train_adapter
 from tests.tiny_models import build_tiny_generator
 from tests.tuner.conftest import quick_args
 from tests.tuner.helpers import write_jsonl
-from tuner.api import load_tuned, run_dir, train_adapter
 
 
 def _nothing_started(settings: Settings, name: str = "a1") -> bool:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import main
-from core.config import Settings
+from ragtune.cli.main import main
+from ragtune.core.config import Settings
 
 
 def _run(settings: Settings, capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:

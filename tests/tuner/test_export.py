@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.config import Settings
-from core.errors import InvalidInput
-from core.prompts import render_prompt
+from ragtune.core.config import Settings
+from ragtune.core.errors import InvalidInput
+from ragtune.core.prompts import render_prompt
+from ragtune.tuner.api import load_tuned, train_adapter
+from ragtune.tuner.export import export_merged, export_plain
 from tests.tuner.conftest import quick_args
 from tests.tuner.helpers import FACTS
-from tuner.api import load_tuned, train_adapter
-from tuner.export import export_merged, export_plain
 
 
 def _greedy(model, tok, prompts: list[str], n: int = 8) -> list[list[int]]:
@@ -32,7 +32,7 @@ def _greedy(model, tok, prompts: list[str], n: int = 8) -> list[list[int]]:
 def _parity(settings: Settings, name: str, out: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    from core.models import load_generator
+    from ragtune.core.models import load_generator
 
     export_merged(settings, name, out)
     assert (out / "config.json").is_file() and not (out / "adapter_config.json").exists()

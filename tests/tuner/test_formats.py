@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import DataError, InvalidInput
+from ragtune.core.errors import DataError, InvalidInput
+from ragtune.tuner.args import parse_data_spec
+from ragtune.tuner.formats import load_examples, sentence_with
 from tests.tuner.helpers import squad_json, write_jsonl
-from tuner.args import parse_data_spec
-from tuner.formats import load_examples, sentence_with
 
 
 def test_prompt_format_reports_bad_lines_with_file_and_line(tmp_path: Path) -> None:

@@ -12,18 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from core.config import Settings
-from core.errors import UnknownAdapter
-from core.registry import get_adapter, list_adapters
+from ragtune.core.config import Settings
+from ragtune.core.errors import UnknownAdapter
+from ragtune.core.registry import get_adapter, list_adapters
+from ragtune.tuner.api import run_dir, train_adapter
 from tests.conftest import REPO
 from tests.tuner.conftest import quick_args
-from tuner.api import run_dir, train_adapter
 
 SCRIPT = """
 import json, sys
-from core.config import Settings
-from tuner.api import train_adapter
-from tuner.args import TuneArgs
+from ragtune.core.config import Settings
+from ragtune.tuner.api import train_adapter
+from ragtune.tuner.args import TuneArgs
 settings = Settings.model_validate(json.loads(sys.argv[1]))
 train_adapter(settings, TuneArgs(**json.loads(sys.argv[2])), progress=False)
 """

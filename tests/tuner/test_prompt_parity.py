@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from core.config import Settings
-from core.models import generator_folder, load_tokenizer
-from core.prompts import render_prompt
+from ragtune.core.config import Settings
+from ragtune.core.models import generator_folder, load_tokenizer
+from ragtune.core.prompts import render_prompt
+from ragtune.tuner.api import prepare_data
+from ragtune.tuner.formats import load_examples
+from ragtune.tuner.raft import build_raft
+from ragtune.tuner.split import split
 from tests.tuner.conftest import quick_args
 from tests.tuner.helpers import build_index, squad_json
-from tuner.api import prepare_data
-from tuner.formats import load_examples
-from tuner.raft import build_raft
-from tuner.split import split
 
 
 def _check_parity(settings: Settings, tok, data: Path, raft: bool) -> int:
@@ -25,8 +25,8 @@ def _check_parity(settings: Settings, tok, data: Path, raft: bool) -> int:
     prepared = prepare_data(settings, args, tok)
     train_ex, _ = split(load_examples(data).examples, 0.25, args.seed)
     if raft:
-        from core.index_store import load_index
-        from core.models import load_embedder
+        from ragtune.core.index_store import load_index
+        from ragtune.core.models import load_embedder
 
         emb = load_embedder(settings)
         index = load_index(settings, "default", emb.model_id, emb.dim, emb.encode)
@@ -61,7 +61,7 @@ def test_closed_book_and_raft_parity_tiny(tiny_settings: Settings, tmp_path: Pat
 @pytest.mark.slow
 def test_closed_book_and_raft_parity_smollm2(tiny_settings: Settings, tmp_path: Path) -> None:
     """The real SmolLM2 chat template and BPE tokenizer (retrieval still uses the tiny index)."""
-    from core.config import resolve_settings
+    from ragtune.core.config import resolve_settings
 
     real, _ = resolve_settings(environ={})
     tok = load_tokenizer(generator_folder(real))

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from core.config import Settings
-from core.index_store import current_version, load_index
-from core.models import load_embedder
+from ragtune.core.config import Settings
+from ragtune.core.index_store import current_version, load_index
+from ragtune.core.models import load_embedder
+from ragtune.tuner.api import train_adapter
+from ragtune.tuner.formats import QAExample, load_examples
+from ragtune.tuner.raft import build_raft, make_target, strip_quote
 from tests.tuner.conftest import quick_args
 from tests.tuner.helpers import build_index, squad_json
-from tuner.api import train_adapter
-from tuner.formats import QAExample, load_examples
-from tuner.raft import build_raft, make_target, strip_quote
 
 
 @pytest.fixture
@@ -101,7 +101,7 @@ def test_raft_training_records_index_and_version(
 
 
 def test_raft_without_index_is_a_clear_error(tiny_settings: Settings, tmp_path: Path) -> None:
-    from core.errors import IndexNotFound
+    from ragtune.core.errors import IndexNotFound
 
     sq = squad_json(tmp_path / "s.json")
     with pytest.raises(IndexNotFound, match="index 'nope' not found"):

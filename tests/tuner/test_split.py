@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from core.errors import DataError
-from tuner.formats import QAExample
-from tuner.split import dedup, length_filter, split
+from ragtune.core.errors import DataError
+from ragtune.tuner.formats import QAExample
+from ragtune.tuner.split import dedup, length_filter, split
 
 
 def _ex(i: int, group: str | None = None, q: str | None = None) -> QAExample:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import InvalidInput
+from ragtune.core.errors import InvalidInput
+from ragtune.tuner.formats import load_examples
+from ragtune.tuner.templates import load_template
 from tests.conftest import REPO
-from tuner.formats import load_examples
-from tuner.templates import load_template
 
 EXAMPLES = REPO / "examples" / "templates"
 

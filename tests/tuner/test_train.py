@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.config import Settings
-from core.registry import get_adapter, list_adapters
+from ragtune.core.config import Settings
+from ragtune.core.registry import get_adapter, list_adapters
+from ragtune.tuner.api import run_dir, train_adapter
+from ragtune.tuner.train import Encoded, collate, epoch_order, loss_sum
 from tests.tuner.conftest import quick_args
 from tests.tuner.helpers import prompt_records, write_jsonl
-from tuner.api import run_dir, train_adapter
-from tuner.train import Encoded, collate, epoch_order, loss_sum
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
