@@ -68,14 +68,18 @@ TUNE_OPTIONS = [
     _opt("--dedup/--no-dedup", name="dedup"),
     _opt("--forgetting/--no-forgetting", name="forgetting"),
     _opt("--min-free-disk-mb", name="min_free_disk_mb", type=int),
-    _opt("--restart", name="restart", is_flag=True),
-    _opt("--overwrite", name="overwrite", is_flag=True),
+    _opt("--restart/--no-restart", name="restart"),
+    _opt("--overwrite/--no-overwrite", name="overwrite"),
 ]
 
 
 def build_args(config: Path | None, flags: dict[str, Any]) -> TuneArgs:
-    """Flags (None = not given) over the TOML file over the dataclass defaults."""
-    given = {k: v for k, v in flags.items() if v is not None and v != () and v is not False}
+    """Flags over the TOML file over the dataclass defaults.
+
+    A flag the command line did not give is None (or () for --data); False is a given value:
+    ``--no-dedup`` must override ``dedup = true`` in the file.
+    """
+    given = {k: v for k, v in flags.items() if v is not None and v != ()}
     if "data" in given:
         given["data"] = list(given["data"])
     if "target_modules" in given:
@@ -95,8 +99,16 @@ def tune_command() -> click.Command:
         help="TOML file with tune options (top level or [tune]).",
     )
     @click.option("--quiet", is_flag=True, help="No progress bar or data summary.")
+    @click.option(
+        "--print-args",
+        is_flag=True,
+        help="Check the options, print them resolved (flags over --config over defaults) "
+        "as JSON and exit without training.",
+    )
     @pass_app
-    def tune(app: AppContext, tune_config: Path | None, quiet: bool, **flags: Any) -> None:
+    def tune(
+        app: AppContext, tune_config: Path | None, quiet: bool, print_args: bool, **flags: Any
+    ) -> None:
         """Train a LoRA adapter (or --method full model) and add it to the registry.
 
         \b
@@ -105,10 +117,14 @@ def tune_command() -> click.Command:
           ragtune tune --data squad.json --raft --index docs --name docs-raft
           ragtune tune --data a.jsonl:2 --data b.jsonl:0.5 --name mix --max-steps 200
           ragtune tune --data reviews.csv --template examples/templates/reviews.toml --name rev
+          ragtune tune --config tune.toml --no-dedup --print-args
         """
+        args = build_args(tune_config, flags)
+        if print_args:
+            click.echo(json.dumps(args.validate().to_dict(), indent=2))
+            return
         from ragtune.tuner.api import train_adapter
 
-        args = build_args(tune_config, flags)
         info = train_adapter(app.settings(), args, progress=not quiet)
         _print_summary(info.name, info.manifest)
 
