@@ -7,12 +7,14 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from ragtune.core.config import Settings, resolve_settings
 from ragtune.core.errors import RagtuneError
+
+R = TypeVar("R")
 
 
 @dataclass
@@ -34,7 +36,13 @@ class AppContext:
         return self._sources
 
 
-pass_app = click.make_pass_decorator(AppContext)
+_pass_app = click.make_pass_decorator(AppContext)
+
+
+def pass_app(f: Callable[..., R]) -> Callable[..., R]:
+    """Pass the AppContext as the command's first argument. (click's own typing wants that
+    parameter positional-only; ours are named ``app``.)"""
+    return _pass_app(f)
 
 
 def fail(message: str, code: int = 1) -> None:

@@ -36,7 +36,7 @@ from ragtune.cli.context import AppContext, run_safely
 @click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
 @click.version_option(package_name="ragtune")
 @click.pass_context
-def cli(ctx: click.Context, config_file: Path | None, verbose: bool, **overrides: Any) -> None:
+def cli(ctx: click.Context, /, config_file: Path | None, verbose: bool, **overrides: Any) -> None:
     """ragtune: RAG, fine-tune, or both? Measure it on your documents, then serve the winner."""
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,

@@ -19,14 +19,21 @@ def models(ctx: click.Context, as_json: bool) -> None:
         return
     from ragtune.core.models import locate_embedder, locate_generator, materialized_dir
 
-    settings = ctx.find_object(AppContext).settings()
+    app = ctx.find_object(AppContext)
+    assert app is not None  # the root command always sets it
+    settings = app.settings()
     rows = []
     for role, spec, locate in (
         ("embedder", settings.embedder, locate_embedder),
         ("generator", settings.generator, locate_generator),
     ):
         loc = locate(spec)
-        row = {"role": role, "spec": spec, "kind": loc.kind, "location": loc.describe()}
+        row: dict[str, str | None] = {
+            "role": role,
+            "spec": spec,
+            "kind": loc.kind,
+            "location": loc.describe(),
+        }
         if loc.path is not None and loc.path.suffix == ".gguf":
             mdir = materialized_dir(loc.path, settings.models_cache_dir)
             row["materialized"] = str(mdir) if (mdir / "config.json").is_file() else None

@@ -19,9 +19,12 @@ import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ragtune.core.types import GenRequest, GenResult
+
+if TYPE_CHECKING:
+    from transformers.cache_utils import DynamicLayer
 
 Finish = Callable[["GenResult | BaseException"], None]
 KV = tuple[Any, Any]  # one layer's key and value states
@@ -74,7 +77,7 @@ class DecodeState:
         extra: dict[str, Any],
         rows: Sequence[Row],
         ids: Sequence[Sequence[int]],
-        prefix: Sequence[KV] | None = None,
+        prefix: Sequence[Sequence[KV]] | None = None,
     ) -> list[Row]:
         """Prefill ``rows`` (token ``ids``, one forward pass) and add them; returns the rows
         already finished (a stop token or a one-token limit), which are not kept.
@@ -122,17 +125,18 @@ class DecodeState:
             return
         old_w, new_w = self._mask.shape[1], mask.shape[1]
         width = max(old_w, new_w)
-        layers = []
-        for a, b in zip(self._cache.layers, cache.layers, strict=True):
-            layers.append(
-                tuple(
-                    torch.cat(
-                        [F.pad(x, (0, 0, width - old_w, 0)), F.pad(y, (0, 0, width - new_w, 0))]
-                    )
-                    for x, y in ((a.keys, b.keys), (a.values, b.values))
-                )
+
+        def join(x: Any, y: Any) -> Any:
+            return torch.cat(
+                [F.pad(x, (0, 0, width - old_w, 0)), F.pad(y, (0, 0, width - new_w, 0))]
             )
-        self._cache = _new_cache(layers)
+
+        self._cache = _new_cache(
+            [
+                (join(a.keys, b.keys), join(a.values, b.values))
+                for a, b in zip(self._cache.layers, cache.layers, strict=True)
+            ]
+        )
         self._mask = torch.cat(
             [F.pad(self._mask, (width - old_w, 0)), F.pad(mask, (width - new_w, 0))]
         )
@@ -232,45 +236,54 @@ def _new_cache(layers: Sequence[KV]) -> Any:
     from transformers import DynamicCache
 
     cache = DynamicCache()
-    cache.layer_class_to_replicate = _growing_layer()
+    layer_class = _growing_layer()
+    cache.layer_class_to_replicate = layer_class
     for keys, values in layers:
-        layer = cache.layer_class_to_replicate()
+        layer = layer_class()
         layer.update(keys, values)
         cache.layers.append(layer)
     return cache
 
 
 @functools.cache
-def _growing_layer() -> type:
+def _growing_layer() -> type[DynamicLayer]:
     """A DynamicLayer that keeps spare room after its states, so that a decode step writes
     one position in place instead of copying the whole cache (``torch.cat``) per layer:
     15% off an 8-row step of SmolLM2-135M on a CPU core (bench/results/service.txt)."""
     import torch
     from transformers.cache_utils import DynamicLayer
 
-    class GrowingLayer(DynamicLayer):  # type: ignore[misc]
-        _buf: tuple[Any, Any] | None = None
+    class GrowingLayer(DynamicLayer):
+        _buf: tuple[torch.Tensor, torch.Tensor] | None = None
 
-        def update(self, keys: Any, values: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        def update(
+            self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+        ) -> tuple[torch.Tensor, torch.Tensor]:
             if not self.is_initialized:
-                self.lazy_initialization(keys, values)
-            n = self.keys.shape[-2] if self.keys.numel() else 0
-            m = n + keys.shape[-2]
+                self.lazy_initialization(key_states, value_states)
+            old_k, old_v = self.keys, self.values
+            assert old_k is not None and old_v is not None  # lazy_initialization sets both
+            n = old_k.shape[-2] if old_k.numel() else 0
+            m = n + key_states.shape[-2]
             buf = self._buf
             # Another method (batch_select_indices, crop) may have replaced the states.
-            stale = buf is None or n == 0 or self.keys.data_ptr() != buf[0].data_ptr()
-            if stale or m > buf[0].shape[-2] or buf[0].shape[0] != keys.shape[0]:
-                b, h, _, d = keys.shape
+            if (
+                buf is None
+                or n == 0
+                or old_k.data_ptr() != buf[0].data_ptr()
+                or m > buf[0].shape[-2]
+                or buf[0].shape[0] != key_states.shape[0]
+            ):
+                b, h, _, d = key_states.shape
                 cap = max(m + 64, 2 * n)
-                new = tuple(
-                    torch.empty((b, h, cap, d), dtype=keys.dtype, device=keys.device) for _ in "kv"
-                )
+                # new_empty: same dtype and device as the states
+                buf = (key_states.new_empty((b, h, cap, d)), key_states.new_empty((b, h, cap, d)))
                 if n:
-                    new[0][:, :, :n] = self.keys
-                    new[1][:, :, :n] = self.values
-                buf = self._buf = (new[0], new[1])
-            buf[0][:, :, n:m] = keys
-            buf[1][:, :, n:m] = values
+                    buf[0][:, :, :n] = old_k
+                    buf[1][:, :, :n] = old_v
+                self._buf = buf
+            buf[0][:, :, n:m] = key_states
+            buf[1][:, :, n:m] = value_states
             self.keys, self.values = buf[0][:, :, :m], buf[1][:, :, :m]
             return self.keys, self.values
 
@@ -305,7 +318,7 @@ def prefix_states(model: Any, extra: dict[str, Any], ids: Sequence[int]) -> list
 
 
 @functools.cache
-def _cache_kwarg_of(cls: type) -> str:
+def _cache_kwarg_of(cls: type[Any]) -> str:
     import inspect
 
     return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
@@ -314,7 +327,7 @@ def _cache_kwarg_of(cls: type) -> str:
 def _cache_kwarg(model: Any) -> str:
     """transformers 5 renamed ``past_key_values`` to ``cache``; accept both."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return _cache_kwarg_of(type(base))
+    return _cache_kwarg_of(base.__class__)
 
 
 def _pick(logits: Any, temperatures: Sequence[float]) -> Any:

@@ -131,7 +131,7 @@ def materialize_gguf(gguf: Path, cache_dir: Path) -> Path:
         str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
     )
     # save_pretrained and the HF Trainer refuse a model that still carries the GGUF quantizer.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # declared in no base class
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     with staging_dir(cache_dir, "materialize-") as tmp:
@@ -298,6 +298,6 @@ def load_generator(settings: Settings) -> Generator:
     device = settings.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
+    model.to(device)  # type: ignore[arg-type]  # transformers' wrapper hides nn.Module.to's type
     model.eval()
     return Generator(model, tok, loc.model_id, folder, folder_fingerprint(folder))

@@ -38,7 +38,7 @@ def _version() -> str:
 
 
 def _provide_services(state: State) -> Services:
-    return state.services  # type: ignore[no-any-return]
+    return state.services
 
 
 def create_app(settings: Settings, pipeline: Pipeline | None = None) -> Litestar:

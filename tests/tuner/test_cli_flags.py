@@ -94,7 +94,16 @@ def test_print_args_validates_and_does_not_train(
     tiny_settings: Settings, capsys: pytest.CaptureFixture
 ) -> None:
     rc, out, err = _run(
-        tiny_settings, capsys, "tune", "--data", "q.jsonl", "--name", "x", "--lr", "2", "--print-args"
+        tiny_settings,
+        capsys,
+        "tune",
+        "--data",
+        "q.jsonl",
+        "--name",
+        "x",
+        "--lr",
+        "2",
+        "--print-args",
     )
     assert rc == 2 and err.strip() == "error: --lr: must be in (0, 1]" and out == ""
     args = _resolved(tiny_settings, capsys, "--target-modules", "q_proj,v_proj", "--epochs", "2")
