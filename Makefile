@@ -31,7 +31,7 @@ format:
 PIP_COMPILE = CUSTOM_COMPILE_COMMAND="make lock" $(PY) -m piptools compile --quiet \
 	--strip-extras --all-build-deps --unsafe-package pip --no-emit-index-url --no-emit-find-links
 
-lock:             ## re-resolve requirements/*.txt after a pyproject.toml change (pins kept)
+lock:             ## re-resolve requirements/*.txt after a pyproject.toml change (pins kept; needs setup-dev)
 	$(PIP_COMPILE) $(LOCK_FLAGS) --output-file requirements/runtime.txt pyproject.toml
 	$(PIP_COMPILE) $(LOCK_FLAGS) --extra dev --constraint requirements/runtime.txt \
 		--output-file requirements/dev.txt pyproject.toml
