@@ -278,7 +278,7 @@ def run_experiment(
             prev
             and info is not None
             and prev.get("key") == json.loads(json.dumps(key_now, default=str))
-            and prev.get("created_at") == info.manifest.get("created_at")
+            and prev.get("created_at") == info.created_at
         ):
             say(f"adapter {name!r}: already trained for this run, reused")
             continue
@@ -289,14 +289,14 @@ def run_experiment(
         )
         t0 = time.perf_counter()
         info = train_adapter(settings, args, progress=progress)
-        m = info.manifest.get("metrics", {})
+        m = info.manifest.metrics
         steps[f"adapter:{key}"] = {
             "name": name,
             "key": json.loads(json.dumps(key_now, default=str)),
-            "created_at": info.manifest.get("created_at"),
+            "created_at": info.created_at,
             "seconds": round(time.perf_counter() - t0, 1),
-            "tokens_per_s": m.get("tokens_per_s"),
-            "val_loss": m.get("val_loss"),
+            "tokens_per_s": m.tokens_per_s if m else None,
+            "val_loss": m.val_loss if m else None,
         }
         save()
 

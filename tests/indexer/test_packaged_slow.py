@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ragtune.core.index_store import load_index
+from ragtune.core.index_store import open_index
 from ragtune.core.models import load_embedder
 from ragtune.indexer.api import build_index
 from ragtune.indexer.loaders import squad_doc_id
@@ -39,7 +39,7 @@ def test_squad_subset_hybrid_recall(packaged_settings, squad_subset) -> None:
     emb = load_embedder(packaged_settings)
     s = build_index(packaged_settings, [path], "squad", progress=False, embedder=emb)
     assert s.total_documents == len(qa) and s.errors == []
-    idx = load_index(packaged_settings, "squad", emb.model_id, emb.dim, emb.encode)
+    idx = open_index(packaged_settings, "squad", emb)
     hits = idx.search_batch([q for q, _ in qa], 5, "hybrid")
     recall = sum(g in [h.doc_id for h in row] for (_, g), row in zip(qa, hits, strict=True))
     assert recall / len(qa) >= 0.85

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ragtune.core.config import Settings
-from ragtune.core.index_store import current_version, load_index
+from ragtune.core.index_store import current_version, open_index
 from ragtune.core.models import load_embedder
 from ragtune.tuner.api import train_adapter
 from ragtune.tuner.formats import QAExample, load_examples
@@ -21,7 +21,7 @@ def squad_index(tiny_settings: Settings, tmp_path: Path) -> tuple[Path, object]:
     sq = squad_json(tmp_path / "squad.json")
     build_index(tiny_settings, "docs", squad_path=sq)
     emb = load_embedder(tiny_settings)
-    return sq, load_index(tiny_settings, "docs", emb.model_id, emb.dim, emb.encode)
+    return sq, open_index(tiny_settings, "docs", emb)
 
 
 def test_p_oracle_one_always_has_gold_zero_never(squad_index: tuple) -> None:
@@ -89,15 +89,16 @@ def test_raft_training_records_index_and_version(
         quick_args(sq, "raft", raft=True, index="docs", raft_k=2, p_oracle=0.5, raft_quote=True),
         progress=False,
     )
-    r = info.manifest["raft"]
+    r = info.manifest.raft
     live = current_version(tiny_settings, "docs")
-    assert (r["index"], r["index_version"], r["p_oracle"], r["k"]) == ("docs", live, 0.5, 2)
-    assert r["quote"] is True and r["stats"]["train"]["examples"] > 0
-    example = info.manifest["prompt"]["example"]
-    assert "Passages:\n[1] " in example["prompt"] and "[2] " in example["prompt"]
-    assert "Answer: " in example["completion"]
+    assert r and (r.index, r.index_version, r.p_oracle, r.k) == ("docs", live, 0.5, 2)
+    assert r.quote is True and r.stats["train"].examples > 0
+    assert info.manifest.prompt and info.manifest.prompt.example
+    example = info.manifest.prompt.example
+    assert "Passages:\n[1] " in example.prompt and "[2] " in example.prompt
+    assert "Answer: " in example.completion
     # SQuAD data splits by article: validation questions come from unseen articles
-    assert info.manifest["data"]["counts"]["val"] > 0
+    assert info.manifest.data and info.manifest.data.counts.val > 0
 
 
 def test_raft_without_index_is_a_clear_error(tiny_settings: Settings, tmp_path: Path) -> None:
