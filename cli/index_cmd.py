@@ -108,7 +108,7 @@ def list_cmd(app: AppContext, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([r.model_dump(mode="json") for r in rows], indent=2))
         return
-    if not rows:
+    if not rows and not problems:
         click.echo("no indexes (build one with: ragtune index PATH --index NAME)")
         return
     click.echo(f"{'name':<20} {'docs':>7} {'chunks':>8} {'type':<5} {'model':<22} version")

@@ -172,7 +172,7 @@ def list_cmd(app: AppContext, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    if not rows:
+    if not rows and not problems:
         click.echo("no adapters (train one with: ragtune tune --data FILE --name NAME)")
         return
     for r in rows:

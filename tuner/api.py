@@ -314,16 +314,11 @@ def train_adapter(
     """
     run = setup(settings, args)  # every check that needs no data: fails in seconds
     data = prepare_data(run.settings, args, run.tokenizer, progress)
-    _say(
-        progress,
-        "data: "
-        + ", ".join(f"{k} {v}" for k, v in data.counts.model_dump(exclude_none=True).items()),
-    )
-    check_disk(
-        run.settings.adapters_dir,
-        estimate_disk(args.method, _folder_bytes(run.folder)) + args.min_free_disk_mb * 2**20,
-    )
-    model, metrics = train(run, args, data, progress, on_step)
+    counts = data.counts.model_dump(exclude_none=True)
+    _say(progress, "data: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    needed = estimate_disk(args.method, _folder_bytes(run.folder)) + args.min_free_disk_mb * 2**20
+    check_disk(run.settings.adapters_dir, needed)
+    model, metrics = train(run, args, data, progress, on_step)  # resumes a killed run
     manifest = adapter_manifest(run, args, data, model, metrics)
     info = save_and_publish(run, args, model, manifest)
     shutil.rmtree(run_dir(run.settings, args.name), ignore_errors=True)  # the checkpoints
