@@ -480,7 +480,7 @@ def adapter_manifest(
     settings, loc, init = run.settings, run.base, run.init_from
     return AdapterManifest(
         name=args.name,
-        method=args.method,
+        method="full" if args.method == "full" else "lora",  # TuneArgs.validate checked it
         base_model=loc.model_id,
         base_spec=settings.generator if loc.kind in ("packaged", "hub") else loc.model_id,
         base_fingerprint=run.fingerprint,
