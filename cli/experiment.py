@@ -27,7 +27,8 @@ from typing import Any
 from ragtune.core.atomic import write_json_atomic
 from ragtune.core.config import Settings, read_toml, resolve_settings
 from ragtune.core.errors import InvalidInput
-from ragtune.eval.datasets import file_sha256, read_squad, subset_squad
+from ragtune.core.qa import load_squad_json, squad_titles
+from ragtune.eval.datasets import file_sha256, subset_squad
 from ragtune.eval.split import SplitSpec, split_groups
 
 TOP_KEYS = {"name", "description", "settings", "data", "index", "adapters", "eval"}
@@ -218,8 +219,8 @@ def run_experiment(
         write_json_atomic(state_path, state)
 
     # 1. split by article: train.json feeds the tuner, test.json the eval
-    raw = read_squad(exp.dataset)
-    train_titles, test_titles = split_groups([a["title"] for a in raw["data"]], exp.split)
+    raw = load_squad_json(exp.dataset, field="dataset")
+    train_titles, test_titles = split_groups(squad_titles(raw), exp.split)
     train_raw, test_raw = subset_squad(raw, train_titles), subset_squad(raw, test_titles)
     _write_json(out / "train.json", train_raw)
     _write_json(out / "test.json", test_raw)

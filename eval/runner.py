@@ -21,8 +21,9 @@ from typing import Any
 from ragtune.core.atomic import write_json_atomic
 from ragtune.core.errors import InvalidInput
 from ragtune.core.pipeline import QueryRequest
+from ragtune.core.qa import QARecord
 from ragtune.core.types import Answer, Hit
-from ragtune.eval.datasets import QAItem, file_sha256, load_items
+from ragtune.eval.datasets import file_sha256, load_items
 from ragtune.eval.metrics import answer_in_context, answer_scores, retrieval_scores
 from ragtune.eval.split import SplitSpec, sample_items, select_split
 from ragtune.eval.targets import Target
@@ -102,7 +103,7 @@ class RunConfig:
         return asdict(self)
 
 
-def select_items(config: RunConfig) -> list[QAItem]:
+def select_items(config: RunConfig) -> list[QARecord]:
     """The questions of this run: dataset -> split side -> seeded sample of ``limit``."""
     items = load_items(Path(config.dataset))
     items = select_split(items, config.split, config.split_spec())
@@ -169,7 +170,7 @@ def _doc_ids(hits: Sequence[Hit]) -> list[str]:
 
 def answer_record(
     v: Variant,
-    item: QAItem,
+    item: QARecord,
     ans: Answer,
     batch_ms: float,
     batch_n: int,
@@ -206,7 +207,7 @@ def answer_record(
     return rec
 
 
-def retrieval_record(item: QAItem, hits: Sequence[Hit], ks: Sequence[int]) -> dict[str, Any]:
+def retrieval_record(item: QARecord, hits: Sequence[Hit], ks: Sequence[int]) -> dict[str, Any]:
     ranked = _doc_ids(hits)
     rec: dict[str, Any] = {
         "kind": "retrieval",
@@ -222,7 +223,7 @@ def retrieval_record(item: QAItem, hits: Sequence[Hit], ks: Sequence[int]) -> di
     return rec
 
 
-def _request(v: Variant, item: QAItem, c: RunConfig) -> QueryRequest:
+def _request(v: Variant, item: QARecord, c: RunConfig) -> QueryRequest:
     contexts = None
     if v.kind == "oracle":
         if not item.context:
@@ -244,7 +245,7 @@ def _request(v: Variant, item: QAItem, c: RunConfig) -> QueryRequest:
     )
 
 
-def _chunks(xs: Sequence[QAItem], n: int) -> Iterator[Sequence[QAItem]]:
+def _chunks(xs: Sequence[QARecord], n: int) -> Iterator[Sequence[QARecord]]:
     for i in range(0, len(xs), n):
         yield xs[i : i + n]
 

@@ -20,6 +20,7 @@ from typing import Any
 from ragtune.core.atomic import staging_dir, write_json_atomic
 from ragtune.core.config import Settings
 from ragtune.core.errors import DataError, InsufficientResources, InvalidInput, ModelNotFound
+from ragtune.core.qa import BadRecord, QARecord
 from ragtune.core.registry import (
     MANIFEST,
     AdapterInfo,
@@ -29,7 +30,7 @@ from ragtune.core.registry import (
     publish,
 )
 from ragtune.tuner.args import TuneArgs, parse_data_spec
-from ragtune.tuner.formats import MAX_REPORTED, BadRecord, QAExample, load_examples
+from ragtune.tuner.formats import MAX_REPORTED, load_examples
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +75,9 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_data(args: TuneArgs, progress: bool = False) -> tuple[list[QAExample], dict[str, Any]]:
+def load_data(args: TuneArgs, progress: bool = False) -> tuple[list[QARecord], dict[str, Any]]:
     """Read every --data file; returns examples and per-file records for the manifest."""
-    examples: list[QAExample] = []
+    examples: list[QARecord] = []
     files: list[dict[str, Any]] = []
     bad: list[BadRecord] = []
     for i, spec in enumerate(args.data):
@@ -180,8 +181,8 @@ def prepare_data(
 def _raft_items(
     settings: Settings,
     args: TuneArgs,
-    train_ex: list[QAExample],
-    val_ex: list[QAExample],
+    train_ex: list[QARecord],
+    val_ex: list[QARecord],
     progress: bool,
 ) -> tuple[list, list, dict[str, Any]]:
     from ragtune.core.index_store import load_index
