@@ -35,6 +35,25 @@ RUN_FLAGS = (
 )
 
 
+class RunOption(click.Option):
+    """An `eval run` option whose help ends with its ``RunConfig`` default.
+
+    ``RunConfig`` holds the defaults; they are looked up when help is printed, so that
+    building the CLI does not import the eval runner. The option's own default stays None:
+    a flag not given must not override the --config file.
+    """
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        from ragtune.eval.runner import RunConfig
+
+        record = super().get_help_record(ctx)
+        if record is None or self.name is None:
+            return record
+        default = getattr(RunConfig(dataset=""), self.name)
+        shown = ",".join(map(str, default)) if isinstance(default, list) else default
+        return record[0], f"{record[1].rstrip('.')} (default: {shown})."
+
+
 @click.group("eval")
 def eval_group() -> None:
     """Evaluate modes on held-out questions; compare runs; run a whole experiment.
@@ -105,9 +124,9 @@ def _print_end(out: Path, summary: dict[str, Any]) -> None:
 @click.option(
     "--modes",
     "-m",
+    cls=RunOption,
     default=None,
-    help="Comma list of base, rag, finetune, hybrid, oracle; kind:ADAPTER picks an adapter "
-    "(default: base,rag).",
+    help="Comma list of base, rag, finetune, hybrid, oracle; kind:ADAPTER picks an adapter.",
 )
 @click.option(
     "--adapter",
@@ -134,12 +153,17 @@ def _print_end(out: Path, summary: dict[str, Any]) -> None:
 @click.option(
     "--split",
     type=click.Choice(["all", "train", "test"]),
+    cls=RunOption,
     default=None,
-    help="Which side of the seeded by-article split (default: all).",
+    help="Which side of the seeded by-article split.",
 )
-@click.option("--test-fraction", type=float, default=None, help="Share of groups held out (0.25).")
-@click.option("--split-seed", type=int, default=None, help="Seed of the split (0).")
-@click.option("--sample-seed", type=int, default=None, help="Seed of the --limit sample (0).")
+@click.option(
+    "--test-fraction", cls=RunOption, type=float, default=None, help="Share of groups held out."
+)
+@click.option("--split-seed", cls=RunOption, type=int, default=None, help="Seed of the split.")
+@click.option(
+    "--sample-seed", cls=RunOption, type=int, default=None, help="Seed of the --limit sample."
+)
 @click.option("--top-k", type=int, default=None, help="Passages per prompt (setting top_k).")
 @click.option(
     "--retrieval",
@@ -148,8 +172,10 @@ def _print_end(out: Path, summary: dict[str, Any]) -> None:
     help="Retrieval method (setting retrieval).",
 )
 @click.option("--max-new-tokens", type=int, default=None, help="Answer length limit.")
-@click.option("--batch-size", type=int, default=None, help="Questions generated together (8).")
-@click.option("--n-boot", type=int, default=None, help="Bootstrap resamples (10000).")
+@click.option(
+    "--batch-size", cls=RunOption, type=int, default=None, help="Questions generated together."
+)
+@click.option("--n-boot", cls=RunOption, type=int, default=None, help="Bootstrap resamples.")
 @click.option("--url", default=None, help="Evaluate a running service instead (http://host:port).")
 @click.option(
     "--api-key",

@@ -302,21 +302,14 @@ def run_experiment(
         save()
 
     # 4. evaluate every mode on the held-out articles
-    ev = exp.eval
-    config = RunConfig(
-        dataset=str(out / "test.json"),
-        modes=eval_modes(exp),
-        index=exp.index,
-        split="all",
-        limit=ev.get("limit"),
-        sample_seed=int(ev.get("sample_seed", 0)),
-        top_k=ev.get("top_k"),
-        retrieval=ev.get("retrieval"),
-        max_new_tokens=ev.get("max_new_tokens"),
-        batch_size=int(ev.get("batch_size", 8)),
-        retrieve_k=int(ev.get("retrieve_k", 10)),
-        recall_ks=list(ev.get("recall_ks", [1, 2, 3, 5, 10])),
-        n_boot=int(ev.get("n_boot", 10_000)),
+    config = RunConfig.from_mapping(
+        {
+            **exp.eval,
+            "dataset": str(out / "test.json"),
+            "modes": eval_modes(exp),
+            "index": exp.index,
+            "split": "all",
+        }
     )
     # Results answered by an older index or adapter would mix two experiments: start over.
     inputs = {

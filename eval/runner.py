@@ -77,7 +77,14 @@ class RunConfig:
             vals["dataset"] = str((base_dir / vals["dataset"]).resolve())
         if isinstance(vals.get("modes"), str):
             vals["modes"] = [m for m in vals["modes"].split(",") if m.strip()]
-        return cls(**vals)
+        from pydantic import TypeAdapter, ValidationError
+
+        try:  # types checked (a TOML "8" is taken as 8), so that a bad one names its key
+            return TypeAdapter(cls).validate_python(vals)
+        except ValidationError as e:
+            err = e.errors()[0]
+            key = ".".join(str(x) for x in err["loc"])
+            raise InvalidInput(f"eval setting {key}: {err['msg']}", field="config") from e
 
     def variants(self) -> list[Variant]:
         return expand_variants(

@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from ragtune.cli.experiment import eval_modes, load_experiment
-from ragtune.cli.main import cli
-from ragtune.eval.runner import read_results
+from ragtune.cli.main import cli, main
+from ragtune.eval.runner import RunConfig, read_results
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -65,6 +65,32 @@ def test_eval_run_from_config_file(tiny_env, tmp_path):
     assert conf["dataset"] == str(squad) and conf["limit"] == 2 and conf["split"] == "test"
 
 
+def test_eval_run_help_shows_the_run_config_defaults():
+    res = _invoke(["eval", "run", "--help"])
+    text = " ".join(res.output.split())
+    d = RunConfig(dataset="")
+    assert f"(default: {','.join(d.modes)})" in text
+    for flag_help, value in [
+        ("Which side of the seeded by-article split", d.split),
+        ("Share of groups held out", d.test_fraction),
+        ("Seed of the split", d.split_seed),
+        ("Seed of the --limit sample", d.sample_seed),
+        ("Questions generated together", d.batch_size),
+        ("Bootstrap resamples", d.n_boot),
+    ]:
+        assert f"{flag_help} (default: {value})." in text
+
+
+def test_eval_config_of_the_wrong_type_is_a_clear_error(tmp_path, capsys):
+    cfg = tmp_path / "eval.toml"
+    cfg.write_text('dataset = "qa.json"\nbatch_size = "eight"\n')
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "run", "--config", str(cfg)])
+    err = capsys.readouterr().err
+    assert e.value.code != 0 and "Traceback" not in err
+    assert "error: eval setting batch_size: Input should be a valid integer" in err
+
+
 def _tiny_experiment(tmp_path: Path, squad: Path) -> Path:
     tune = (
         "max_steps = 2\nbatch_size = 2\nval_fraction = 0.0\nforgetting = false\nr = 4\nalpha = 8\n"
@@ -97,6 +123,11 @@ def test_experiment_end_to_end_and_resume(tiny_settings, tiny_squad_file, tmp_pa
     assert train["canary"] == "TEST CANARY"
     for f in ("test.json", "config.json", "summary.json", "report.html", "results.jsonl"):
         assert (folder / f).is_file()
+    # [eval] values as given, the rest RunConfig's defaults
+    conf = json.loads((folder / "config.json").read_text())
+    defaults = RunConfig(dataset="")
+    assert (conf["batch_size"], conf["n_boot"], conf["max_new_tokens"]) == (4, 200, 3)
+    assert (conf["retrieve_k"], conf["recall_ks"]) == (defaults.retrieve_k, defaults.recall_ks)
     summary = json.loads((folder / "summary.json").read_text())
     assert set(summary["variants"]) == {
         "base", "rag", "finetune:tiny-closed", "hybrid:tiny-raft", "oracle",
