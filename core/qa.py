@@ -45,6 +45,10 @@ class QARecord:
     dataset: int = 0  # which of several data files it came from (tuner mixing weights)
     meta: dict[str, Any] = field(default_factory=dict, compare=False)  # raw scalar fields
 
+    def __post_init__(self) -> None:
+        if not self.answers:  # every reader drops (and reports) a question without one
+            raise ValueError(f"QA record {self.id!r} has no answer")
+
     @property
     def answer(self) -> str:
         """The first answer: the one a model is trained to give."""

@@ -5,7 +5,7 @@ reader the indexer and the tuner use: a question's gold document id is its parag
 ``core.qa.squad_doc_id`` (``"{title}#p{i}"``, ``i`` the 0-based paragraph index within its
 article; ``article<n>`` stands in for a missing title), exactly the id the indexer gives that
 paragraph, so retrieval can be scored against it. SQuAD questions without any answer text
-are skipped (a few in SQuAD's dev set); any other unusable question is an error naming it.
+are skipped (nothing to score them against); any other unusable question is an error naming it.
 
 JSONL: one object a line::
 

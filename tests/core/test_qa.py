@@ -100,6 +100,8 @@ def test_record_equality_ignores_source_and_meta() -> None:
     b = QARecord("q1", "Q?", ("A",), source="b.jsonl:7")
     assert a == b and hash(a) == hash(b)
     assert a.doc_id is None and a.split_group == "q1"
+    with pytest.raises(ValueError, match="has no answer"):
+        QARecord("q2", "Q?", ())
 
 
 def test_file_errors_name_the_file(tmp_path: Path) -> None:

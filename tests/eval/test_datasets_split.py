@@ -111,7 +111,7 @@ def test_subset_keeps_canary_and_indices() -> None:
 
 def test_squad_without_answer_is_skipped_other_bad_questions_are_errors(tmp_path: Path) -> None:
     raw = _squad(2)
-    raw["data"][0]["paragraphs"][0]["qas"][0]["answers"] = []  # SQuAD dev has a few
+    raw["data"][0]["paragraphs"][0]["qas"][0]["answers"] = []  # nothing to score: skipped
     path = tmp_path / "s.json"
     path.write_text(json.dumps(raw))
     assert [it.id for it in load_items(path)][:2] == ["q0-1", "q0-2"]
