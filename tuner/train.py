@@ -255,7 +255,7 @@ def save_checkpoint(
 
     with staging_dir(workdir, "ckpt-") as tmp:
         save_file(trainable_state(model), str(tmp / WEIGHTS))
-        rng = {"torch": torch.get_rng_state()}
+        rng: dict[str, Any] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         torch.save(

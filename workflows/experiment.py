@@ -61,7 +61,8 @@ class ExperimentOutcome:
     @property
     def winner(self) -> str | None:
         """The variant with the best F1 (``rag``, ``hybrid:<adapter>``, ...), if any."""
-        return self.summary["verdict"].get("winner")
+        winner = self.summary["verdict"].get("winner")
+        return str(winner) if winner else None
 
 
 @dataclass
@@ -160,7 +161,7 @@ def split_step(run: _Run) -> dict[str, Any]:
 # ---- 2. index ------------------------------------------------------------------------------
 
 
-def index_step(run: _Run) -> str:
+def index_step(run: _Run) -> str | None:
     """Index every article (retrieval must find test passages among all of them); returns
     the index version."""
     from ragtune.indexer.api import build_index
@@ -184,7 +185,7 @@ def index_step(run: _Run) -> str:
 
 
 def adapter_step(
-    run: _Run, spec: AdapterSpec, train_raw: dict[str, Any], index_version: str
+    run: _Run, spec: AdapterSpec, train_raw: dict[str, Any], index_version: str | None
 ) -> None:
     """Train adapter ``spec.key`` on its seeded sample of the train split, unless the run
     folder shows it was already trained with the same arguments, data and index."""
@@ -260,7 +261,7 @@ def _manifest_facts(info: AdapterInfo) -> tuple[str | None, float | None, float 
 # ---- 4. evaluate ---------------------------------------------------------------------------
 
 
-def eval_step(run: _Run, index_version: str) -> dict[str, Any]:
+def eval_step(run: _Run, index_version: str | None) -> dict[str, Any]:
     """Evaluate every mode on the held-out articles; write the report; return the summary."""
     from ragtune.core.pipeline import Pipeline
     from ragtune.eval.runner import run_eval

@@ -39,7 +39,7 @@ class SplitStep:
 @dataclass
 class IndexStep:
     name: str
-    version: str
+    version: str | None  # None only if the index holds no version (nothing to index)
     chunks: int
     seconds: float
 
@@ -60,7 +60,7 @@ class AdapterStep:
 class EvalInputs:
     """What the eval results were answered by: a change means they are stale."""
 
-    index_version: str
+    index_version: str | None
     adapters: dict[str, str | None]  # adapter key -> created_at
 
 
