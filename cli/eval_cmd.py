@@ -8,11 +8,15 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ragtune.cli.context import AppContext, pass_app
+
+if TYPE_CHECKING:
+    from ragtune.workflows.experiment import ExperimentOutcome
+    from ragtune.workflows.experiment_config import Experiment
 
 RUN_FLAGS = (
     "dataset",
@@ -105,9 +109,9 @@ def build_run_config(config_file: Path | None, flags: dict[str, Any]) -> Any:
     return RunConfig.from_mapping(values, base_dir)
 
 
-def _print_end(out: Path, summary: dict[str, Any]) -> None:
+def _print_end(out: Path, verdict: str) -> None:
     click.echo("")
-    click.echo(summary["verdict"]["text"])
+    click.echo(verdict)
     click.echo("")
     click.echo(f"report: {out / 'report.html'}  (also report.md, summary.json)")
 
@@ -229,7 +233,7 @@ def run_cmd(
 
         target = PipelineTarget(Pipeline(settings))
     summary = run_eval(config, target, out, progress=not quiet)
-    _print_end(out, summary)
+    _print_end(out, summary["verdict"]["text"])
 
 
 @eval_group.command("compare")
@@ -245,35 +249,26 @@ def compare_cmd(run_a: Path, run_b: Path, as_json: bool) -> None:
 
 
 def run_experiment_cmd(
-    app: AppContext, config: Path, out: Path | None, fresh: bool, quiet: bool
-) -> dict[str, Any]:
-    """Shared by `eval experiment` and `demo`: run it, then print timings and the verdict."""
-    from ragtune.cli.experiment import experiment_settings, load_experiment, run_experiment
+    app: AppContext, exp: Experiment, out: Path | None, fresh: bool, quiet: bool
+) -> ExperimentOutcome:
+    """Shared by `eval experiment` and `demo`: run it, then print the verdict and timings."""
+    from ragtune.workflows.experiment import run_experiment
+    from ragtune.workflows.experiment_config import experiment_settings
 
     t0 = time.perf_counter()
-    exp = load_experiment(config)
     settings = experiment_settings(exp, app.config_file, app.overrides)
-    folder = out or settings.runs_dir / exp.name
-    summary = run_experiment(
+    outcome = run_experiment(
         exp,
         settings,
-        folder,
+        out,
         fresh=fresh,
         progress=not quiet,
         say=lambda m: click.echo(m, err=True),
     )
-    state = json.loads((folder / "experiment.json").read_text(encoding="utf-8"))
-    steps = state["steps"]
-    parts = [f"index {steps['index']['seconds']:.0f} s"]
-    parts += [
-        f"{k.split(':', 1)[1]} {v['seconds']:.0f} s"
-        for k, v in steps.items()
-        if k.startswith("adapter:")
-    ]
-    parts.append(f"eval {steps['eval'].get('seconds', 0):.0f} s")
-    _print_end(folder, summary)
-    click.echo(f"time: {time.perf_counter() - t0:.0f} s ({', '.join(parts)})")
-    return {"summary": summary, "experiment": exp, "folder": folder}
+    _print_end(outcome.folder, outcome.verdict_text)
+    parts = ", ".join(f"{step} {s:.0f} s" for step, s in outcome.state.step_seconds())
+    click.echo(f"time: {time.perf_counter() - t0:.0f} s ({parts})")
+    return outcome
 
 
 @eval_group.command("experiment")
@@ -296,7 +291,9 @@ def experiment_cmd(
     app: AppContext, config: Path, out: Path | None, fresh: bool, quiet: bool
 ) -> None:
     """Split, index, tune the adapters, evaluate every mode, report and print the verdict."""
-    run_experiment_cmd(app, config, out, fresh, quiet)
+    from ragtune.workflows.experiment_config import load_experiment
+
+    run_experiment_cmd(app, load_experiment(config), out, fresh, quiet)
 
 
 def register(cli: click.Group) -> None:

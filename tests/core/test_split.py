@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from ragtune.cli.experiment import sample_questions
 from ragtune.core.qa import load_squad_json, squad_titles
 from ragtune.core.split import hold_out_groups
 from ragtune.eval.datasets import subset_squad
 from ragtune.eval.split import SplitSpec, split_groups
 from ragtune.tuner.formats import load_examples
 from ragtune.tuner.split import dedup, split
+from ragtune.workflows.experiment import sample_questions
 
 DEMO = Path(str(files("ragtune.examples").joinpath("squad-mini", "demo.json")))
 
