@@ -7,7 +7,7 @@ bench/results/indexer.txt.
 
 Measured:
 - recall@1/@5/@20 and MRR@10 for dense, bm25, hybrid (a question's gold document is its
-  paragraph, ``indexer.loaders.squad_doc_id``), plus a plain baseline in the same run: BM25 without
+  paragraph, ``core.qa.squad_doc_id``), plus a plain baseline in the same run: BM25 without
   stemming or titles, fused with equal-weight RRF k=60;
 - a small RRF sweep (k x dense weight) over the same ranked lists;
 - indexing throughput (chunks/s, end to end: load, chunk, embed, write) vs raw
@@ -37,9 +37,9 @@ sys.path.insert(0, str(REPO))
 from ragtune.core.config import resolve_settings  # noqa: E402
 from ragtune.core.index_store import open_index, rrf_fuse  # noqa: E402
 from ragtune.core.models import load_embedder  # noqa: E402
+from ragtune.core.qa import squad_paragraphs  # noqa: E402
 from ragtune.indexer.api import build_index  # noqa: E402
 from ragtune.indexer.build import embed_chunks  # noqa: E402
-from ragtune.indexer.loaders import squad_doc_id  # noqa: E402
 
 SQUAD = REPO.parent / "shared" / "data" / "squad" / "squaddev_v1.1.json"
 RESULTS = REPO / "bench" / "results" / "indexer.txt"
@@ -55,13 +55,16 @@ def say(line: str = "") -> None:
     _lines.append(line)
 
 
+def _bad_squad(msg: str) -> None:
+    raise SystemExit(f"{SQUAD}: {msg}")
+
+
 def questions(squad: dict, every: int) -> tuple[list[str], list[str]]:
     qs, gold = [], []
-    for art in squad["data"]:
-        for p_i, para in enumerate(art["paragraphs"]):
-            for qa in para["qas"]:
-                qs.append(qa["question"])
-                gold.append(squad_doc_id(art["title"], p_i))
+    for para in squad_paragraphs(squad["data"], _bad_squad):
+        for qa in para.qas:
+            qs.append(qa["question"])
+            gold.append(para.doc_id)
     return qs[::every], gold[::every]
 
 

@@ -38,9 +38,10 @@ from ragtune.core.manifests import (
     TrainMetrics,
     TrainPoint,
 )
+from ragtune.core.qa import BadRecord, QARecord
 from ragtune.core.registry import AdapterInfo, adapter_dir, check_base, get_adapter, publish
 from ragtune.tuner.args import TuneArgs, parse_data_spec
-from ragtune.tuner.formats import MAX_REPORTED, BadRecord, QAExample, load_examples
+from ragtune.tuner.formats import MAX_REPORTED, load_examples
 
 if TYPE_CHECKING:
     from ragtune.core.models import ModelLocation
@@ -69,7 +70,7 @@ def _say(progress: bool, msg: str) -> None:
 class LoadedData:
     """Every --data file read: the examples, one manifest record per file, the bad records."""
 
-    examples: list[QAExample]
+    examples: list[QARecord]
     files: list[DataFile]
     bad: list[BadRecord]
 
@@ -203,8 +204,8 @@ def prepare_data(
 def _raft_items(
     settings: Settings,
     args: TuneArgs,
-    train_ex: list[QAExample],
-    val_ex: list[QAExample],
+    train_ex: list[QARecord],
+    val_ex: list[QARecord],
     progress: bool,
 ) -> tuple[list, list, RaftInfo]:
     from ragtune.core.index_store import open_index

@@ -9,8 +9,8 @@ import pytest
 
 from ragtune.core.index_store import open_index
 from ragtune.core.models import load_embedder
+from ragtune.core.qa import squad_paragraphs
 from ragtune.indexer.api import build_index
-from ragtune.indexer.loaders import squad_doc_id
 from tests.conftest import SHARED_SQUAD
 
 pytestmark = [
@@ -26,10 +26,7 @@ def squad_subset(tmp_path_factory) -> tuple[Path, list[tuple[str, str]]]:
     path = tmp_path_factory.mktemp("squad") / "dev.json"
     path.write_text(json.dumps({"version": "1.1", "data": arts}))
     qa = [
-        (qa["question"], squad_doc_id(a["title"], i))
-        for a in arts
-        for i, p in enumerate(a["paragraphs"])
-        for qa in p["qas"][:1]
+        (qa["question"], p.doc_id) for p in squad_paragraphs(arts, pytest.fail) for qa in p.qas[:1]
     ]
     return path, qa
 
