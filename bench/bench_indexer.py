@@ -7,7 +7,7 @@ bench/results/indexer.txt.
 
 Measured:
 - recall@1/@5/@20 and MRR@10 for dense, bm25, hybrid (a question's gold document is its
-  paragraph, ``indexer.loaders.squad_doc_id``), plus a plain baseline in the same run: BM25 without
+  paragraph, ``core.qa.squad_doc_id``), plus a plain baseline in the same run: BM25 without
   stemming or titles, fused with equal-weight RRF k=60;
 - a small RRF sweep (k x dense weight) over the same ranked lists;
 - indexing throughput (chunks/s, end to end: load, chunk, embed, write) vs raw
@@ -35,11 +35,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ragtune.core.config import resolve_settings  # noqa: E402
-from ragtune.core.index_store import load_index, rrf_fuse  # noqa: E402
+from ragtune.core.index_store import open_index, rrf_fuse  # noqa: E402
 from ragtune.core.models import load_embedder  # noqa: E402
+from ragtune.core.qa import squad_paragraphs  # noqa: E402
 from ragtune.indexer.api import build_index  # noqa: E402
 from ragtune.indexer.build import embed_chunks  # noqa: E402
-from ragtune.indexer.loaders import squad_doc_id  # noqa: E402
 
 SQUAD = REPO.parent / "shared" / "data" / "squad" / "squaddev_v1.1.json"
 RESULTS = REPO / "bench" / "results" / "indexer.txt"
@@ -55,13 +55,16 @@ def say(line: str = "") -> None:
     _lines.append(line)
 
 
+def _bad_squad(msg: str) -> None:
+    raise SystemExit(f"{SQUAD}: {msg}")
+
+
 def questions(squad: dict, every: int) -> tuple[list[str], list[str]]:
     qs, gold = [], []
-    for art in squad["data"]:
-        for p_i, para in enumerate(art["paragraphs"]):
-            for qa in para["qas"]:
-                qs.append(qa["question"])
-                gold.append(squad_doc_id(art["title"], p_i))
+    for para in squad_paragraphs(squad["data"], _bad_squad):
+        for qa in para.qas:
+            qs.append(qa["question"])
+            gold.append(para.doc_id)
     return qs[::every], gold[::every]
 
 
@@ -86,12 +89,16 @@ def fmt(name: str, s: dict[str, float]) -> str:
 
 
 class CachedEmbed:
-    """Embed each query once although dense and hybrid both ask (the bench is CPU-bound)."""
+    """Embed each query once although dense and hybrid both ask (the bench is CPU-bound).
+
+    An ``IndexEmbedder`` for ``open_index``: the embedder's id and dimension, a caching encode.
+    """
 
     def __init__(self, embedder, batch_size: int) -> None:
         self.embedder, self.batch_size, self.cache = embedder, batch_size, {}
+        self.model_id, self.dim = embedder.model_id, embedder.dim
 
-    def __call__(self, texts: list[str]) -> np.ndarray:
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         todo = [t for t in dict.fromkeys(texts) if t not in self.cache]
         if todo:
             for t, v in zip(todo, self.embedder.encode(todo, self.batch_size), strict=True):
@@ -198,7 +205,8 @@ def main() -> None:
         f"{full.seconds:.1f} s (embedding {full.embed_seconds:.1f} s): "
         f"{full.total_chunks / full.seconds:.1f} chunks/s end to end"
     )
-    idx = load_index(settings, "squad", emb.model_id, emb.dim, CachedEmbed(emb, 64))
+    cached = CachedEmbed(emb, 64)
+    idx = open_index(settings, "squad", cached)
     texts = [c["text"] for c in idx.chunks.values()]
     # The raw baseline: the very same loaded SentenceTransformer, same texts, same batch size.
     # Other jobs share this machine, so one long pass of each, minutes apart, mostly measures the
@@ -283,15 +291,15 @@ def main() -> None:
     t0 = time.perf_counter()
     ivf_sum = build_index(ivf_settings, [corpus], "squad", embedder=emb, progress=False)
     t_ivf = time.perf_counter() - t0
-    ivf = load_index(ivf_settings, "squad", emb.model_id, emb.dim, idx.embed)
-    m = ivf.manifest["ivf"]
+    ivf = open_index(ivf_settings, "squad", cached)
+    m = ivf.manifest.ivf
     ivf_dense = ranked_ids(ivf, qs, "dense", 20)
     overlap = np.mean(
         [len(set(a[:5]) & set(b[:5])) / 5 for a, b in zip(ivf_dense, dense, strict=True)]
     )
     say(
         f"  rebuilt as IVF from the stored vectors in {t_ivf:.1f} s (no re-embedding, "
-        f"{ivf_sum.chunks.added} chunks embedded): nlist {m['nlist']}, nprobe {ivf.nprobe}"
+        f"{ivf_sum.chunks.added} chunks embedded): nlist {m.nlist}, nprobe {ivf.nprobe}"
     )
     say(fmt("dense, IVF", scores(to_docs(ivf, ivf_dense), gold)))
     say(fmt("dense, flat", scores(to_docs(idx, dense), gold)))
@@ -327,13 +335,7 @@ def main() -> None:
     # --- latency -----------------------------------------------------------------------
     say()
     say(f"## single-query latency ({args.latency_queries} queries, embedding included)")
-    live = load_index(
-        settings,
-        "squad",
-        emb.model_id,
-        emb.dim,
-        lambda t: emb.encode(t, batch_size=settings.embed_batch_size),
-    )
+    live = open_index(settings, "squad", emb)
     sample = random.Random(1).sample(qs, min(args.latency_queries, len(qs)))
     live.search(sample[0], 5, "hybrid")  # warm: builds BM25 once
     for method in ("dense", "bm25", "hybrid"):

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
-import json
 import os
 import signal
 import statistics
@@ -89,6 +88,7 @@ def make_adapters(settings: Settings, names: list[str]) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from ragtune.core.manifests import MANIFEST, AdapterManifest
     from ragtune.core.models import folder_fingerprint, generator_folder
     from ragtune.core.registry import publish
 
@@ -100,14 +100,13 @@ def make_adapters(settings: Settings, names: list[str]) -> None:
         model = get_peft_model(base, cfg)
         staged = settings.adapters_dir / f".tmp-bench-{name}"
         model.save_pretrained(staged)
-        manifest = {
-            "name": name,
-            "method": "lora",
-            "base_model": "SmolLM2-135M-Instruct",
-            "base_fingerprint": folder_fingerprint(folder),
-            "created_at": "bench",
-        }
-        (staged / "manifest.json").write_text(json.dumps(manifest))
+        AdapterManifest(
+            name=name,
+            method="lora",
+            base_model="SmolLM2-135M-Instruct",
+            base_fingerprint=folder_fingerprint(folder),
+            created_at="bench",
+        ).write(staged / MANIFEST)
         publish(settings, staged, name)
         base = model.unload()
 

@@ -228,8 +228,8 @@ def memory_child(method: str, opts: argparse.Namespace) -> None:
                 {
                     "method": method,
                     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                    "manifest_peak_rss_mb": info.manifest["metrics"]["peak_rss_mb"],
-                    "trainable_params": info.manifest["metrics"]["trainable_params"],
+                    "manifest_peak_rss_mb": info.manifest.metrics.peak_rss_mb,
+                    "trainable_params": info.manifest.metrics.trainable_params,
                     "seconds": round(time.perf_counter() - t0, 1),
                 }
             )
@@ -336,28 +336,29 @@ def bench_raft(opts: argparse.Namespace) -> dict[str, Any]:
             progress=not opts.quiet,
         )
         wall = time.perf_counter() - t0
-    m = info.manifest["metrics"]
-    counts = info.manifest["data"]["counts"]
-    fixed = wall - m["train_seconds"]  # model load, retrieval, forgetting check, saving
-    per_q = m["train_seconds"] / max(counts["train"], 1)
-    train_500 = round(500 * (1 - 0.1) if counts["val"] else 500)
+    m, data, raft = info.manifest.metrics, info.manifest.data, info.manifest.raft
+    assert m is not None and data is not None and raft is not None  # the tuner writes them
+    counts = data.counts
+    fixed = wall - m.train_seconds  # model load, retrieval, forgetting check, saving
+    per_q = m.train_seconds / max(counts.train, 1)
+    train_500 = round(500 * (1 - 0.1) if counts.val else 500)
     est = fixed + per_q * train_500
     out = {
         "questions": opts.questions,
-        "train": counts["train"],
-        "val": counts["val"],
+        "train": counts.train,
+        "val": counts.val,
         "wall_s": round(wall, 1),
-        "train_s": m["train_seconds"],
+        "train_s": m.train_seconds,
         "fixed_s": round(fixed, 1),
-        "tokens": m["tokens"],
-        "tokens_per_s": m["tokens_per_s"],
-        "tokens_per_example": round(m["tokens"] / max(m["steps"], 1) / 4),
+        "tokens": m.tokens,
+        "tokens_per_s": m.tokens_per_s,
+        "tokens_per_example": round(m.tokens / max(m.steps, 1) / 4),
         "index_build_s": round(index_s, 1),
         "index_version": version,
-        "val_loss": m["val_loss"],
-        "perplexity": m.get("perplexity"),
-        "oracle_rate": info.manifest["raft"]["stats"]["train"]["oracle_rate"],
-        "retrieval_recall": info.manifest["raft"]["stats"]["train"]["retrieval_recall"],
+        "val_loss": m.val_loss,
+        "perplexity": m.perplexity.model_dump() if m.perplexity else None,
+        "oracle_rate": raft.stats["train"].oracle_rate,
+        "retrieval_recall": raft.stats["train"].retrieval_recall,
         "threads": opts.threads,
     }
     if opts.questions < 500:

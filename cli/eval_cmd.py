@@ -8,11 +8,15 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ragtune.cli.context import AppContext, pass_app
+
+if TYPE_CHECKING:
+    from ragtune.workflows.experiment import ExperimentOutcome
+    from ragtune.workflows.experiment_config import Experiment
 
 RUN_FLAGS = (
     "dataset",
@@ -33,6 +37,25 @@ RUN_FLAGS = (
     "n_boot",
     "url",
 )
+
+
+class RunOption(click.Option):
+    """An `eval run` option whose help ends with its ``RunConfig`` default.
+
+    ``RunConfig`` holds the defaults; they are looked up when help is printed, so that
+    building the CLI does not import the eval runner. The option's own default stays None:
+    a flag not given must not override the --config file.
+    """
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        from ragtune.eval.runner import RunConfig
+
+        record = super().get_help_record(ctx)
+        if record is None or self.name is None:
+            return record
+        default = getattr(RunConfig(dataset=""), self.name)
+        shown = ",".join(map(str, default)) if isinstance(default, list) else default
+        return record[0], f"{record[1].rstrip('.')} (default: {shown})."
 
 
 @click.group("eval")
@@ -86,9 +109,9 @@ def build_run_config(config_file: Path | None, flags: dict[str, Any]) -> Any:
     return RunConfig.from_mapping(values, base_dir)
 
 
-def _print_end(out: Path, summary: dict[str, Any]) -> None:
+def _print_end(out: Path, verdict: str) -> None:
     click.echo("")
-    click.echo(summary["verdict"]["text"])
+    click.echo(verdict)
     click.echo("")
     click.echo(f"report: {out / 'report.html'}  (also report.md, summary.json)")
 
@@ -105,9 +128,9 @@ def _print_end(out: Path, summary: dict[str, Any]) -> None:
 @click.option(
     "--modes",
     "-m",
+    cls=RunOption,
     default=None,
-    help="Comma list of base, rag, finetune, hybrid, oracle; kind:ADAPTER picks an adapter "
-    "(default: base,rag).",
+    help="Comma list of base, rag, finetune, hybrid, oracle; kind:ADAPTER picks an adapter.",
 )
 @click.option(
     "--adapter",
@@ -134,12 +157,17 @@ def _print_end(out: Path, summary: dict[str, Any]) -> None:
 @click.option(
     "--split",
     type=click.Choice(["all", "train", "test"]),
+    cls=RunOption,
     default=None,
-    help="Which side of the seeded by-article split (default: all).",
+    help="Which side of the seeded by-article split.",
 )
-@click.option("--test-fraction", type=float, default=None, help="Share of groups held out (0.25).")
-@click.option("--split-seed", type=int, default=None, help="Seed of the split (0).")
-@click.option("--sample-seed", type=int, default=None, help="Seed of the --limit sample (0).")
+@click.option(
+    "--test-fraction", cls=RunOption, type=float, default=None, help="Share of groups held out."
+)
+@click.option("--split-seed", cls=RunOption, type=int, default=None, help="Seed of the split.")
+@click.option(
+    "--sample-seed", cls=RunOption, type=int, default=None, help="Seed of the --limit sample."
+)
 @click.option("--top-k", type=int, default=None, help="Passages per prompt (setting top_k).")
 @click.option(
     "--retrieval",
@@ -148,8 +176,10 @@ def _print_end(out: Path, summary: dict[str, Any]) -> None:
     help="Retrieval method (setting retrieval).",
 )
 @click.option("--max-new-tokens", type=int, default=None, help="Answer length limit.")
-@click.option("--batch-size", type=int, default=None, help="Questions generated together (8).")
-@click.option("--n-boot", type=int, default=None, help="Bootstrap resamples (10000).")
+@click.option(
+    "--batch-size", cls=RunOption, type=int, default=None, help="Questions generated together."
+)
+@click.option("--n-boot", cls=RunOption, type=int, default=None, help="Bootstrap resamples.")
 @click.option("--url", default=None, help="Evaluate a running service instead (http://host:port).")
 @click.option(
     "--api-key",
@@ -203,7 +233,7 @@ def run_cmd(
 
         target = PipelineTarget(Pipeline(settings))
     summary = run_eval(config, target, out, progress=not quiet)
-    _print_end(out, summary)
+    _print_end(out, summary["verdict"]["text"])
 
 
 @eval_group.command("compare")
@@ -219,35 +249,26 @@ def compare_cmd(run_a: Path, run_b: Path, as_json: bool) -> None:
 
 
 def run_experiment_cmd(
-    app: AppContext, config: Path, out: Path | None, fresh: bool, quiet: bool
-) -> dict[str, Any]:
-    """Shared by `eval experiment` and `demo`: run it, then print timings and the verdict."""
-    from ragtune.cli.experiment import experiment_settings, load_experiment, run_experiment
+    app: AppContext, exp: Experiment, out: Path | None, fresh: bool, quiet: bool
+) -> ExperimentOutcome:
+    """Shared by `eval experiment` and `demo`: run it, then print the verdict and timings."""
+    from ragtune.workflows.experiment import run_experiment
+    from ragtune.workflows.experiment_config import experiment_settings
 
     t0 = time.perf_counter()
-    exp = load_experiment(config)
     settings = experiment_settings(exp, app.config_file, app.overrides)
-    folder = out or settings.runs_dir / exp.name
-    summary = run_experiment(
+    outcome = run_experiment(
         exp,
         settings,
-        folder,
+        out,
         fresh=fresh,
         progress=not quiet,
         say=lambda m: click.echo(m, err=True),
     )
-    state = json.loads((folder / "experiment.json").read_text(encoding="utf-8"))
-    steps = state["steps"]
-    parts = [f"index {steps['index']['seconds']:.0f} s"]
-    parts += [
-        f"{k.split(':', 1)[1]} {v['seconds']:.0f} s"
-        for k, v in steps.items()
-        if k.startswith("adapter:")
-    ]
-    parts.append(f"eval {steps['eval'].get('seconds', 0):.0f} s")
-    _print_end(folder, summary)
-    click.echo(f"time: {time.perf_counter() - t0:.0f} s ({', '.join(parts)})")
-    return {"summary": summary, "experiment": exp, "folder": folder}
+    _print_end(outcome.folder, outcome.verdict_text)
+    parts = ", ".join(f"{step} {s:.0f} s" for step, s in outcome.state.step_seconds())
+    click.echo(f"time: {time.perf_counter() - t0:.0f} s ({parts})")
+    return outcome
 
 
 @eval_group.command("experiment")
@@ -270,7 +291,9 @@ def experiment_cmd(
     app: AppContext, config: Path, out: Path | None, fresh: bool, quiet: bool
 ) -> None:
     """Split, index, tune the adapters, evaluate every mode, report and print the verdict."""
-    run_experiment_cmd(app, config, out, fresh, quiet)
+    from ragtune.workflows.experiment_config import load_experiment
+
+    run_experiment_cmd(app, load_experiment(config), out, fresh, quiet)
 
 
 def register(cli: click.Group) -> None:

@@ -8,11 +8,15 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ragtune.cli.context import AppContext, pass_app
+
+if TYPE_CHECKING:
+    from ragtune.core.config import Settings
+    from ragtune.core.index_store import LoadedIndex
 
 METHODS = click.Choice(["dense", "bm25", "hybrid"])
 
@@ -98,18 +102,20 @@ def list_cmd(app: AppContext, as_json: bool) -> None:
     """List the indexes: documents, chunks, model, type and live version."""
     from ragtune.indexer.api import list_overviews
 
-    rows = list_overviews(app.settings())
+    rows, problems = list_overviews(app.settings())
+    for e in problems:  # a broken index is named, the others still listed
+        click.echo(f"warning: {e.message}", err=True)
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json.dumps([r.model_dump(mode="json") for r in rows], indent=2))
         return
-    if not rows:
+    if not rows and not problems:
         click.echo("no indexes (build one with: ragtune index PATH --index NAME)")
         return
     click.echo(f"{'name':<20} {'docs':>7} {'chunks':>8} {'type':<5} {'model':<22} version")
     for r in rows:
         click.echo(
-            f"{r['name']:<20} {r['documents']:>7} {r['chunks']:>8} {r['index_type']:<5} "
-            f"{r['embedding_model'][:22]:<22} {r['version']}"
+            f"{r.name:<20} {r.documents:>7} {r.chunks:>8} {r.index_type:<5} "
+            f"{r.embedding_model[:22]:<22} {r.version}"
         )
 
 
@@ -123,19 +129,19 @@ def show_cmd(app: AppContext, name: str, as_json: bool) -> None:
 
     info = describe_index(app.settings(), name)
     if as_json:
-        click.echo(json.dumps(info, indent=2))
+        click.echo(json.dumps(info.model_dump(mode="json"), indent=2))
         return
     for key in ("name", "version", "previous_version", "documents", "chunks", "index_type"):
-        click.echo(f"{key:<17} {info[key]}")
-    click.echo(f"{'embedding':<17} {info['embedding_model']} ({info['embedding_dim']}-d)")
-    if info.get("ivf"):
-        click.echo(f"{'ivf':<17} {info['ivf']}")
-    ch = info.get("chunker") or {}
-    click.echo(f"{'chunker':<17} {ch.get('chunk_size')} tokens, overlap {ch.get('chunk_overlap')}")
-    click.echo(f"{'updated':<17} {info['updated']} (created {info['created']})")
-    click.echo(f"{'size':<17} {info['bytes'] / 1e6:.1f} MB")
+        click.echo(f"{key:<17} {getattr(info, key)}")
+    click.echo(f"{'embedding':<17} {info.embedding_model} ({info.embedding_dim}-d)")
+    if info.ivf:
+        click.echo(f"{'ivf':<17} {info.ivf.model_dump(exclude_none=True)}")
+    ch = info.chunker
+    click.echo(f"{'chunker':<17} {ch.chunk_size} tokens, overlap {ch.chunk_overlap}")
+    click.echo(f"{'updated':<17} {info.updated} (created {info.created})")
+    click.echo(f"{'size':<17} {info.bytes / 1e6:.1f} MB")
     click.echo("sources:")
-    for src, n in info["sources"].items():
+    for src, n in info.sources.items():
         click.echo(f"  {src}  ({n} document{'s' if n != 1 else ''})")
 
 
@@ -181,27 +187,15 @@ def _read_queries(path: Path) -> tuple[list[tuple[str, str]], list[str]]:
     return out, problems
 
 
-def _open_index(settings: Any, name: str, method: str) -> Any:
+def _open_index(settings: Settings, name: str, method: str) -> LoadedIndex:
     """Load the index; the embedder only when the method needs it (BM25 alone does not)."""
-    from ragtune.core.index_store import load_index, read_manifest
+    from ragtune.core.index_store import open_index
 
     if method == "bm25":
-        m = read_manifest(settings, name)
-
-        def no_embed(texts: list[str]) -> Any:
-            raise RuntimeError("BM25 search does not embed")
-
-        return load_index(settings, name, m["embedding_model"], m["embedding_dim"], no_embed)
+        return open_index(settings, name, None)
     from ragtune.core.models import load_embedder
 
-    emb = load_embedder(settings)
-    return load_index(
-        settings,
-        name,
-        emb.model_id,
-        emb.dim,
-        lambda texts: emb.encode(texts, batch_size=settings.embed_batch_size),
-    )
+    return open_index(settings, name, load_embedder(settings))
 
 
 @click.command("search")
@@ -267,7 +261,7 @@ def search(
 
 
 def _batch_search(
-    settings: Any, name: str, k: int, method: str, path: Path, out: Path | None
+    settings: Settings, name: str, k: int, method: str, path: Path, out: Path | None
 ) -> None:
     from tqdm import tqdm
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ragtune.cli.context import AppContext, pass_app
 from ragtune.tuner.args import TuneArgs, field_docs, split_modules
+
+if TYPE_CHECKING:
+    from ragtune.core.manifests import AdapterManifest
 
 
 def _help(name: str) -> str:
@@ -133,31 +136,25 @@ def tune_command() -> click.Command:
     return tune
 
 
-def _print_summary(name: str, m: dict[str, Any]) -> None:
-    met = m.get("metrics", {})
-    click.echo(f"adapter {name}: {m.get('method')} on {m.get('base_model')}")
-    click.echo(
-        f"  data     {m['data']['counts'].get('train')} train / "
-        f"{m['data']['counts'].get('val')} val examples"
-    )
-    click.echo(
-        f"  loss     train {met.get('train_loss')}  val {met.get('val_loss')} "
-        f"(best step {met.get('best_step')} of {met.get('steps')})"
-    )
-    ppl = met.get("perplexity")
-    if ppl:
+def _print_summary(name: str, m: AdapterManifest) -> None:
+    click.echo(f"adapter {name}: {m.method} on {m.base_model}")
+    if m.data:
+        click.echo(f"  data     {m.data.counts.train} train / {m.data.counts.val} val examples")
+    met = m.metrics
+    if met:
         click.echo(
-            f"  general-text perplexity  base {ppl['base']}  tuned {ppl['tuned']} (x{ppl['ratio']})"
+            f"  loss     train {met.train_loss}  val {met.val_loss} "
+            f"(best step {met.best_step} of {met.steps})"
         )
-    click.echo(
-        f"  speed    {met.get('tokens_per_s')} tokens/s; peak RSS {met.get('peak_rss_mb')} MB"
-    )
-    if m.get("raft"):
-        r = m["raft"]
-        click.echo(
-            f"  raft     index {r['index']}@{r['index_version']} k={r['k']} "
-            f"p_oracle={r['p_oracle']}"
-        )
+        ppl = met.perplexity
+        if ppl:
+            click.echo(
+                f"  general-text perplexity  base {ppl.base}  tuned {ppl.tuned} (x{ppl.ratio})"
+            )
+        click.echo(f"  speed    {met.tokens_per_s} tokens/s; peak RSS {met.peak_rss_mb} MB")
+    if m.raft:
+        r = m.raft
+        click.echo(f"  raft     index {r.index}@{r.index_version} k={r.k} p_oracle={r.p_oracle}")
 
 
 @click.group("adapters")
@@ -170,25 +167,28 @@ def adapters() -> None:
 @pass_app
 def list_cmd(app: AppContext, as_json: bool) -> None:
     """One line per adapter: name, method, base model, validation loss, created."""
-    from ragtune.core.registry import list_adapters
+    from ragtune.core.registry import scan_adapters
 
+    found, problems = scan_adapters(app.settings())
+    for e in problems:  # a broken adapter is named, the others still listed
+        click.echo(f"warning: {e.message}", err=True)
     rows = []
-    for info in list_adapters(app.settings()):
+    for info in found:
         m = info.manifest
         rows.append(
             {
                 "name": info.name,
                 "method": info.method,
                 "base_model": info.base_model,
-                "val_loss": m.get("metrics", {}).get("val_loss"),
-                "raft_index": (m.get("raft") or {}).get("index"),
-                "created_at": m.get("created_at"),
+                "val_loss": m.metrics.val_loss if m.metrics else None,
+                "raft_index": m.raft.index if m.raft else None,
+                "created_at": m.created_at,
             }
         )
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    if not rows:
+    if not rows and not problems:
         click.echo("no adapters (train one with: ragtune tune --data FILE --name NAME)")
         return
     for r in rows:
@@ -206,7 +206,8 @@ def show_cmd(app: AppContext, name: str) -> None:
     """Print an adapter's manifest (JSON)."""
     from ragtune.core.registry import get_adapter
 
-    click.echo(json.dumps(get_adapter(app.settings(), name).manifest, indent=2))
+    manifest = get_adapter(app.settings(), name).manifest
+    click.echo(json.dumps(manifest.to_json(), indent=2, sort_keys=True))
 
 
 @adapters.command("rm")

@@ -64,6 +64,18 @@ class AdapterMismatch(RagtuneError):
     title = "Adapter does not match the base model"
 
 
+class ManifestError(RagtuneError):
+    """An index or adapter manifest.json cannot be used: missing, not JSON, a schema version
+    this ragtune does not know, or wrong or missing fields. The message names the file."""
+
+    title = "Unreadable manifest"
+
+    def __init__(self, message: str, *, path: str = "", problem: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+        self.problem = problem
+
+
 class AdapterBusy(RagtuneError):
     """The adapter is generating for running requests, so it cannot be unloaded now."""
 

@@ -5,13 +5,15 @@ Layout of one named index (the indexer writes it; everything else only reads)::
     <data>/indexes/<name>/
         CURRENT                 the live version id (replaced atomically)
         versions/<version>/
-            manifest.json       schema, embedder id + dim, chunker, documents, counts, times
+            manifest.json       core.manifests.IndexManifest: schema version, embedder id +
+                                dim, chunker, per-document table, counts, times
             index.faiss         IndexIDMap2 over IndexFlatIP (exact) or IndexIVFFlat (approximate)
             chunks.jsonl        one chunk a line: {int_id, id, doc_id, text, span, metadata}
 
 Vectors are L2-normalized, so inner product is cosine similarity. A reader loads a version
 whole into memory, so the writer can swap CURRENT (and later delete old versions) while
-requests that hold the old version finish undisturbed.
+requests that hold the old version finish undisturbed. ``open_index`` is the one way to load
+an index (the CLI, the service's ``IndexCache`` and the tuner's RAFT builder all use it).
 """
 
 from __future__ import annotations
@@ -22,16 +24,15 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ragtune.core.config import Settings
 from ragtune.core.errors import IndexMismatch, IndexNotFound, InvalidInput
+from ragtune.core.manifests import MANIFEST, IndexManifest
 from ragtune.core.types import Hit, RetrievalMethod
 
-SCHEMA_VERSION = 1
 CURRENT_FILE = "CURRENT"
 VERSIONS_DIR = "versions"
-MANIFEST = "manifest.json"
 FAISS_FILE = "index.faiss"
 CHUNKS_FILE = "chunks.jsonl"
 
@@ -74,13 +75,26 @@ def list_indexes(settings: Settings) -> list[str]:
     )
 
 
-def read_manifest(settings: Settings, name: str) -> dict[str, Any]:
-    version = current_version(settings, name)
+def _not_found(name: str) -> IndexNotFound:
+    return IndexNotFound(
+        f"index {name!r} not found (build it with: ragtune index PATH --index {name})"
+    )
+
+
+def read_manifest(settings: Settings, name: str, version: str | None = None) -> IndexManifest:
+    """The manifest of the live (or a given) version of an index.
+
+    Raises:
+        IndexNotFound: no such index.
+        ManifestError: the manifest is missing, corrupt or of an unknown schema version.
+    """
+    version = version or current_version(settings, name)
     if version is None:
-        raise IndexNotFound(
-            f"index {name!r} not found (build it with: ragtune index PATH --index {name})"
-        )
-    return json.loads((version_dir(settings, name, version) / MANIFEST).read_text())
+        raise _not_found(name)
+    return IndexManifest.read(
+        version_dir(settings, name, version) / MANIFEST,
+        hint=f"remove the index with `ragtune index rm {name}` and build it again",
+    )
 
 
 _TOKEN_RE = re.compile(r"[a-z0-9]+")
@@ -192,7 +206,7 @@ class LoadedIndex:
 
     name: str
     version: str
-    manifest: dict[str, Any]
+    manifest: IndexManifest
     faiss_index: Any
     chunks: dict[int, dict[str, Any]]  # int_id -> chunk record
     embed: Callable[[list[str]], Any]  # texts -> normalized float32 [n, d]
@@ -317,49 +331,75 @@ def read_chunks(path: Path) -> dict[int, dict[str, Any]]:
     return chunks
 
 
-def check_compatible(manifest: dict[str, Any], embedder_id: str, dim: int) -> None:
+def check_compatible(manifest: IndexManifest, embedder_id: str, dim: int) -> None:
     """Refuse an index built with another embedding model or dimension."""
-    m_id, m_dim = manifest.get("embedding_model"), manifest.get("embedding_dim")
+    m_id, m_dim = manifest.embedding_model, manifest.embedding_dim
     if m_id != embedder_id or m_dim != dim:
         raise IndexMismatch(
-            f"index {manifest.get('name')!r} was built with embedder {m_id!r} ({m_dim}-d), "
+            f"index {manifest.name!r} was built with embedder {m_id!r} ({m_dim}-d), "
             f"but the configured embedder is {embedder_id!r} ({dim}-d); rebuild the index "
             "or set the embedder it was built with"
         )
 
 
-def load_index(
+class IndexEmbedder(Protocol):
+    """What searching needs of an embedder (``core.models.Embedder`` is one)."""
+
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    def encode(self, texts: list[str], batch_size: int = ...) -> Any: ...
+
+
+def _encoder(embedder: IndexEmbedder, batch_size: int) -> Callable[[list[str]], Any]:
+    return lambda texts: embedder.encode(texts, batch_size=batch_size)
+
+
+def _no_embedder(texts: list[str]) -> Any:
+    raise InvalidInput(
+        "this index was opened without an embedder: only BM25 search works", field="retrieval"
+    )
+
+
+def open_index(
     settings: Settings,
     name: str,
-    embedder_id: str,
-    dim: int,
-    embed: Callable[[list[str]], Any],
+    embedder: IndexEmbedder | None,
     version: str | None = None,
 ) -> LoadedIndex:
-    """Load the live (or a given) version of an index, after checking it fits the embedder."""
+    """Load the live (or a given) version of an index, ready to search.
+
+    Args:
+        settings: data dir, embedding batch size, RRF k, IVF nprobe.
+        name: the index.
+        embedder: the embedder queries go through; the index must have been built with it
+            (same model id and dimension). None opens the index for BM25 search only, without
+            loading a model.
+        version: a version id; None takes the live one.
+
+    Raises:
+        IndexNotFound: no such index. ManifestError: its manifest cannot be used.
+        IndexMismatch: it was built with another embedder.
+    """
     import faiss
 
     version = version or current_version(settings, name)
     if version is None:
-        raise IndexNotFound(
-            f"index {name!r} not found (build it with: ragtune index PATH --index {name})"
-        )
+        raise _not_found(name)
+    manifest = read_manifest(settings, name, version)
+    if embedder is not None:
+        check_compatible(manifest, embedder.model_id, embedder.dim)
     vdir = version_dir(settings, name, version)
-    manifest = json.loads((vdir / MANIFEST).read_text())
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise IndexMismatch(
-            f"index {name!r} has schema {manifest.get('schema_version')}, expected {SCHEMA_VERSION}"
-        )
-    check_compatible(manifest, embedder_id, dim)
-    index = faiss.read_index(str(vdir / FAISS_FILE))
-    chunks = read_chunks(vdir / CHUNKS_FILE)
     return LoadedIndex(
         name=name,
         version=version,
         manifest=manifest,
-        faiss_index=index,
-        chunks=chunks,
-        embed=embed,
+        faiss_index=faiss.read_index(str(vdir / FAISS_FILE)),
+        chunks=read_chunks(vdir / CHUNKS_FILE),
+        embed=_no_embedder if embedder is None else _encoder(embedder, settings.embed_batch_size),
         rrf_k=settings.rrf_k,
         nprobe=settings.ivf_nprobe,
     )
@@ -372,13 +412,9 @@ class IndexCache:
     LoadedIndex it got, so a reload never disturbs requests in flight.
     """
 
-    def __init__(
-        self, settings: Settings, embedder_id: str, dim: int, embed: Callable[[list[str]], Any]
-    ) -> None:
+    def __init__(self, settings: Settings, embedder: IndexEmbedder) -> None:
         self.settings = settings
-        self.embedder_id = embedder_id
-        self.dim = dim
-        self.embed = embed
+        self.embedder = embedder
         self._loaded: dict[str, LoadedIndex] = {}
         self._lock = threading.Lock()
 
@@ -393,9 +429,7 @@ class IndexCache:
         with self._lock:
             cached = self._loaded.get(name)
             if cached is None or cached.version != version:
-                cached = load_index(
-                    self.settings, name, self.embedder_id, self.dim, self.embed, version
-                )
+                cached = open_index(self.settings, name, self.embedder, version)
                 self._loaded[name] = cached
         return cached
 

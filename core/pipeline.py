@@ -104,12 +104,7 @@ class Pipeline:
             emb = self.embedder
             with self._lock:
                 if self._indexes is None:
-                    self._indexes = IndexCache(
-                        self.settings,
-                        emb.model_id,
-                        emb.dim,
-                        lambda texts: emb.encode(texts, batch_size=self.settings.embed_batch_size),
-                    )
+                    self._indexes = IndexCache(self.settings, emb)
         return self._indexes
 
     def index(self, name: str | None = None) -> LoadedIndex:

@@ -5,29 +5,35 @@ Layout::
     <data>/adapters/<name>/
         adapter_config.json           \\ a normal peft adapter:
         adapter_model.safetensors     / PeftModel.from_pretrained(base, folder) loads it as is
-        manifest.json                 base model id + fingerprint, prompt template id, data hash
-                                      and counts, hyperparameters, metrics, RAFT index version,
-                                      created time, library versions
+        manifest.json                 core.manifests.AdapterManifest: base model id +
+                                      fingerprint, prompt template id, data hash and counts,
+                                      hyperparameters, metrics, RAFT index version, created
+                                      time, library versions
 
 The tuner trains into a staging folder and calls ``publish`` (atomic rename); readers (service,
 eval) call ``get_adapter``/``list_adapters``. A folder without a manifest is never listed, so a
-killed training run cannot leave an adapter that looks valid.
+killed training run cannot leave an adapter that looks valid. A folder whose manifest cannot
+be read (corrupt, or from an unknown schema version) is left out of ``list_adapters`` with a
+logged warning, so one bad folder does not take the listing (or the service's /v1/models)
+down; ``scan_adapters`` returns those problems for the CLI to show, and ``get_adapter`` raises
+them (ManifestError).
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ragtune.core.atomic import clean_stale, replace_dir
 from ragtune.core.config import Settings
-from ragtune.core.errors import AdapterMismatch, UnknownAdapter
+from ragtune.core.errors import AdapterMismatch, ManifestError, UnknownAdapter
 from ragtune.core.index_store import validate_name
+from ragtune.core.manifests import MANIFEST, AdapterManifest
 
-MANIFEST = "manifest.json"
+log = logging.getLogger(__name__)
+
 ADAPTER_CONFIG = "adapter_config.json"
 
 
@@ -35,19 +41,23 @@ ADAPTER_CONFIG = "adapter_config.json"
 class AdapterInfo:
     name: str
     path: Path
-    manifest: dict[str, Any]
+    manifest: AdapterManifest
 
     @property
     def base_model(self) -> str:
-        return str(self.manifest.get("base_model", ""))
+        return self.manifest.base_model
 
     @property
     def base_fingerprint(self) -> str:
-        return str(self.manifest.get("base_fingerprint", ""))
+        return self.manifest.base_fingerprint or ""
 
     @property
     def method(self) -> str:
-        return str(self.manifest.get("method", "lora"))
+        return self.manifest.method
+
+    @property
+    def created_at(self) -> str | None:
+        return self.manifest.created_at
 
 
 def adapter_dir(settings: Settings, name: str) -> Path:
@@ -61,23 +71,48 @@ def _is_complete(path: Path) -> bool:
     return (path / ADAPTER_CONFIG).is_file() or (path / "config.json").is_file()
 
 
-def list_adapters(settings: Settings) -> list[AdapterInfo]:
+def _read(path: Path) -> AdapterInfo:
+    manifest = AdapterManifest.read(
+        path / MANIFEST,
+        hint=f"remove the adapter with `ragtune adapters rm {path.name}` and train it again",
+    )
+    return AdapterInfo(path.name, path, manifest)
+
+
+def scan_adapters(settings: Settings) -> tuple[list[AdapterInfo], list[ManifestError]]:
+    """Every complete adapter, and the problems of those whose manifest cannot be read."""
     root = settings.adapters_dir
     if not root.is_dir():
-        return []
-    out = []
+        return [], []
+    found, problems = [], []
     for p in sorted(root.iterdir()):
         if p.is_dir() and not p.name.startswith(".") and _is_complete(p):
-            out.append(AdapterInfo(p.name, p, json.loads((p / MANIFEST).read_text())))
-    return out
+            try:
+                found.append(_read(p))
+            except ManifestError as e:
+                problems.append(e)
+    return found, problems
+
+
+def list_adapters(settings: Settings) -> list[AdapterInfo]:
+    """Every adapter whose manifest reads; the others are skipped with a logged warning."""
+    found, problems = scan_adapters(settings)
+    for e in problems:
+        log.warning("skipping adapter: %s", e.message)
+    return found
 
 
 def get_adapter(settings: Settings, name: str) -> AdapterInfo:
-    """The adapter called ``name``; UnknownAdapter if there is none (or only a partial one)."""
+    """The adapter called ``name``.
+
+    Raises:
+        UnknownAdapter: there is none (or only a partial one, e.g. of a killed run).
+        ManifestError: its manifest is corrupt or of an unknown schema version.
+    """
     path = adapter_dir(settings, name)
     if not _is_complete(path):
         raise UnknownAdapter(f"adapter {name!r} not found in the registry", field="adapter")
-    return AdapterInfo(name, path, json.loads((path / MANIFEST).read_text()))
+    return _read(path)
 
 
 def check_base(info: AdapterInfo, base_model_id: str, base_fingerprint: str) -> None:
@@ -102,8 +137,11 @@ def publish(settings: Settings, staged: Path, name: str) -> AdapterInfo:
 
 
 def remove(settings: Settings, name: str) -> None:
-    info = get_adapter(settings, name)
-    shutil.rmtree(info.path)
+    """Delete an adapter folder; one with an unreadable manifest can be removed too."""
+    path = adapter_dir(settings, name)
+    if not _is_complete(path):
+        raise UnknownAdapter(f"adapter {name!r} not found in the registry", field="adapter")
+    shutil.rmtree(path)
 
 
 def clean_registry(settings: Settings) -> int:

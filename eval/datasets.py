@@ -1,8 +1,11 @@
 """Question sets for evaluation: SQuAD-format JSON and a simple JSONL format.
 
-Both load into the same ``QAItem`` list. The gold document id of a SQuAD question is
-``"{title}#p{i}"`` with ``i`` the 0-based paragraph index within its article: exactly the
-id the indexer gives that paragraph, so retrieval can be scored against it.
+Both load into a list of ``core.qa.QARecord``. SQuAD is read by ``core.qa.read_squad``, the
+reader the indexer and the tuner use: a question's gold document id is its paragraph's
+``core.qa.squad_doc_id`` (``"{title}#p{i}"``, ``i`` the 0-based paragraph index within its
+article; ``article<n>`` stands in for a missing title), exactly the id the indexer gives that
+paragraph, so retrieval can be scored against it. SQuAD questions without any answer text
+are skipped (nothing to score them against); any other unusable question is an error naming it.
 
 JSONL: one object a line::
 
@@ -19,38 +22,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ragtune.core.errors import DataError
-
-
-@dataclass(frozen=True)
-class QAItem:
-    """One evaluation question."""
-
-    id: str
-    question: str
-    answers: tuple[str, ...]
-    gold_doc_ids: tuple[str, ...] = ()
-    group: str | None = None  # split unit (SQuAD: the article title)
-    context: str | None = None  # the gold passage (oracle mode)
-
-    @property
-    def split_group(self) -> str:
-        return self.group if self.group is not None else self.id
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["answers"] = list(self.answers)
-        d["gold_doc_ids"] = list(self.gold_doc_ids)
-        return d
-
-
-def squad_doc_id(title: str, paragraph_index: int) -> str:
-    """The document id the indexer gives a SQuAD paragraph."""
-    return f"{title}#p{paragraph_index}"
+from ragtune.core.qa import NO_ANSWER, QARecord, read_squad, squad_title
 
 
 def file_sha256(path: Path) -> str:
@@ -61,42 +37,14 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def read_squad(path: Path) -> dict[str, Any]:
-    """The raw SQuAD JSON (``{"data": [...], "version": ..., ...}``), checked for shape."""
-    try:
-        raw = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise DataError(f"dataset not found: {path}", field="dataset") from e
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path} is not valid JSON: {e}", field="dataset") from e
-    if not isinstance(raw, dict) or not isinstance(raw.get("data"), list):
-        raise DataError(f"{path} is not SQuAD format (no top-level 'data' list)", field="dataset")
-    return raw
-
-
-def squad_items(raw: dict[str, Any]) -> list[QAItem]:
-    """Flatten SQuAD articles -> paragraphs -> questions into ``QAItem``s."""
-    items: list[QAItem] = []
-    for article in raw["data"]:
-        title = str(article.get("title", ""))
-        for i, para in enumerate(article.get("paragraphs", [])):
-            for qa in para.get("qas", []):
-                answers = tuple(
-                    dict.fromkeys(a["text"] for a in qa.get("answers", []) if a.get("text"))
-                )
-                if not answers:
-                    continue  # nothing to score against (a few in this copy of the dev set)
-                items.append(
-                    QAItem(
-                        id=str(qa.get("id") or f"{title}#p{i}#q{len(items)}"),
-                        question=qa["question"],
-                        answers=answers,
-                        gold_doc_ids=(squad_doc_id(title, i),),
-                        group=title,
-                        context=para.get("context"),
-                    )
-                )
-    return items
+def squad_items(path: Path) -> list[QARecord]:
+    """The questions of a SQuAD file that have an answer; other bad questions are an error."""
+    found = read_squad(path, field="dataset")
+    bad = [b for b in found.bad if b.reason != NO_ANSWER]
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise DataError(f"{bad[0]}{more}", field="dataset")
+    return found.records
 
 
 def _str_list(value: Any, name: str, where: str) -> tuple[str, ...]:
@@ -109,9 +57,9 @@ def _str_list(value: Any, name: str, where: str) -> tuple[str, ...]:
     raise DataError(f"{where}: '{name}' must be a string or a list of strings", field="dataset")
 
 
-def jsonl_items(path: Path) -> list[QAItem]:
+def jsonl_items(path: Path) -> list[QARecord]:
     """Read the JSONL format described in the module docstring; errors name the line."""
-    items: list[QAItem] = []
+    items: list[QARecord] = []
     seen: set[str] = set()
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -139,13 +87,14 @@ def jsonl_items(path: Path) -> list[QAItem]:
             group = obj.get("group")
             context = obj.get("context")
             items.append(
-                QAItem(
+                QARecord(
                     id=qid,
                     question=question.strip(),
                     answers=answers,
                     gold_doc_ids=gold,
                     group=None if group is None else str(group),
                     context=context if isinstance(context, str) and context.strip() else None,
+                    source=f"{Path(path).name}:{n}",
                 )
             )
     return items
@@ -155,30 +104,44 @@ def is_squad_file(path: Path) -> bool:
     return Path(path).suffix.lower() == ".json"
 
 
-def load_items(path: Path) -> list[QAItem]:
+def load_items(path: Path) -> list[QARecord]:
     """Load a dataset file: ``.json`` = SQuAD format, anything else = JSONL."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"dataset not found: {path}", field="dataset")
-    items = squad_items(read_squad(path)) if is_squad_file(path) else jsonl_items(path)
+    items = squad_items(path) if is_squad_file(path) else jsonl_items(path)
     if not items:
         raise DataError(f"{path.name} holds no questions with answers", field="dataset")
     return items
 
 
-def write_jsonl(path: Path, items: Iterable[QAItem]) -> None:
+def write_jsonl(path: Path, items: Iterable[QARecord]) -> None:
     """Write items in the JSONL format (round-trips through ``jsonl_items``)."""
     with open(path, "w", encoding="utf-8") as f:
         for it in items:
-            f.write(json.dumps(it.to_dict(), ensure_ascii=False) + "\n")
+            rec = {
+                "id": it.id,
+                "question": it.question,
+                "answers": list(it.answers),
+                "gold_doc_ids": list(it.gold_doc_ids),
+                "group": it.group,
+                "context": it.context,
+            }
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
 
 
 def subset_squad(raw: dict[str, Any], titles: Sequence[str]) -> dict[str, Any]:
-    """The articles named in ``titles`` (whole: paragraph indices, hence doc ids, unchanged).
+    """The articles named in ``titles`` (``core.qa.squad_titles``), whole.
 
-    Every other top-level key (``version``, BIG-bench's ``canary``) is kept as it is.
+    Paragraph indices stay, and an article without a title gets the ``article<n>`` it had in
+    ``raw`` written in, so every document id is the same in the subset as in ``raw``. Every
+    other top-level key (``version``, BIG-bench's ``canary``) is kept as it is.
     """
     keep = set(titles)
     out = {k: v for k, v in raw.items() if k != "data"}
-    out["data"] = [a for a in raw["data"] if a.get("title") in keep]
+    out["data"] = [
+        {**a, "title": squad_title(a, i)}
+        for i, a in enumerate(raw["data"])
+        if isinstance(a, dict) and squad_title(a, i) in keep
+    ]
     return out

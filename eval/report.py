@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ragtune.core.atomic import write_text_atomic
-from ragtune.eval.datasets import QAItem
+from ragtune.core.qa import QARecord
 from ragtune.eval.plots import make_plots
 from ragtune.eval.variants import Variant
 
@@ -98,7 +98,7 @@ def pair_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def disagreements(
-    records: Sequence[dict[str, Any]], items: Sequence[QAItem], names: Sequence[str]
+    records: Sequence[dict[str, Any]], items: Sequence[QARecord], names: Sequence[str]
 ) -> list[dict[str, Any]]:
     """Questions where the modes' F1 differ most (at least 0.5 apart), largest spread first."""
     by_key = {(r.get("variant"), r.get("qid")): r for r in records if r.get("kind") == "answer"}
@@ -212,7 +212,7 @@ def write_report(
     out_dir: Path,
     summary: dict[str, Any],
     records: Sequence[dict[str, Any]],
-    items: Sequence[QAItem],
+    items: Sequence[QARecord],
     variants: Sequence[Variant],
 ) -> tuple[Path, Path]:
     """Write plots/, report.md and report.html into ``out_dir``; return the two reports."""

@@ -6,6 +6,9 @@ recall@k curve). A rerun with the same folder skips what is already there, so an
 run continues where it stopped. Questions are walked in batches of ``batch_size``, each batch
 through every variant, so a half-finished run still compares all variants on the same
 questions.
+
+``run_eval`` reads as its four steps: ``plan_run`` -> ``start_run_folder`` -> ``answer_all``
+-> ``summarize_run``.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ from typing import Any
 from ragtune.core.atomic import write_json_atomic
 from ragtune.core.errors import InvalidInput
 from ragtune.core.pipeline import QueryRequest
+from ragtune.core.qa import QARecord
 from ragtune.core.types import Answer, Hit
-from ragtune.eval.datasets import QAItem, file_sha256, load_items
+from ragtune.eval.datasets import file_sha256, load_items
 from ragtune.eval.metrics import answer_in_context, answer_scores, retrieval_scores
 from ragtune.eval.split import SplitSpec, sample_items, select_split
 from ragtune.eval.targets import Target
@@ -76,7 +80,14 @@ class RunConfig:
             vals["dataset"] = str((base_dir / vals["dataset"]).resolve())
         if isinstance(vals.get("modes"), str):
             vals["modes"] = [m for m in vals["modes"].split(",") if m.strip()]
-        return cls(**vals)
+        from pydantic import TypeAdapter, ValidationError
+
+        try:  # types checked (a TOML "8" is taken as 8), so that a bad one names its key
+            return TypeAdapter(cls).validate_python(vals)
+        except ValidationError as e:
+            err = e.errors()[0]
+            key = ".".join(str(x) for x in err["loc"])
+            raise InvalidInput(f"eval setting {key}: {err['msg']}", field="config") from e
 
     def variants(self) -> list[Variant]:
         return expand_variants(
@@ -102,7 +113,7 @@ class RunConfig:
         return asdict(self)
 
 
-def select_items(config: RunConfig) -> list[QAItem]:
+def select_items(config: RunConfig) -> list[QARecord]:
     """The questions of this run: dataset -> split side -> seeded sample of ``limit``."""
     items = load_items(Path(config.dataset))
     items = select_split(items, config.split, config.split_spec())
@@ -169,7 +180,7 @@ def _doc_ids(hits: Sequence[Hit]) -> list[str]:
 
 def answer_record(
     v: Variant,
-    item: QAItem,
+    item: QARecord,
     ans: Answer,
     batch_ms: float,
     batch_n: int,
@@ -206,7 +217,7 @@ def answer_record(
     return rec
 
 
-def retrieval_record(item: QAItem, hits: Sequence[Hit], ks: Sequence[int]) -> dict[str, Any]:
+def retrieval_record(item: QARecord, hits: Sequence[Hit], ks: Sequence[int]) -> dict[str, Any]:
     ranked = _doc_ids(hits)
     rec: dict[str, Any] = {
         "kind": "retrieval",
@@ -222,7 +233,7 @@ def retrieval_record(item: QAItem, hits: Sequence[Hit], ks: Sequence[int]) -> di
     return rec
 
 
-def _request(v: Variant, item: QAItem, c: RunConfig) -> QueryRequest:
+def _request(v: Variant, item: QARecord, c: RunConfig) -> QueryRequest:
     contexts = None
     if v.kind == "oracle":
         if not item.context:
@@ -244,12 +255,190 @@ def _request(v: Variant, item: QAItem, c: RunConfig) -> QueryRequest:
     )
 
 
-def _chunks(xs: Sequence[QAItem], n: int) -> Iterator[Sequence[QAItem]]:
+def _chunks(xs: Sequence[QARecord], n: int) -> Iterator[Sequence[QARecord]]:
     for i in range(0, len(xs), n):
         yield xs[i : i + n]
 
 
 # --- the run --------------------------------------------------------------------------------
+
+
+def run_eval(
+    config: RunConfig,
+    target: Target,
+    out_dir: Path,
+    *,
+    progress: bool = True,
+    stop_after: int | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Run (or continue) an evaluation into ``out_dir``; return the summary.
+
+    Args:
+        config: what to evaluate.
+        target: the pipeline or a service.
+        out_dir: the run folder; results already in it are kept and skipped.
+        progress: show a tqdm bar (stderr).
+        stop_after: stop after this many new answer records (tests use it to simulate an
+            interruption; the summary and report are then not written, and {} is returned).
+        on_batch: called with the number of answers written so far (for tests and logs).
+    """
+    plan = plan_run(config)  # 1. variants x questions; bad input fails before any work
+    start_run_folder(out_dir, plan, target)  # 2. config.json; refuses another run's folder
+    finished = answer_all(  # 3. every batch of questions in every variant -> results.jsonl
+        plan,
+        target,
+        out_dir / RESULTS,
+        desc=f"eval {out_dir.name}",
+        progress=progress,
+        stop_after=stop_after,
+        on_batch=on_batch,
+    )
+    if not finished:
+        return {}
+    return summarize_run(out_dir, plan)  # 4. summary.json, report.md, report.html, plots
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    """The run's variants and questions, checked."""
+
+    config: RunConfig
+    variants: list[Variant]
+    items: list[QARecord]
+
+    @property
+    def retrieves(self) -> bool:
+        return any(v.retrieves for v in self.variants)
+
+
+def plan_run(config: RunConfig) -> EvalPlan:
+    """Check the config and pick the questions; the oracle needs every gold passage."""
+    config.validate()
+    variants = config.variants()
+    items = select_items(config)
+    if any(v.kind == "oracle" for v in variants) and not all(it.context for it in items):
+        raise InvalidInput(
+            "the oracle mode needs a gold passage for every question (SQuAD data or a "
+            "'context' field in the JSONL)",
+            field="modes",
+        )
+    return EvalPlan(config, variants, items)
+
+
+def start_run_folder(out_dir: Path, plan: EvalPlan, target: Target) -> None:
+    """Write config.json, after checking that a folder being continued holds this same run.
+
+    The target's fingerprint (adapter and index versions) raises early when an adapter or
+    the index does not exist, and goes into config.json: answers from a retrained adapter
+    or a rebuilt index must not mix with older ones.
+    """
+    config = plan.config
+    index = (config.index or getattr(target, "default_index", None)) if plan.retrieves else None
+    meta = {
+        **config.to_dict(),
+        "dataset_sha256": file_sha256(Path(config.dataset)),
+        "variants": [v.name for v in plan.variants],
+        "target": target.describe(),
+        "versions": target.fingerprint([v.adapter for v in plan.variants if v.adapter], index),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_resume(out_dir, meta)
+    write_json_atomic(out_dir / CONFIG, {**meta, "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+
+def answer_all(
+    plan: EvalPlan,
+    target: Target,
+    results: Path,
+    *,
+    desc: str = "eval",
+    progress: bool = True,
+    stop_after: int | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> bool:
+    """Walk the questions in batches of ``batch_size``; per batch, first the retrieval
+    records, then each variant's answers. What ``results`` already holds is skipped.
+
+    Returns False when ``stop_after`` new answers cut the run short.
+    """
+    from tqdm import tqdm
+
+    config, items, variants = plan.config, plan.items, plan.variants
+    done = {(r.get("variant"), r.get("qid")) for r in read_results(results)}
+    already = sum((v.name, it.id) in done for v in variants for it in items)
+    writer = ResultsWriter(results)
+    bar = tqdm(
+        total=len(items) * len(variants),
+        initial=already,
+        desc=desc,
+        unit="ans",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    written = 0
+    try:
+        for chunk in _chunks(items, config.batch_size):
+            if plan.retrieves:
+                writer.write(_retrieval_records(config, target, chunk, done))
+            for v in variants:
+                pending = [it for it in chunk if (v.name, it.id) not in done]
+                if not pending:
+                    continue
+                if stop_after is not None and written >= stop_after:
+                    return False
+                bar.set_postfix_str(v.name, refresh=False)
+                writer.write(_answer_records(config, target, v, pending))
+                written += len(pending)
+                bar.update(len(pending))
+                if on_batch is not None:
+                    on_batch(written)
+    finally:
+        writer.close()
+        bar.close()
+    return True
+
+
+def _retrieval_records(
+    config: RunConfig, target: Target, chunk: Sequence[QARecord], done: set[tuple[Any, Any]]
+) -> list[dict[str, Any]]:
+    """The top-``retrieve_k`` ranking of each new question (for the recall@k curve)."""
+    recs = []
+    for it in chunk:
+        if (RETRIEVAL, it.id) in done:
+            continue
+        hits = target.retrieve(it.question, config.index, config.retrieve_k, config.retrieval or "")
+        if hits is not None:  # a target that cannot retrieve on its own (a service) gives None
+            recs.append(retrieval_record(it, hits, config.recall_ks))
+    return recs
+
+
+def _answer_records(
+    config: RunConfig, target: Target, v: Variant, pending: Sequence[QARecord]
+) -> list[dict[str, Any]]:
+    """Answer ``pending`` in variant ``v`` as one batch; one scored record per question."""
+    t0 = time.perf_counter()
+    answers = target.answer_batch([_request(v, it, config) for it in pending])
+    batch_ms = (time.perf_counter() - t0) * 1000
+    gen_ms = max(a.timings.generate_ms for a in answers)
+    return [
+        answer_record(v, it, a, batch_ms, len(pending), gen_ms)
+        for it, a in zip(pending, answers, strict=True)
+    ]
+
+
+def summarize_run(out_dir: Path, plan: EvalPlan) -> dict[str, Any]:
+    """Score every record of the run's questions; write summary.json and the report."""
+    from ragtune.eval.report import write_report
+    from ragtune.eval.summary import summarize
+
+    records = read_results(out_dir / RESULTS)
+    items, variants = plan.items, plan.variants
+    gold = {it.id: list(it.gold_doc_ids) for it in items}
+    summary = summarize(records, variants, [it.id for it in items], plan.config, gold)
+    write_json_atomic(out_dir / SUMMARY, summary)
+    write_report(out_dir, summary, records, items, variants)
+    return summary
 
 
 def _check_resume(out_dir: Path, config: dict[str, Any]) -> None:
@@ -275,112 +464,3 @@ def _check_resume(out_dir: Path, config: dict[str, Any]) -> None:
             "choose a new --out folder, or delete that one to start over",
             field="out",
         )
-
-
-def run_eval(
-    config: RunConfig,
-    target: Target,
-    out_dir: Path,
-    *,
-    progress: bool = True,
-    stop_after: int | None = None,
-    on_batch: Callable[[int], None] | None = None,
-) -> dict[str, Any]:
-    """Run (or continue) an evaluation into ``out_dir``; return the summary.
-
-    Args:
-        config: what to evaluate.
-        target: the pipeline or a service.
-        out_dir: the run folder; results already in it are kept and skipped.
-        progress: show a tqdm bar (stderr).
-        stop_after: stop after this many new answer records (tests use it to simulate an
-            interruption; the summary and report are then not written).
-        on_batch: called with the number of answers written so far (for tests and logs).
-    """
-    from tqdm import tqdm
-
-    from ragtune.eval.report import write_report
-    from ragtune.eval.summary import summarize
-
-    config.validate()
-    variants = config.variants()
-    items = select_items(config)
-    need_oracle = any(v.kind == "oracle" for v in variants)
-    if need_oracle and not all(it.context for it in items):
-        raise InvalidInput(
-            "the oracle mode needs a gold passage for every question (SQuAD data or a "
-            "'context' field in the JSONL)",
-            field="modes",
-        )
-    retrieves = any(v.retrieves for v in variants)
-    index = (config.index or getattr(target, "default_index", None)) if retrieves else None
-    meta = {
-        **config.to_dict(),
-        "dataset_sha256": file_sha256(Path(config.dataset)),
-        "variants": [v.name for v in variants],
-        "target": target.describe(),
-        # checked on resume: answers from a retrained adapter or a rebuilt index must not mix
-        "versions": target.fingerprint([v.adapter for v in variants if v.adapter], index),
-    }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _check_resume(out_dir, meta)
-    write_json_atomic(out_dir / CONFIG, {**meta, "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
-
-    results_path = out_dir / RESULTS
-    done = {(r.get("variant"), r.get("qid")) for r in read_results(results_path)}
-    total = len(items) * len(variants)
-    already = sum((v.name, it.id) in done for v in variants for it in items)
-    writer = ResultsWriter(results_path)
-    written = 0
-    bar = tqdm(
-        total=total,
-        initial=already,
-        desc=f"eval {out_dir.name}",
-        unit="ans",
-        disable=not progress,
-        dynamic_ncols=True,
-    )
-    try:
-        for chunk in _chunks(items, config.batch_size):
-            if retrieves:
-                recs = []
-                for it in chunk:
-                    if (RETRIEVAL, it.id) in done:
-                        continue
-                    hits = target.retrieve(
-                        it.question, config.index, config.retrieve_k, config.retrieval or ""
-                    )
-                    if hits is not None:
-                        recs.append(retrieval_record(it, hits, config.recall_ks))
-                writer.write(recs)
-            for v in variants:
-                pending = [it for it in chunk if (v.name, it.id) not in done]
-                if not pending:
-                    continue
-                if stop_after is not None and written >= stop_after:
-                    return {}
-                bar.set_postfix_str(v.name, refresh=False)
-                t0 = time.perf_counter()
-                answers = target.answer_batch([_request(v, it, config) for it in pending])
-                batch_ms = (time.perf_counter() - t0) * 1000
-                gen_ms = max(a.timings.generate_ms for a in answers)
-                writer.write(
-                    [
-                        answer_record(v, it, a, batch_ms, len(pending), gen_ms)
-                        for it, a in zip(pending, answers, strict=True)
-                    ]
-                )
-                written += len(pending)
-                bar.update(len(pending))
-                if on_batch is not None:
-                    on_batch(written)
-    finally:
-        writer.close()
-        bar.close()
-
-    records = read_results(results_path)
-    gold = {it.id: list(it.gold_doc_ids) for it in items}
-    summary = summarize(records, variants, [it.id for it in items], config, gold)
-    write_json_atomic(out_dir / SUMMARY, summary)
-    write_report(out_dir, summary, records, items, variants)
-    return summary

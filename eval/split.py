@@ -1,9 +1,10 @@
 """The train/test split: by group (SQuAD: by article), seeded, the same for every mode.
 
-How it works, so anyone can reproduce it by hand:
+How it works, so anyone can reproduce it by hand (``core.split.hold_out_groups``, the
+splitter the tuner's validation split uses too, with every group of size 1):
 
-1. Take the distinct groups (``QAItem.group``; an item without one is its own group) and
-   sort them by name.
+1. Take the distinct groups (``QARecord.split_group``: SQuAD's article title; an item
+   without a group is its own group) and sort them by name.
 2. Shuffle that list with ``random.Random(seed)``.
 3. The first ``round(n_groups * test_fraction)`` groups (at least 1, at most n-1) are the
    test groups; the rest are train. An explicit ``test_groups`` list replaces steps 1-3.
@@ -24,7 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ragtune.core.errors import InvalidInput
-from ragtune.eval.datasets import QAItem
+from ragtune.core.qa import QARecord
+from ragtune.core.split import hold_out_groups
 
 SPLITS = ("all", "train", "test")
 
@@ -58,14 +60,13 @@ def split_groups(groups: Sequence[str], spec: SplitSpec) -> tuple[list[str], lis
                 "cannot split a dataset with fewer than 2 groups into train and test",
                 field="split",
             )
-        order = list(distinct)
-        random.Random(spec.seed).shuffle(order)
-        n_test = min(max(1, round(len(order) * spec.test_fraction)), len(order) - 1)
-        test = set(order[:n_test])
+        test = set(hold_out_groups(dict.fromkeys(distinct, 1), spec.test_fraction, spec.seed))
     return [g for g in distinct if g not in test], [g for g in distinct if g in test]
 
 
-def split_items(items: Sequence[QAItem], spec: SplitSpec) -> tuple[list[QAItem], list[QAItem]]:
+def split_items(
+    items: Sequence[QARecord], spec: SplitSpec
+) -> tuple[list[QARecord], list[QARecord]]:
     """Split items by group; returns (train, test) keeping the dataset order."""
     _, test_groups = split_groups([it.split_group for it in items], spec)
     test = set(test_groups)
@@ -75,7 +76,7 @@ def split_items(items: Sequence[QAItem], spec: SplitSpec) -> tuple[list[QAItem],
     )
 
 
-def select_split(items: Sequence[QAItem], split: str, spec: SplitSpec) -> list[QAItem]:
+def select_split(items: Sequence[QARecord], split: str, spec: SplitSpec) -> list[QARecord]:
     """The items of one side: ``all`` (no split), ``train`` or ``test``."""
     if split not in SPLITS:
         raise InvalidInput(f"split must be one of {', '.join(SPLITS)}", field="split")
@@ -85,7 +86,7 @@ def select_split(items: Sequence[QAItem], split: str, spec: SplitSpec) -> list[Q
     return train if split == "train" else test
 
 
-def sample_items(items: Sequence[QAItem], limit: int | None, seed: int) -> list[QAItem]:
+def sample_items(items: Sequence[QARecord], limit: int | None, seed: int) -> list[QARecord]:
     """A seeded sample of ``limit`` items (prefix-stable: limit 50 is inside limit 100)."""
     if limit is None or limit >= len(items):
         return list(items)

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ragtune.eval.metrics import percentile
 from ragtune.eval.stats import bootstrap_ci, mcnemar, paired_bootstrap
 from ragtune.eval.variants import Variant
+
+if TYPE_CHECKING:  # the runner imports this module when it summarizes
+    from ragtune.eval.runner import RunConfig
 
 ANSWER_METRICS = ("em", "f1", "rouge_l")
 
@@ -100,12 +103,12 @@ def summarize(
     records: Sequence[dict[str, Any]],
     variants: Sequence[Variant],
     qids: Sequence[str],
-    config: Any,
+    config: RunConfig,
     gold: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
     """The whole summary.json: per-variant metrics, retrieval, pairwise tests, verdict."""
-    n_boot = getattr(config, "n_boot", 10_000)
-    ks = list(getattr(config, "recall_ks", [1, 2, 3, 5, 10]))
+    n_boot = config.n_boot
+    ks = list(config.recall_ks)
     by_key = _index(records)
     names = [v.name for v in variants]
     per: dict[str, list[dict[str, Any]]] = {

@@ -10,27 +10,26 @@ import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from ragtune.core.config import Settings
 from ragtune.core.errors import IndexNotFound
-from ragtune.core.index_store import (
-    FAISS_FILE,
-    VERSIONS_DIR,
-    current_version,
-    index_dir,
-    list_indexes,
-    read_manifest,
-    validate_name,
-    version_dir,
-)
+from ragtune.core.index_store import VERSIONS_DIR, current_version, index_dir, validate_name
 from ragtune.core.models import Embedder
 from ragtune.indexer.build import index_lock, update_index
 from ragtune.indexer.loaders import load_paths, squad_doc_id
+from ragtune.indexer.overview import (
+    IndexDescription,
+    IndexOverview,
+    describe_index,
+    index_overview,
+    list_overviews,
+)
 from ragtune.indexer.summary import Counts, IndexSummary
 
 __all__ = [
     "Counts",
+    "IndexDescription",
+    "IndexOverview",
     "IndexSummary",
     "build_index",
     "describe_index",
@@ -84,46 +83,6 @@ def build_index(
         progress=progress,
         started=started,
     )
-
-
-def index_overview(settings: Settings, name: str) -> dict[str, Any]:
-    """A short description of one index (no document table): for ``index list`` and ``show``."""
-    m = read_manifest(settings, name)
-    vdir = version_dir(settings, name, m["version"])
-    size = sum(f.stat().st_size for f in vdir.iterdir() if f.is_file())
-    return {
-        "name": name,
-        "version": m["version"],
-        "previous_version": m.get("previous_version"),
-        "documents": m["counts"]["documents"],
-        "chunks": m["counts"]["chunks"],
-        "embedding_model": m["embedding_model"],
-        "embedding_dim": m["embedding_dim"],
-        "index_type": m["index_type"],
-        "ivf": m.get("ivf") if m["index_type"] == "ivf" else None,
-        "chunker": m.get("chunker"),
-        "created": m.get("created"),
-        "updated": m.get("updated"),
-        "bytes": size,
-        "faiss_bytes": (vdir / FAISS_FILE).stat().st_size,
-    }
-
-
-def describe_index(settings: Settings, name: str, max_documents: int = 20) -> dict[str, Any]:
-    """``index_overview`` plus the sources and a sample of document ids."""
-    m = read_manifest(settings, name)
-    out = index_overview(settings, name)
-    docs = m.get("documents", {})
-    sources: dict[str, int] = {}
-    for info in docs.values():
-        sources[info.get("source", "?")] = sources.get(info.get("source", "?"), 0) + 1
-    out["sources"] = dict(sorted(sources.items()))
-    out["document_ids"] = sorted(docs)[:max_documents]
-    return out
-
-
-def list_overviews(settings: Settings) -> list[dict[str, Any]]:
-    return [index_overview(settings, n) for n in list_indexes(settings)]
 
 
 def remove_index(settings: Settings, name: str) -> str:

@@ -31,22 +31,29 @@ import numpy as np
 
 from ragtune.core.atomic import clean_stale, fsync_dir, staging_dir, write_text_atomic
 from ragtune.core.config import Settings
-from ragtune.core.errors import DataError, IndexMismatch, InsufficientResources, InvalidInput
+from ragtune.core.errors import DataError, InsufficientResources, InvalidInput
 from ragtune.core.index_store import (
     CHUNKS_FILE,
     CURRENT_FILE,
     FAISS_FILE,
-    MANIFEST,
-    SCHEMA_VERSION,
     VERSIONS_DIR,
     check_compatible,
     current_version,
     index_dir,
     read_chunks,
+    read_manifest,
+    version_dir,
+)
+from ragtune.core.manifests import (
+    MANIFEST,
+    ChunkerConfig,
+    DocumentEntry,
+    IndexCounts,
+    IndexManifest,
 )
 from ragtune.core.models import Embedder
 from ragtune.core.types import Chunk, Document
-from ragtune.indexer.chunking import Chunker, ChunkerConfig
+from ragtune.indexer.chunking import Chunker
 from ragtune.indexer.faiss_ops import IndexKind, updated_index
 from ragtune.indexer.loaders import LoadResult
 from ragtune.indexer.summary import IndexSummary
@@ -93,7 +100,7 @@ class Plan:
 
 
 def plan(
-    loaded: LoadResult, old_docs: dict[str, dict[str, Any]], prune: bool, rechunk_all: bool
+    loaded: LoadResult, old_docs: dict[str, DocumentEntry], prune: bool, rechunk_all: bool
 ) -> Plan:
     """Sort documents into added / updated / unchanged / removed / kept.
 
@@ -108,7 +115,7 @@ def plan(
         old = old_docs.get(doc.id)
         if old is None:
             p.added.append(doc)
-        elif rechunk_all or old.get("sha256") != doc.sha256:
+        elif rechunk_all or old.sha256 != doc.sha256:
             p.updated.append(doc)
         else:
             p.unchanged.append(doc.id)
@@ -120,7 +127,7 @@ def plan(
     for doc_id, info in old_docs.items():
         if doc_id in seen:
             continue
-        if prune_now and info.get("source") not in loaded.failed_sources:
+        if prune_now and info.source not in loaded.failed_sources:
             p.removed.append(doc_id)
         else:
             p.kept.append(doc_id)
@@ -161,22 +168,6 @@ def chunk_record(int_id: int, chunk: Chunk) -> dict[str, Any]:
     }
 
 
-def _read_old(vdir: Path, name: str) -> dict[str, Any]:
-    try:
-        manifest = json.loads((vdir / MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise IndexMismatch(
-            f"index {name!r}: its live version cannot be read ({type(e).__name__}); "
-            f"remove it with: ragtune index rm {name}"
-        ) from e
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise IndexMismatch(
-            f"index {name!r} has schema {manifest.get('schema_version')}, expected "
-            f"{SCHEMA_VERSION}; rebuild it under a new name or remove it"
-        )
-    return manifest
-
-
 def _check_disk(path: Path, n_chunks: int, dim: int, text_bytes: int) -> None:
     """Refuse early rather than fail half-way: vectors + chunk text, twice over for safety."""
     need = 2 * (n_chunks * dim * 4 + text_bytes) + (1 << 20)
@@ -194,6 +185,39 @@ def _remove_old_versions(vroot: Path, keep: set[str]) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
+@dataclass(frozen=True)
+class Live:
+    """The version a run starts from (all None for a new index)."""
+
+    version: str | None = None
+    manifest: IndexManifest | None = None
+    folder: Path | None = None
+
+    @property
+    def documents(self) -> dict[str, DocumentEntry]:
+        return self.manifest.documents if self.manifest else {}
+
+    def built_as(self, settings: Settings) -> bool:
+        """Built with the index type and IVF cells the settings ask for (else: rebuild)."""
+        m = self.manifest
+        return m is not None and (
+            m.requested_index_type == settings.index_type
+            and m.ivf.requested_nlist == settings.ivf_nlist
+        )
+
+
+@dataclass
+class Edit:
+    """What the next version changes: new chunks with fresh ids, and chunk ids dropped."""
+
+    chunks: list[Chunk]
+    ids: np.ndarray  # int64 id of each new chunk, from the live version's next_int_id on
+    next_int_id: int  # the first id the version after this one will give
+    drop: list[int]  # chunks of removed and updated documents
+    keep: list[str]  # documents whose chunks and vectors are kept as they are
+    todo: list[Document]  # documents (re-)chunked in this run
+
+
 def update_index(
     settings: Settings,
     name: str,
@@ -204,185 +228,217 @@ def update_index(
     progress: bool,
     started: float | None = None,
 ) -> IndexSummary:
-    """Bring index ``name`` in line with ``loaded``; see the module docstring."""
+    """Bring index ``name`` in line with ``loaded``; see the module docstring.
+
+    lock -> clean leftovers -> read the live version -> plan -> (nothing changed: done)
+    -> chunk what changed -> write the next version -> swap CURRENT -> drop old versions.
+    """
     started = time.perf_counter() if started is None else started
+    if not loaded.documents:
+        detail = "; ".join(str(i) for i in loaded.issues[:10]) or "no supported files found"
+        raise DataError(f"nothing to index: {detail}")
     idir = index_dir(settings, name)
     vroot = idir / VERSIONS_DIR
-    errors = [str(i) for i in loaded.issues]
-    if not loaded.documents:
-        detail = "; ".join(errors[:10]) or "no supported files found"
-        raise DataError(f"nothing to index: {detail}")
     vroot.mkdir(parents=True, exist_ok=True)
     with index_lock(idir):
         # Leftovers of killed runs: staging folders, half-removed indexes.
         cleaned = clean_stale(idir) + clean_stale(vroot) + clean_stale(settings.indexes_dir)
-        old_version = current_version(settings, name)
-        old_manifest: dict[str, Any] | None = None
-        if old_version is not None:
-            old_manifest = _read_old(vroot / old_version, name)
-            check_compatible(old_manifest, embedder.model_id, embedder.dim)
+        live = read_live(settings, name, embedder)
         chunker = Chunker(
             embedder.tokenizer, settings.chunk_size, settings.chunk_overlap, embedder.max_seq_length
         )
-        cfg = ChunkerConfig(chunker.size, chunker.overlap, embedder.model_id).to_dict()
-        old_docs: dict[str, dict[str, Any]] = (old_manifest or {}).get("documents", {})
-        rechunk_all = old_manifest is not None and old_manifest.get("chunker") != cfg
-        p = plan(loaded, old_docs, prune, rechunk_all)
-        if p.prune_note:
-            errors.append(p.prune_note)
+        cfg = chunker.config(embedder.model_id)
+        rechunk_all = live.manifest is not None and live.manifest.chunker != cfg
+        p = plan(loaded, live.documents, prune, rechunk_all)
+        summary = planned_summary(name, loaded, live, p, prune, cleaned)
+        if live.manifest is not None and not p.changes and live.built_as(settings):
+            return finished(summary, live.manifest, started)  # no new version
 
-        summary = IndexSummary(
-            name=name,
-            version=old_version,
-            previous_version=(old_manifest or {}).get("previous_version"),
-            changed=False,
-            pruned=prune and p.prune_note is None,
-            files=loaded.files,
-            skipped_files=loaded.skipped_files,
-            cleaned=cleaned,
-            errors=errors,
-        )
-        d, c = summary.documents, summary.chunks
-        d.added, d.updated, d.removed = len(p.added), len(p.updated), len(p.removed)
-        d.unchanged, d.kept = len(p.unchanged), len(p.kept)
-        c.unchanged = sum(len(old_docs[i]["chunks"]) for i in p.unchanged)
-        c.kept = sum(len(old_docs[i]["chunks"]) for i in p.kept)
-        same_kind = old_manifest is not None and (
-            old_manifest.get("requested_index_type") == settings.index_type
-            and (old_manifest.get("ivf") or {}).get("requested_nlist", 0) == settings.ivf_nlist
-        )
-        if old_manifest is not None and not p.changes and same_kind:
-            summary.total_documents = len(old_docs)
-            summary.total_chunks = int(old_manifest.get("counts", {}).get("chunks", 0))
-            summary.index_type = old_manifest.get("index_type", "flat")
-            summary.seconds = round(time.perf_counter() - started, 3)
-            return summary
-
-        # Chunk what changed and give the new chunks fresh ids (ids are never reused, so a
-        # reader holding the old version can never confuse an old chunk with a new one).
-        todo = p.added + p.updated
-        chunks = chunker.chunk_documents(todo)
-        next_id = int((old_manifest or {}).get("next_int_id", 0))
-        new_ids = np.arange(next_id, next_id + len(chunks), dtype=np.int64)
-        next_id += len(chunks)
-        added_ids = {doc.id for doc in p.added}
-        c.added = sum(1 for ch in chunks if ch.doc_id in added_ids)
-        c.updated = len(chunks) - c.added
-        drop = [cid for i in p.removed + [x.id for x in p.updated] for cid in old_docs[i]["chunks"]]
-        c.removed = len(drop)
-        _check_disk(vroot, len(chunks), embedder.dim, sum(len(ch.text) for ch in chunks))
-
-        version = new_version_id()
-        try:
-            with staging_dir(vroot, f"{version}-") as tmp:
-                t_embed = time.perf_counter()
-                lengths = [len(ch.text) for ch in chunks]
-                vecs = embed_chunks(
-                    embedder,
-                    [ch.text for ch in chunks],
-                    lengths,
-                    settings.embed_batch_size,
-                    progress,
-                )
-                summary.embed_seconds = round(time.perf_counter() - t_embed, 3)
-                old_index = old_kind = None
-                if old_version is not None and old_manifest is not None:
-                    import faiss
-
-                    old_index = faiss.read_index(str(vroot / old_version / FAISS_FILE))
-                    old_kind = IndexKind.from_manifest(old_manifest)
-                index, kind = updated_index(
-                    old_index,
-                    old_kind,
-                    np.asarray(drop, dtype=np.int64),
-                    new_ids,
-                    vecs,
-                    settings.index_type,
-                    settings.ivf_nlist,
-                    embedder.dim,
-                    rebuild=not same_kind,  # index_type/ivf_nlist changed: rebuild from vectors
-                )
-                import faiss
-
-                faiss.write_index(index, str(tmp / FAISS_FILE))
-                docs_out = _write_chunks(
-                    tmp / CHUNKS_FILE,
-                    vroot / old_version / CHUNKS_FILE if old_version else None,
-                    old_docs,
-                    p.unchanged + p.kept,
-                    chunks,
-                    new_ids,
-                    todo,
-                )
-                now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-                manifest = {
-                    "schema_version": SCHEMA_VERSION,
-                    "name": name,
-                    "version": version,
-                    "previous_version": old_version,
-                    "created": (old_manifest or {}).get("created", now),
-                    "updated": now,
-                    "embedding_model": embedder.model_id,
-                    "embedding_dim": embedder.dim,
-                    "metric": "inner_product",
-                    "normalized": True,
-                    "index_type": kind.type,
-                    "requested_index_type": settings.index_type,
-                    "ivf": (
-                        {**kind.to_dict(), "requested_nlist": settings.ivf_nlist}
-                        if kind.type == "ivf"
-                        else {"requested_nlist": settings.ivf_nlist}
-                    ),
-                    "chunker": cfg,
-                    "counts": {"documents": len(docs_out), "chunks": int(index.ntotal)},
-                    "next_int_id": next_id,
-                    "documents": docs_out,
-                }
-                (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
-                for f in (MANIFEST, FAISS_FILE, CHUNKS_FILE):
-                    with open(tmp / f, "rb") as fh:
-                        os.fsync(fh.fileno())
-                os.rename(tmp, vroot / version)
-                fsync_dir(vroot)
-        except OSError as e:
-            if e.errno == errno.ENOSPC:
-                raise InsufficientResources(
-                    "the disk filled up while writing the index; the previous version is untouched"
-                ) from e
-            raise
+        edit = chunk_changes(chunker, p, live, summary)
+        _check_disk(vroot, len(edit.chunks), embedder.dim, sum(len(c.text) for c in edit.chunks))
+        manifest = write_version(settings, name, live, edit, cfg, embedder, progress, summary)
         # The swap: from here on readers see the new version.
-        write_text_atomic(idir / CURRENT_FILE, version)
-        _remove_old_versions(vroot, {version} | ({old_version} if old_version else set()))
-
-        summary.version, summary.previous_version, summary.changed = version, old_version, True
-        summary.total_documents = len(docs_out)
-        summary.total_chunks = int(index.ntotal)
-        summary.index_type = kind.type
-        summary.seconds = round(time.perf_counter() - started, 3)
-        return summary
+        write_text_atomic(idir / CURRENT_FILE, manifest.version)
+        _remove_old_versions(
+            vroot, {manifest.version} | ({live.version} if live.version else set())
+        )
+        summary.changed = True
+        return finished(summary, manifest, started)
 
 
-def _write_chunks(
-    path: Path,
-    old_chunks_path: Path | None,
-    old_docs: dict[str, dict[str, Any]],
-    keep_docs: list[str],
-    chunks: list[Chunk],
-    new_ids: np.ndarray,
-    new_docs: list[Document],
-) -> dict[str, dict[str, Any]]:
+def read_live(settings: Settings, name: str, embedder: Embedder) -> Live:
+    """The live version, checked: a readable manifest, built with this embedder."""
+    version = current_version(settings, name)
+    if version is None:
+        return Live()
+    manifest = read_manifest(settings, name, version)  # ManifestError names the file
+    check_compatible(manifest, embedder.model_id, embedder.dim)
+    return Live(version, manifest, version_dir(settings, name, version))
+
+
+def planned_summary(
+    name: str, loaded: LoadResult, live: Live, p: Plan, prune: bool, cleaned: int
+) -> IndexSummary:
+    """The summary as far as the plan knows it: document counts, and the chunks it keeps."""
+    summary = IndexSummary(
+        name=name,
+        version=live.version,
+        previous_version=live.manifest.previous_version if live.manifest else None,
+        changed=False,
+        pruned=prune and p.prune_note is None,
+        files=loaded.files,
+        skipped_files=loaded.skipped_files,
+        cleaned=cleaned,
+        errors=[str(i) for i in loaded.issues] + ([p.prune_note] if p.prune_note else []),
+    )
+    d, c, docs = summary.documents, summary.chunks, live.documents
+    d.added, d.updated, d.removed = len(p.added), len(p.updated), len(p.removed)
+    d.unchanged, d.kept = len(p.unchanged), len(p.kept)
+    c.unchanged = sum(len(docs[i].chunks) for i in p.unchanged)
+    c.kept = sum(len(docs[i].chunks) for i in p.kept)
+    return summary
+
+
+def chunk_changes(chunker: Chunker, p: Plan, live: Live, summary: IndexSummary) -> Edit:
+    """Chunk the added and updated documents and give the new chunks fresh ids.
+
+    Ids are never reused, so a reader holding the old version can never confuse an old chunk
+    with a new one.
+    """
+    todo = p.added + p.updated
+    chunks = chunker.chunk_documents(todo)
+    first = live.manifest.next_int_id if live.manifest else 0
+    docs = live.documents
+    edit = Edit(
+        chunks=chunks,
+        ids=np.arange(first, first + len(chunks), dtype=np.int64),
+        next_int_id=first + len(chunks),
+        drop=[cid for i in p.removed + [d.id for d in p.updated] for cid in docs[i].chunks],
+        keep=p.unchanged + p.kept,
+        todo=todo,
+    )
+    added_docs = {doc.id for doc in p.added}
+    c = summary.chunks
+    c.added = sum(1 for ch in chunks if ch.doc_id in added_docs)
+    c.updated = len(chunks) - c.added
+    c.removed = len(edit.drop)
+    return edit
+
+
+def write_version(
+    settings: Settings,
+    name: str,
+    live: Live,
+    edit: Edit,
+    cfg: ChunkerConfig,
+    embedder: Embedder,
+    progress: bool,
+    summary: IndexSummary,
+) -> IndexManifest:
+    """Embed, update the vectors and write the next version; returns its manifest.
+
+    Everything goes into a staging folder beside the versions, renamed into
+    ``versions/<id>`` only when whole (files fsynced), so a crash leaves no partial version.
+    """
+    import faiss
+
+    vroot = index_dir(settings, name) / VERSIONS_DIR
+    version = new_version_id()
+    try:
+        with staging_dir(vroot, f"{version}-") as tmp:
+            t_embed = time.perf_counter()
+            texts = [ch.text for ch in edit.chunks]
+            vecs = embed_chunks(
+                embedder, texts, [len(t) for t in texts], settings.embed_batch_size, progress
+            )
+            summary.embed_seconds = round(time.perf_counter() - t_embed, 3)
+            index, kind = update_vectors(settings, live, edit, vecs, embedder.dim)
+            faiss.write_index(index, str(tmp / FAISS_FILE))
+            docs = _write_chunks(tmp / CHUNKS_FILE, live, edit)
+            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            manifest = IndexManifest(
+                name=name,
+                version=version,
+                previous_version=live.version,
+                created=live.manifest.created if live.manifest else now,
+                updated=now,
+                embedding_model=embedder.model_id,
+                embedding_dim=embedder.dim,
+                index_type=kind.type,
+                requested_index_type=settings.index_type,
+                ivf=kind.ivf_info(settings.ivf_nlist),
+                chunker=cfg,
+                counts=IndexCounts(documents=len(docs), chunks=int(index.ntotal)),
+                next_int_id=edit.next_int_id,
+                documents=docs,
+            )
+            manifest.write(tmp / MANIFEST)  # fsynced by the atomic write
+            for f in (FAISS_FILE, CHUNKS_FILE):
+                with open(tmp / f, "rb") as fh:
+                    os.fsync(fh.fileno())
+            os.rename(tmp, vroot / version)
+            fsync_dir(vroot)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise InsufficientResources(
+                "the disk filled up while writing the index; the previous version is untouched"
+            ) from e
+        raise
+    return manifest
+
+
+def update_vectors(
+    settings: Settings, live: Live, edit: Edit, vecs: np.ndarray, dim: int
+) -> tuple[Any, IndexKind]:
+    """The live FAISS index with the dropped ids removed and the new vectors added; rebuilt
+    from the stored vectors (never re-embedded) when the index type or IVF cells changed."""
+    old_index = old_kind = None
+    if live.manifest is not None and live.folder is not None:
+        import faiss
+
+        old_index = faiss.read_index(str(live.folder / FAISS_FILE))
+        old_kind = IndexKind.from_manifest(live.manifest)
+    return updated_index(
+        old_index,
+        old_kind,
+        np.asarray(edit.drop, dtype=np.int64),
+        edit.ids,
+        vecs,
+        settings.index_type,
+        settings.ivf_nlist,
+        dim,
+        rebuild=not live.built_as(settings),
+    )
+
+
+def finished(summary: IndexSummary, manifest: IndexManifest, started: float) -> IndexSummary:
+    """Fill in the version that is live now and its totals."""
+    summary.version, summary.previous_version = manifest.version, manifest.previous_version
+    summary.total_documents = len(manifest.documents)
+    summary.total_chunks = manifest.counts.chunks
+    summary.index_type = manifest.index_type
+    summary.seconds = round(time.perf_counter() - started, 3)
+    return summary
+
+
+def _write_chunks(path: Path, live: Live, edit: Edit) -> dict[str, DocumentEntry]:
     """Write the chunk store (kept records copied, new ones appended); return the doc table."""
-    docs_out: dict[str, dict[str, Any]] = {}
-    old_records = read_chunks(old_chunks_path) if old_chunks_path and keep_docs else {}
+    old_docs = live.documents
+    old_records = (
+        read_chunks(live.folder / CHUNKS_FILE) if live.folder is not None and edit.keep else {}
+    )
+    new_chunks: dict[str, list[int]] = {doc.id: [] for doc in edit.todo}
+    docs: dict[str, DocumentEntry] = {}
     with path.open("w", encoding="utf-8") as f:
-        for doc_id in keep_docs:
-            info = old_docs[doc_id]
-            docs_out[doc_id] = info
-            for cid in info["chunks"]:
+        for doc_id in edit.keep:
+            docs[doc_id] = old_docs[doc_id]
+            for cid in old_docs[doc_id].chunks:
                 f.write(json.dumps(old_records[cid], ensure_ascii=False) + "\n")
-        for doc in new_docs:
-            docs_out[doc.id] = {"sha256": doc.sha256, "source": doc.source, "chunks": []}
-        for int_id, ch in zip(new_ids.tolist(), chunks, strict=True):
-            docs_out[ch.doc_id]["chunks"].append(int_id)
+        for int_id, ch in zip(edit.ids.tolist(), edit.chunks, strict=True):
+            new_chunks[ch.doc_id].append(int_id)
             f.write(json.dumps(chunk_record(int_id, ch), ensure_ascii=False) + "\n")
-    return docs_out
+    for doc in edit.todo:
+        docs[doc.id] = DocumentEntry(
+            sha256=doc.sha256, source=doc.source, chunks=new_chunks[doc.id]
+        )
+    return docs

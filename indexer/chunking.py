@@ -13,9 +13,9 @@ from __future__ import annotations
 import bisect
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
+from ragtune.core.manifests import ChunkerConfig
 from ragtune.core.types import Chunk, Document
 
 # A sentence ends at . ! ? (optionally followed by closing quotes/brackets) and white space,
@@ -27,21 +27,8 @@ _PARAGRAPH_END = re.compile(r"\n\s*\n")
 _SPECIAL_TOKEN_ROOM = 2
 
 
-@dataclass(frozen=True)
-class ChunkerConfig:
-    """What decides the chunks; recorded in the manifest, a change means re-chunking all."""
-
-    chunk_size: int
-    chunk_overlap: int
-    tokenizer: str  # the embedder model id: another tokenizer counts tokens differently
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "chunk_size": self.chunk_size,
-            "chunk_overlap": self.chunk_overlap,
-            "tokenizer": self.tokenizer,
-            "method": "sentence-pack-v1",
-        }
+# Recorded in the index manifest: a change of algorithm means re-chunking every document.
+CHUNK_METHOD = "sentence-pack-v1"
 
 
 class Chunker:
@@ -55,6 +42,15 @@ class Chunker:
         self.size = max(8, min(chunk_size, limit))
         # An overlap of half a chunk or more would make every chunk start nearly where the last did.
         self.overlap = max(0, min(chunk_overlap, self.size // 2))
+
+    def config(self, tokenizer_id: str) -> ChunkerConfig:
+        """What decides the chunks (for the manifest); ``tokenizer_id`` is the embedder's id."""
+        return ChunkerConfig(
+            chunk_size=self.size,
+            chunk_overlap=self.overlap,
+            tokenizer=tokenizer_id,
+            method=CHUNK_METHOD,
+        )
 
     def token_offsets(self, texts: list[str]) -> list[list[tuple[int, int]]]:
         """Character (start, end) of every token of each text, without special tokens."""

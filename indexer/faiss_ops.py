@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+
+from ragtune.core.manifests import IndexManifest, IvfInfo
 
 # faiss's k-means wants about 39 training points per cell; fewer cells than this is not worth
 # the approximation, so a smaller corpus gets an exact index even when IVF was asked for.
@@ -25,24 +27,24 @@ RETRAIN_FACTOR = 4.0
 class IndexKind:
     """What was built: ``flat`` or ``ivf`` (with its cell count and training-set size)."""
 
-    type: str
+    type: Literal["flat", "ivf"]
     nlist: int = 0
     trained_on: int = 0
 
-    def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"type": self.type}
+    def ivf_info(self, requested_nlist: int) -> IvfInfo:
+        """The manifest's ``ivf`` section: the setting, and the cells when this is IVF."""
         if self.type == "ivf":
-            d.update(nlist=self.nlist, trained_on=self.trained_on)
-        return d
+            return IvfInfo(
+                requested_nlist=requested_nlist,
+                type="ivf",
+                nlist=self.nlist,
+                trained_on=self.trained_on,
+            )
+        return IvfInfo(requested_nlist=requested_nlist)
 
     @classmethod
-    def from_manifest(cls, manifest: dict[str, Any]) -> IndexKind:
-        ivf = manifest.get("ivf") or {}
-        return cls(
-            manifest.get("index_type", "flat"),
-            int(ivf.get("nlist", 0)),
-            int(ivf.get("trained_on", 0)),
-        )
+    def from_manifest(cls, manifest: IndexManifest) -> IndexKind:
+        return cls(manifest.index_type, manifest.ivf.nlist or 0, manifest.ivf.trained_on or 0)
 
 
 def ivf_cells(n: int, requested: int) -> int:

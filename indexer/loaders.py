@@ -8,7 +8,9 @@ Document ids are what the incremental reindex keys on, and what a search hit nam
 - a JSONL record: its ``id`` field; without one, ``<file id>#L<line>`` (1-based line number,
   which changes when lines are inserted above it, so give records ids).
 - a SQuAD paragraph: ``<title>#p<i>`` with ``i`` the 0-based paragraph index within its article
-  (:func:`squad_doc_id`); the eval harness uses the same ids for gold passages.
+  (``core.qa.squad_doc_id``; an article without a title is ``article<n>``, its position in the
+  file). The tuner and the eval harness read SQuAD with the same ``core.qa`` reader, so their
+  gold passages carry the same ids.
 
 Bad input never stops the run: each problem becomes a :class:`LoadIssue` naming the file (and
 line), and the rest of the corpus is still loaded.
@@ -25,16 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ragtune.core.qa import squad_doc_id, squad_paragraphs
 from ragtune.core.types import Document
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst", ".text"}
 HTML_SUFFIXES = {".html", ".htm", ".xhtml"}
 SUPPORTED_SUFFIXES = TEXT_SUFFIXES | HTML_SUFFIXES | {".pdf", ".jsonl", ".json"}
-
-
-def squad_doc_id(title: str, paragraph_index: int) -> str:
-    """The document id of one SQuAD paragraph: ``"{title}#p{i}"``, ``i`` 0-based in its article."""
-    return f"{title}#p{paragraph_index}"
 
 
 def content_hash(text: str, metadata: dict[str, Any] | None = None) -> str:
@@ -203,21 +201,17 @@ def _load_json(path: Path, source: str, res: LoadResult) -> list[Document]:
 def _load_squad(articles: list[Any], source: str, res: LoadResult) -> list[Document]:
     """One Document per paragraph, id ``squad_doc_id(title, i)``, title kept as metadata."""
     docs = []
-    for a_i, art in enumerate(articles):
-        if not isinstance(art, dict) or not isinstance(art.get("paragraphs"), list):
-            res.issues.append(LoadIssue(source, f"article {a_i} has no 'paragraphs' list"))
-            continue
-        title = str(art.get("title") or f"article{a_i}")
-        for p_i, para in enumerate(art["paragraphs"]):
-            ctx = para.get("context") if isinstance(para, dict) else None
-            if not isinstance(ctx, str) or not ctx.strip():
-                res.issues.append(
-                    LoadIssue(source, f"article {title!r} paragraph {p_i}: no context, skipped")
+    for para in squad_paragraphs(articles, lambda msg: res.issues.append(LoadIssue(source, msg))):
+        if not para.context.strip():
+            res.issues.append(
+                LoadIssue(
+                    source, f"article {para.title!r} paragraph {para.index}: no context, skipped"
                 )
-                continue
-            meta = {"title": title, "source": source}
-            # The context is kept verbatim: SQuAD answer offsets point into it.
-            docs.append(_make_doc(squad_doc_id(title, p_i), source, ctx, meta))
+            )
+            continue
+        meta = {"title": para.title, "source": source}
+        # The context is kept verbatim: SQuAD answer offsets point into it.
+        docs.append(_make_doc(squad_doc_id(para.title, para.index), source, para.context, meta))
     return docs
 
 

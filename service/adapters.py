@@ -32,7 +32,7 @@ async def adapters_list(svc: NamedDependency[Services]) -> AdapterList:
                 loaded=a.name in loaded,
                 method=a.method,
                 base_model=a.base_model,
-                created_at=str(a.manifest["created_at"]) if "created_at" in a.manifest else None,
+                created_at=a.created_at,
             )
             for a in list_adapters(svc.settings)
         ],

@@ -73,12 +73,11 @@ def base_model_id(svc: Services) -> str:
     return locate_generator(svc.settings.generator).model_id
 
 
-def _created(manifest: dict[str, Any], fallback: float) -> int:
+def _created(created_at: str | None, fallback: float) -> int:
     from datetime import datetime
 
-    raw = manifest.get("created_at")
     try:
-        return int(datetime.fromisoformat(str(raw)).timestamp())
+        return int(datetime.fromisoformat(str(created_at)).timestamp())
     except (TypeError, ValueError):
         return int(fallback)
 
@@ -93,7 +92,7 @@ async def list_models(svc: NamedDependency[Services]) -> ModelList:
             ModelCard(
                 id=info.name,
                 object="model",
-                created=_created(info.manifest, info.path.stat().st_mtime),
+                created=_created(info.created_at, info.path.stat().st_mtime),
                 owned_by="ragtune",
                 parent=base,
             )

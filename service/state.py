@@ -174,7 +174,11 @@ class Services:
             await anyio.to_thread.run_sync(self.pipeline.index, name)
             self.index_error = None
         except RagtuneError as e:
-            self.index_error = e.message
+            if e.status >= 500:  # e.g. a corrupt manifest: its message names a server file
+                log.error("loading index %s: %s", name, e.message)
+                self.index_error = f"index {name!r}: {e.title.lower()} (see the server log)"
+            else:
+                self.index_error = e.message
         except Exception as e:
             self.index_error = f"{type(e).__name__} while loading index {name!r}"
             log.exception("loading index %s failed", name)

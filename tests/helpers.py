@@ -14,6 +14,8 @@ def make_lora_adapter(settings: Settings, name: str, seed: int = 0, r: int = 4) 
     """Publish a LoRA adapter with random (non-zero) weights for the configured generator.
 
     ``init_lora_weights=False`` makes B non-zero, so the adapter really changes the output.
+    The manifest is the minimal hand-made form on purpose (no schema_version, only what
+    serving needs): core.manifests reads it as schema version 1.
     """
     import torch
     from peft import LoraConfig, get_peft_model

@@ -3,7 +3,8 @@
 ``train_adapter`` checks everything it can before any training starts (args, base model,
 data, split, RAFT index, disk), then trains in a work folder
 (``<data>/adapters/.runs/<name>/``, which holds the resumable checkpoint), writes the
-adapter into a staging folder with manifest.json last, and publishes it atomically.
+adapter into a staging folder with manifest.json (``core.manifests.AdapterManifest``) last,
+and publishes it atomically.
 """
 
 from __future__ import annotations
@@ -13,27 +14,41 @@ import hashlib
 import logging
 import shutil
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ragtune.core.atomic import staging_dir, write_json_atomic
+from ragtune.core.atomic import staging_dir
 from ragtune.core.config import Settings
 from ragtune.core.errors import DataError, InsufficientResources, InvalidInput, ModelNotFound
-from ragtune.core.registry import (
+from ragtune.core.manifests import (
     MANIFEST,
-    AdapterInfo,
-    adapter_dir,
-    check_base,
-    get_adapter,
-    publish,
+    AdapterData,
+    AdapterManifest,
+    DataCounts,
+    DataFile,
+    InitFrom,
+    Perplexity,
+    PromptExample,
+    PromptInfo,
+    RaftInfo,
+    RaftSplitStats,
+    TrainMetrics,
+    TrainPoint,
 )
+from ragtune.core.qa import BadRecord, QARecord
+from ragtune.core.registry import AdapterInfo, adapter_dir, check_base, get_adapter, publish
 from ragtune.tuner.args import TuneArgs, parse_data_spec
-from ragtune.tuner.formats import MAX_REPORTED, BadRecord, QAExample, load_examples
+from ragtune.tuner.formats import MAX_REPORTED, load_examples
+
+if TYPE_CHECKING:
+    from ragtune.core.models import ModelLocation
+    from ragtune.tuner.train import TrainResult
 
 log = logging.getLogger(__name__)
 
-MANIFEST_SCHEMA = 1
 RUNS_DIR = ".runs"
 
 
@@ -52,18 +67,27 @@ def _say(progress: bool, msg: str) -> None:
 
 
 @dataclass
+class LoadedData:
+    """Every --data file read: the examples, one manifest record per file, the bad records."""
+
+    examples: list[QARecord]
+    files: list[DataFile]
+    bad: list[BadRecord]
+
+
+@dataclass
 class PreparedData:
     """Rendered, tokenized, split data plus every count the manifest records."""
 
     train: list[Any]  # train.Encoded
     val: list[Any]
     weights: dict[int, float]
-    files: list[dict[str, Any]]
-    counts: dict[str, Any]
+    files: list[DataFile]
+    counts: DataCounts
     data_hash: str
     bad: list[BadRecord] = field(default_factory=list)
-    raft: dict[str, Any] | None = None
-    samples: list[dict[str, str]] = field(default_factory=list)
+    raft: RaftInfo | None = None
+    example: PromptExample | None = None  # the first training example, rendered
 
 
 def _sha256(path: Path) -> str:
@@ -74,34 +98,32 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_data(args: TuneArgs, progress: bool = False) -> tuple[list[QAExample], dict[str, Any]]:
-    """Read every --data file; returns examples and per-file records for the manifest."""
-    examples: list[QAExample] = []
-    files: list[dict[str, Any]] = []
-    bad: list[BadRecord] = []
+def load_data(args: TuneArgs, progress: bool = False) -> LoadedData:
+    """Read every --data file."""
+    out = LoadedData([], [], [])
     for i, spec in enumerate(args.data):
         path, weight = parse_data_spec(spec)
         res = load_examples(path, args.format, args.template, dataset=i)
-        examples += res.examples
-        bad += res.bad
-        entry = {
-            "file": Path(path).name,
-            "sha256": _sha256(Path(path)),
-            "format": res.fmt,
-            "weight": weight,
-            "records": res.records,
-            "examples": len(res.examples),
-            "bad": len(res.bad),
-        }
-        if args.template:
-            entry["template_sha256"] = _sha256(Path(args.template))
-        files.append(entry)
+        out.examples += res.examples
+        out.bad += res.bad
+        out.files.append(
+            DataFile(
+                file=Path(path).name,
+                sha256=_sha256(Path(path)),
+                format=res.fmt,
+                weight=weight,
+                records=res.records,
+                examples=len(res.examples),
+                bad=len(res.bad),
+                template_sha256=_sha256(Path(args.template)) if args.template else None,
+            )
+        )
         _say(progress, res.summary())
-    for b in bad[:MAX_REPORTED]:
+    for b in out.bad[:MAX_REPORTED]:
         _say(progress, f"  skipped {b}")
-    if len(bad) > MAX_REPORTED:
-        _say(progress, f"  ... and {len(bad) - MAX_REPORTED} more bad records")
-    return examples, {"files": files, "bad": bad}
+    if len(out.bad) > MAX_REPORTED:
+        _say(progress, f"  ... and {len(out.bad) - MAX_REPORTED} more bad records")
+    return out
 
 
 def prepare_data(
@@ -114,24 +136,19 @@ def prepare_data(
     from ragtune.tuner import split as splitter
     from ragtune.tuner.train import encode
 
-    examples, meta = load_data(args, progress)
-    files, bad = meta["files"], meta["bad"]
-    counts: dict[str, Any] = {
-        "records": sum(f["records"] for f in files),
-        "bad": len(bad),
-        "loaded": len(examples),
-    }
+    loaded = load_data(args, progress)
+    examples, duplicates, val_capped_to = loaded.examples, None, None
     if args.dedup:
-        examples, counts["duplicates"] = splitter.dedup(examples)
+        examples, duplicates = splitter.dedup(examples)
     train_ex, val_ex = splitter.split(examples, args.val_fraction, args.seed, args.group_by)
     if len(val_ex) > args.max_val_examples:
         val_ex = random.Random(args.seed).sample(val_ex, args.max_val_examples)
-        counts["val_capped_to"] = args.max_val_examples
+        val_capped_to = args.max_val_examples
 
     # (question, target, contexts, dataset) per example; contexts only for RAFT
-    raft_meta = None
+    raft = None
     if args.raft:
-        train_items, val_items, raft_meta = _raft_items(settings, args, train_ex, val_ex, progress)
+        train_items, val_items, raft = _raft_items(settings, args, train_ex, val_ex, progress)
     else:
         train_items = [(e.question, e.answer, None, e.dataset) for e in train_ex]
         val_items = [(e.question, e.answer, None, e.dataset) for e in val_ex]
@@ -144,15 +161,15 @@ def prepare_data(
         return out
 
     train_enc, val_enc = render(train_items), render(val_items)
-    samples = []
+    example = None
     if train_items:
         q, a, ctx, _ = train_items[0]
         ex = render_training_example(tokenizer, q, a, ctx, settings.max_context_chars)
-        samples.append({"prompt": ex.prompt, "completion": ex.completion})
-    train_enc, counts["too_long_train"] = splitter.length_filter(
+        example = PromptExample(prompt=ex.prompt, completion=ex.completion)
+    train_enc, too_long_train = splitter.length_filter(
         train_enc, lambda e: len(e.input_ids), args.max_length
     )
-    val_enc, counts["too_long_val"] = splitter.length_filter(
+    val_enc, too_long_val = splitter.length_filter(
         val_enc, lambda e: len(e.input_ids), args.max_length
     )
     if not train_enc:
@@ -162,7 +179,14 @@ def prepare_data(
             field="max_length",
         )
     train_enc = [e for e in train_enc if e.n_target > 0]
-    counts.update(
+    counts = DataCounts(
+        records=sum(f.records for f in loaded.files),
+        bad=len(loaded.bad),
+        loaded=len(loaded.examples),
+        duplicates=duplicates,
+        val_capped_to=val_capped_to,
+        too_long_train=too_long_train,
+        too_long_val=too_long_val,
         train=len(train_enc),
         val=len(val_enc),
         train_tokens=sum(len(e.input_ids) for e in train_enc),
@@ -170,27 +194,27 @@ def prepare_data(
     )
     weights = {i: parse_data_spec(s)[1] for i, s in enumerate(args.data)}
     h = hashlib.sha256()
-    for f in files:
-        h.update(f"{f['sha256']}|{f['format']}|{f['weight']}|{f.get('template_sha256')}".encode())
+    for f in loaded.files:
+        h.update(f"{f.sha256}|{f.format}|{f.weight}|{f.template_sha256}".encode())
     return PreparedData(
-        train_enc, val_enc, weights, files, counts, h.hexdigest(), bad, raft_meta, samples
+        train_enc, val_enc, weights, loaded.files, counts, h.hexdigest(), loaded.bad, raft, example
     )
 
 
 def _raft_items(
     settings: Settings,
     args: TuneArgs,
-    train_ex: list[QAExample],
-    val_ex: list[QAExample],
+    train_ex: list[QARecord],
+    val_ex: list[QARecord],
     progress: bool,
-) -> tuple[list, list, dict[str, Any]]:
-    from ragtune.core.index_store import load_index
+) -> tuple[list, list, RaftInfo]:
+    from ragtune.core.index_store import open_index
     from ragtune.core.models import load_embedder
     from ragtune.tuner.raft import build_raft
 
     name = args.index or settings.default_index
     embedder = load_embedder(settings)
-    index = load_index(settings, name, embedder.model_id, embedder.dim, embedder.encode)
+    index = open_index(settings, name, embedder)
     k = args.raft_k or settings.top_k
     method = args.retrieval or settings.retrieval
     out = []
@@ -200,24 +224,24 @@ def _raft_items(
             exs, index, k, args.p_oracle, args.seed, method, args.raft_quote, progress=progress
         )
         out.append([(r.example.question, r.target, r.contexts, r.example.dataset) for r in built])
-        stats_all[part] = stats.to_dict()
+        stats_all[part] = RaftSplitStats.model_validate(stats.to_dict())
     _say(
         progress,
         f"RAFT: index {name!r} version {index.version}, k={k}, "
-        f"oracle rate {stats_all['train']['oracle_rate']}, "
-        f"retrieval recall {stats_all['train']['retrieval_recall']}",
+        f"oracle rate {stats_all['train'].oracle_rate}, "
+        f"retrieval recall {stats_all['train'].retrieval_recall}",
     )
-    meta = {
-        "index": name,
-        "index_version": index.version,
-        "p_oracle": args.p_oracle,
-        "k": k,
-        "retrieval": method,
-        "quote": args.raft_quote,
-        "embedding_model": embedder.model_id,
-        "stats": stats_all,
-    }
-    return out[0], out[1], meta
+    raft = RaftInfo(
+        index=name,
+        index_version=index.version,
+        p_oracle=args.p_oracle,
+        k=k,
+        retrieval=method,
+        quote=args.raft_quote,
+        embedding_model=embedder.model_id,
+        stats=stats_all,
+    )
+    return out[0], out[1], raft
 
 
 # ---- checks before training ----------------------------------------------------------------
@@ -267,7 +291,11 @@ def library_versions() -> dict[str, str]:
 
 
 def train_adapter(
-    settings: Settings, args: TuneArgs, *, progress: bool = True, on_step: Any = None
+    settings: Settings,
+    args: TuneArgs,
+    *,
+    progress: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> AdapterInfo:
     """Train a LoRA adapter (or a full model) and publish it to the registry.
 
@@ -285,21 +313,49 @@ def train_adapter(
         ModelNotFound: unknown base model. AdapterMismatch: --init-from on another base.
         InsufficientResources: too little disk.
     """
-    import time
+    run = setup(settings, args)  # every check that needs no data: fails in seconds
+    data = prepare_data(run.settings, args, run.tokenizer, progress)
+    counts = data.counts.model_dump(exclude_none=True)
+    _say(progress, "data: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    needed = estimate_disk(args.method, _folder_bytes(run.folder)) + args.min_free_disk_mb * 2**20
+    check_disk(run.settings.adapters_dir, needed)
+    model, metrics = train(run, args, data, progress, on_step)  # resumes a killed run
+    manifest = adapter_manifest(run, args, data, model, metrics)
+    info = save_and_publish(run, args, model, manifest)
+    shutil.rmtree(run_dir(run.settings, args.name), ignore_errors=True)  # the checkpoints
+    _say(
+        progress,
+        f"adapter {args.name!r} ready: val loss {metrics.val_loss}, "
+        f"{metrics.tokens_per_s} tokens/s, peak RSS {metrics.peak_rss_mb} MB",
+    )
+    return info
 
+
+@dataclass
+class Run:
+    """What ``setup`` established: the base model to train on and where it stands."""
+
+    settings: Settings  # with --base applied
+    base: ModelLocation
+    folder: str  # the base model's files
+    tokenizer: Any
+    fingerprint: str  # of the base weights (recorded, and checked against --init-from)
+    init_from: AdapterInfo | None  # the adapter to continue from (--init-from)
+
+
+def setup(settings: Settings, args: TuneArgs) -> Run:
+    """Check the args, the adapter name, the base model and --init-from before any data work."""
     from ragtune.core.models import (
         folder_fingerprint,
         generator_folder,
         load_tokenizer,
         locate_generator,
     )
-    from ragtune.core.prompts import PROMPT_VERSION, template_id
 
     args.validate()
     if args.base:
         settings = settings.model_copy(update={"generator": args.base})
-    dest = adapter_dir(settings, args.name)
-    if dest.exists() and not args.overwrite:
+    if adapter_dir(settings, args.name).exists() and not args.overwrite:
         raise InvalidInput(
             f"adapter {args.name!r} already exists (remove it with "
             f"`ragtune adapters rm {args.name}` or pass --overwrite)",
@@ -314,39 +370,47 @@ def train_adapter(
             f"cannot load base model {settings.generator!r}: no usable tokenizer/model files there"
         ) from e
     fingerprint = folder_fingerprint(folder)
-    init_info = None
+    init_from = None
     if args.init_from:
-        init_info = get_adapter(settings, args.init_from)
-        check_base(init_info, loc.model_id, fingerprint)
-        if init_info.method != "lora":
+        init_from = get_adapter(settings, args.init_from)
+        check_base(init_from, loc.model_id, fingerprint)
+        if init_from.method != "lora":
             raise InvalidInput(
                 f"--init-from {args.init_from}: not a LoRA adapter", field="init_from"
             )
+    return Run(settings, loc, folder, tokenizer, fingerprint, init_from)
 
-    data = prepare_data(settings, args, tokenizer, progress)
-    _say(progress, "data: " + ", ".join(f"{k} {v}" for k, v in data.counts.items()))
-    check_disk(
-        settings.adapters_dir,
-        estimate_disk(args.method, _folder_bytes(folder)) + args.min_free_disk_mb * 2**20,
-    )
 
-    t_start = time.perf_counter()
-    model, device = _build_model(settings, args, folder, init_info)
-    from ragtune.tuner.forgetting import perplexity
+def run_key(run: Run, args: TuneArgs, data: PreparedData) -> dict[str, Any]:
+    """What an interrupted run's checkpoint must match for a rerun to resume from it."""
+    from ragtune.core.prompts import template_id
 
-    base_ppl = perplexity(_unwrapped(model), tokenizer) if args.forgetting else None
-    run_key = {
+    return {
         "args": args.hyperparameters(),
         "data": data.data_hash,
-        "base": fingerprint,
-        "init_from": init_info.manifest.get("created_at") if init_info else None,
-        "prompt": template_id(tokenizer),
-        "max_context_chars": settings.max_context_chars,
+        "base": run.fingerprint,
+        "init_from": run.init_from.created_at if run.init_from else None,
+        "prompt": template_id(run.tokenizer),
+        "max_context_chars": run.settings.max_context_chars,
     }
-    from ragtune.tuner.train import peak_rss_mb, prepare_workdir, train_loop
 
-    workdir = run_dir(settings, args.name)
-    if prepare_workdir(workdir, run_key, args.restart):
+
+def train(
+    run: Run,
+    args: TuneArgs,
+    data: PreparedData,
+    progress: bool,
+    on_step: Callable[[int, float], None] | None,
+) -> tuple[Any, TrainMetrics]:
+    """Build the model, train it in the run folder (resuming a killed run), measure it."""
+    from ragtune.tuner.forgetting import perplexity
+    from ragtune.tuner.train import prepare_workdir, train_loop
+
+    t_start = time.perf_counter()
+    model, device = _build_model(run.settings, args, run.folder, run.init_from)
+    base_ppl = perplexity(_unwrapped(model), run.tokenizer) if args.forgetting else None
+    workdir = run_dir(run.settings, args.name)
+    if prepare_workdir(workdir, run_key(run, args, data), args.restart):
         _say(progress, f"resuming interrupted run from {RUNS_DIR}/{args.name}")
     result = train_loop(
         model,
@@ -354,39 +418,57 @@ def train_adapter(
         data.val,
         args,
         workdir,
-        pad_id=tokenizer.pad_token_id,
+        pad_id=run.tokenizer.pad_token_id,
         weights=data.weights,
         device=device,
         progress=progress,
         on_step=on_step,
     )
-    tuned_ppl = perplexity(model, tokenizer) if args.forgetting else None
-
-    metrics: dict[str, Any] = {
-        "train_loss": _r(result.train_loss),
-        "val_loss": _r(result.val_loss),
-        "best_step": result.state.best_step,
-        "steps": result.state.step,
-        "total_steps": result.total_steps,
-        "steps_per_epoch": result.steps_per_epoch,
-        "stopped_early": result.state.stopped_early,
-        "history": result.state.history,
-        "tokens": result.state.tokens,
-        "tokens_per_s": result.tokens_per_s,
-        "train_seconds": round(result.state.train_seconds, 2),
-        "wall_seconds": round(time.perf_counter() - t_start, 2),
-        "resumed_from_step": result.resumed_from,
-        "peak_rss_mb": peak_rss_mb(),
-        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-    }
+    tuned_ppl = perplexity(model, run.tokenizer) if args.forgetting else None
+    ppl = None
     if base_ppl and tuned_ppl:
-        metrics["perplexity"] = {
-            "base": base_ppl["perplexity"],
-            "tuned": tuned_ppl["perplexity"],
-            "ratio": round(tuned_ppl["perplexity"] / base_ppl["perplexity"], 4),
-            "tokens": base_ppl["tokens"],
-            "sample": base_ppl["sample"],
-        }
+        ppl = Perplexity(
+            base=base_ppl["perplexity"],
+            tuned=tuned_ppl["perplexity"],
+            ratio=round(tuned_ppl["perplexity"] / base_ppl["perplexity"], 4),
+            tokens=base_ppl["tokens"],
+            sample=base_ppl["sample"],
+        )
+    return model, _metrics(result, model, time.perf_counter() - t_start, ppl)
+
+
+def _metrics(
+    result: TrainResult, model: Any, wall_seconds: float, ppl: Perplexity | None
+) -> TrainMetrics:
+    from ragtune.tuner.train import peak_rss_mb
+
+    s = result.state
+    return TrainMetrics(
+        train_loss=_r(result.train_loss),
+        val_loss=_r(result.val_loss),
+        best_step=s.best_step,
+        steps=s.step,
+        total_steps=result.total_steps,
+        steps_per_epoch=result.steps_per_epoch,
+        stopped_early=s.stopped_early,
+        history=[TrainPoint.model_validate(h) for h in s.history],
+        tokens=s.tokens,
+        tokens_per_s=result.tokens_per_s,
+        train_seconds=round(s.train_seconds, 2),
+        wall_seconds=round(wall_seconds, 2),
+        resumed_from_step=result.resumed_from,
+        peak_rss_mb=peak_rss_mb(),
+        trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        perplexity=ppl,
+    )
+
+
+def adapter_manifest(
+    run: Run, args: TuneArgs, data: PreparedData, model: Any, metrics: TrainMetrics
+) -> AdapterManifest:
+    """Everything the adapter folder says about itself: base, prompt, data, args, metrics."""
+    from ragtune.core.prompts import PROMPT_VERSION, template_id
+
     hyper = args.hyperparameters()
     if args.method == "lora":
         cfg = _unwrapped_config(model)
@@ -396,55 +478,56 @@ def train_adapter(
             dropout=cfg.lora_dropout,
             target_modules=sorted(cfg.target_modules),
         )
-    manifest = {
-        "schema_version": MANIFEST_SCHEMA,
-        "name": args.name,
-        "method": args.method,
-        "base_model": loc.model_id,
-        "base_spec": settings.generator if loc.kind in ("packaged", "hub") else loc.model_id,
-        "base_fingerprint": fingerprint,
-        "prompt_template": template_id(tokenizer),
-        "prompt": {
-            "version": PROMPT_VERSION,
-            "template_id": template_id(tokenizer),
-            "max_context_chars": settings.max_context_chars,
-            "example": data.samples[0] if data.samples else None,
-        },
-        "data": {
-            "hash": data.data_hash,
-            "files": data.files,
-            "counts": data.counts,
-            "bad_examples": [str(b) for b in data.bad[:MAX_REPORTED]],
-        },
-        "hyperparameters": hyper,
-        "metrics": metrics,
-        "raft": data.raft,
-        "init_from": {
-            "name": init_info.name,
-            "created_at": init_info.manifest.get("created_at"),
-            "data_hash": init_info.manifest.get("data", {}).get("hash"),
-        }
-        if init_info
+    settings, loc, init = run.settings, run.base, run.init_from
+    return AdapterManifest(
+        name=args.name,
+        method="full" if args.method == "full" else "lora",  # TuneArgs.validate checked it
+        base_model=loc.model_id,
+        base_spec=settings.generator if loc.kind in ("packaged", "hub") else loc.model_id,
+        base_fingerprint=run.fingerprint,
+        prompt_template=template_id(run.tokenizer),
+        prompt=PromptInfo(
+            version=PROMPT_VERSION,
+            template_id=template_id(run.tokenizer),
+            max_context_chars=settings.max_context_chars,
+            example=data.example,
+        ),
+        data=AdapterData(
+            hash=data.data_hash,
+            files=data.files,
+            counts=data.counts,
+            bad_examples=[str(b) for b in data.bad[:MAX_REPORTED]],
+        ),
+        hyperparameters=hyper,
+        metrics=metrics,
+        raft=data.raft,
+        init_from=InitFrom(
+            name=init.name,
+            created_at=init.created_at,
+            data_hash=init.manifest.data.hash if init.manifest.data else None,
+        )
+        if init
         else None,
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "versions": library_versions(),
-    }
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        versions=library_versions(),
+    )
+
+
+def save_and_publish(
+    run: Run, args: TuneArgs, model: Any, manifest: AdapterManifest
+) -> AdapterInfo:
+    """Save into a staging folder, manifest last (its presence marks the folder complete),
+    and move it into the registry in one rename."""
+    settings = run.settings
     settings.adapters_dir.mkdir(parents=True, exist_ok=True)
     with staging_dir(settings.adapters_dir, f"{args.name}-") as tmp:
         if args.method == "full":
             model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
+            run.tokenizer.save_pretrained(tmp)
         else:
             model.save_pretrained(tmp)
-        write_json_atomic(tmp / MANIFEST, manifest)  # last: its presence marks "complete"
-        info = publish(settings, tmp, args.name)
-    shutil.rmtree(workdir, ignore_errors=True)
-    _say(
-        progress,
-        f"adapter {args.name!r} ready: val loss {metrics['val_loss']}, "
-        f"{metrics['tokens_per_s']} tokens/s, peak RSS {metrics['peak_rss_mb']} MB",
-    )
-    return info
+        manifest.write(tmp / MANIFEST)
+        return publish(settings, tmp, args.name)
 
 
 def _r(x: float | None) -> float | None:

@@ -40,9 +40,9 @@ def export_merged(
         info_out = {
             "adapter": info.name,
             "merged": info.method == "lora",
-            "manifest": info.manifest,
+            "manifest": info.manifest.to_json(),
         }
-        (tmp / EXPORT_INFO).write_text(json.dumps(info_out, indent=2, default=str))
+        (tmp / EXPORT_INFO).write_text(json.dumps(info_out, indent=2))
         replace_dir(tmp, out)
     return out
 

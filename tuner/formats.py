@@ -1,4 +1,4 @@
-"""Readers for instruction data: every format becomes a list of ``QAExample``.
+"""Readers for instruction data: every format becomes a list of ``core.qa.QARecord``.
 
 Supported formats (``fmt``):
 
@@ -6,8 +6,9 @@ Supported formats (``fmt``):
 - ``alpaca``: JSONL or a JSON list of ``{"instruction", "input", "output"}``;
 - ``chat``: JSONL ``{"messages": [{"role", "content"}, ...]}``; the last user turn and the
   final assistant turn become the example (the prompt module adds its own system prompt);
-- ``squad``: SQuAD v1.1 JSON, closed book (question -> first answer); each example remembers
-  its gold paragraph as doc id ``"{title}#p{i}"`` (the indexer's id scheme) for RAFT;
+- ``squad``: SQuAD v1.1 JSON, closed book (question -> first answer), read by
+  ``core.qa.read_squad``; each example remembers its gold paragraph by the indexer's
+  document id (``core.qa.squad_doc_id``) for RAFT;
 - ``template``: CSV/JSONL records turned into examples by a template file (``templates.py``);
 - ``auto``: guessed from the suffix and the first record.
 
@@ -19,38 +20,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ragtune.core.errors import DataError, InvalidInput
+from ragtune.core.qa import BadRecord, QARecord, read_squad
 
 FORMATS = ("auto", "prompt", "alpaca", "chat", "squad", "template")
 MAX_REPORTED = 20  # bad records listed by name; the rest are only counted
-
-
-@dataclass(frozen=True)
-class QAExample:
-    """One question/answer pair, before it is rendered with the prompt module."""
-
-    question: str
-    answer: str
-    source: str  # "file:line" (or "file:title#pN:qid" for SQuAD): where to look when it is wrong
-    group: str | None = None  # split unit (e.g. the article), so validation questions are unseen
-    context: str | None = None  # the gold passage text, when the data knows it
-    doc_id: str | None = None  # the gold document's id in the index (RAFT)
-    support: str | None = None  # the sentence of the context that holds the answer
-    dataset: int = 0  # which --data file it came from (mixing weights)
-    meta: dict[str, Any] = field(default_factory=dict, compare=False)  # raw scalar fields
-
-
-@dataclass(frozen=True)
-class BadRecord:
-    source: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.source}: {self.reason}"
 
 
 @dataclass
@@ -59,7 +37,7 @@ class LoadResult:
 
     path: Path
     fmt: str
-    examples: list[QAExample]
+    examples: list[QARecord]
     bad: list[BadRecord]
     records: int  # records seen (good + bad)
 
@@ -90,40 +68,33 @@ def _scalars(rec: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in rec.items() if isinstance(v, str | int | float | bool)}
 
 
-def sentence_with(context: str, start: int) -> str:
-    """The sentence of ``context`` that contains character offset ``start``."""
-    import re
-
-    begin = 0
-    for m in re.finditer(r"(?<=[.!?])\s+", context):
-        if m.end() > start:
-            return context[begin : m.start()].strip()
-        begin = m.end()
-    return context[begin:].strip()
+def example(question: str, answer: str, source: str, **fields: Any) -> QARecord:
+    """A tuner example: one answer, keyed (and split, without a group) by its location."""
+    return QARecord(id=source, question=question, answers=(answer,), source=source, **fields)
 
 
-def _from_prompt(rec: dict[str, Any], src: str) -> QAExample:
+def _from_prompt(rec: dict[str, Any], src: str) -> QARecord:
     ctx = rec.get("context")
-    return QAExample(
-        question=_text(rec, "prompt"),
-        answer=_text(rec, "response"),
-        source=src,
+    return example(
+        _text(rec, "prompt"),
+        _text(rec, "response"),
+        src,
         context=ctx.strip() if isinstance(ctx, str) and ctx.strip() else None,
-        doc_id=str(rec["doc_id"]) if rec.get("doc_id") is not None else None,
+        gold_doc_ids=(str(rec["doc_id"]),) if rec.get("doc_id") is not None else (),
         meta=_scalars(rec),
     )
 
 
-def _from_alpaca(rec: dict[str, Any], src: str) -> QAExample:
+def _from_alpaca(rec: dict[str, Any], src: str) -> QARecord:
     instruction = _text(rec, "instruction")
     extra = rec.get("input") or ""
     if not isinstance(extra, str):
         raise _Bad("field 'input' must be a string")
     question = f"{instruction}\n\n{extra.strip()}" if extra.strip() else instruction
-    return QAExample(question, _text(rec, "output"), src, meta=_scalars(rec))
+    return example(question, _text(rec, "output"), src, meta=_scalars(rec))
 
 
-def _from_chat(rec: dict[str, Any], src: str) -> QAExample:
+def _from_chat(rec: dict[str, Any], src: str) -> QARecord:
     msgs = rec.get("messages")
     if not isinstance(msgs, list) or not msgs:
         raise _Bad("field 'messages' must be a non-empty list")
@@ -138,7 +109,7 @@ def _from_chat(rec: dict[str, Any], src: str) -> QAExample:
     q, a = users[-1]["content"].strip(), msgs[-1]["content"].strip()
     if not q or not a:
         raise _Bad("empty user question or assistant answer")
-    return QAExample(q, a, src, meta=_scalars(rec))
+    return example(q, a, src, meta=_scalars(rec))
 
 
 _RECORD_READERS = {"prompt": _from_prompt, "alpaca": _from_alpaca, "chat": _from_chat}
@@ -183,7 +154,7 @@ def iter_records(path: Path) -> Iterator[tuple[str, Any]]:
 
 
 def _read_records(path: Path, fmt: str) -> LoadResult:
-    examples: list[QAExample] = []
+    examples: list[QARecord] = []
     bad: list[BadRecord] = []
     n = 0
     for src, rec in iter_records(path):
@@ -218,50 +189,6 @@ def _is_squad(path: Path) -> bool:
     with path.open(encoding="utf-8", errors="replace") as f:
         head = f.read(4096).lstrip()
     return head.startswith("{") and '"data"' in head
-
-
-def read_squad(path: Path) -> LoadResult:
-    """SQuAD v1.1 JSON -> closed-book examples, grouped by article title."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path.name} is not valid JSON: {e}") from e
-    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
-        raise DataError(f"{path.name}: not SQuAD JSON (no top-level 'data' list)")
-    examples: list[QAExample] = []
-    bad: list[BadRecord] = []
-    n = 0
-    for a_i, article in enumerate(data["data"]):
-        title = str(article.get("title") or f"article{a_i}")
-        for p_i, para in enumerate(article.get("paragraphs") or []):
-            context = para.get("context") or ""
-            doc_id = f"{title}#p{p_i}"
-            for q_i, qa in enumerate(para.get("qas") or []):
-                n += 1
-                src = f"{path.name}:{doc_id}:{qa.get('id', q_i)}"
-                answers = qa.get("answers") or []
-                question = str(qa.get("question") or "").strip()
-                if not question:
-                    bad.append(BadRecord(src, "empty question"))
-                    continue
-                if not answers or not str(answers[0].get("text") or "").strip():
-                    bad.append(BadRecord(src, "no answer"))
-                    continue
-                ans = answers[0]
-                start = int(ans.get("answer_start", max(context.find(ans["text"]), 0)))
-                examples.append(
-                    QAExample(
-                        question=question,
-                        answer=str(ans["text"]).strip(),
-                        source=src,
-                        group=title,
-                        context=context,
-                        doc_id=doc_id,
-                        support=sentence_with(context, start) if context else None,
-                        meta={"title": title, "id": qa.get("id")},
-                    )
-                )
-    return LoadResult(path, "squad", examples, bad, n)
 
 
 def load_examples(
@@ -300,7 +227,8 @@ def load_examples(
 
         result = load_template(template).apply_file(path)
     elif fmt == "squad" or (fmt == "auto" and _is_squad(path)):
-        result = read_squad(path)
+        found = read_squad(path, field="data")
+        result = LoadResult(path, "squad", found.records, found.bad, found.seen)
     else:
         result = _read_records(path, fmt)
     if result.records == 0:
@@ -311,11 +239,5 @@ def load_examples(
             f"{path.name}: all {result.records} records are invalid ({first})", field="data"
         )
     if dataset:
-        result.examples = [_with_dataset(e, dataset) for e in result.examples]
+        result.examples = [replace(e, dataset=dataset) for e in result.examples]
     return result
-
-
-def _with_dataset(e: QAExample, dataset: int) -> QAExample:
-    from dataclasses import replace
-
-    return replace(e, dataset=dataset)

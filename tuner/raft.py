@@ -23,14 +23,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ragtune.core.prompts import ANSWER_MARK
-from ragtune.tuner.formats import QAExample
+from ragtune.core.qa import QARecord
 
 
 @dataclass(frozen=True)
 class RaftExample:
     """A question with the passages it is trained with."""
 
-    example: QAExample
+    example: QARecord
     contexts: list[str]
     doc_ids: list[str]
     oracle: bool  # the gold document is among the passages
@@ -57,13 +57,13 @@ class RaftStats:
         return {**out, **self.extra}
 
 
-def example_rng(seed: int, ex: QAExample) -> random.Random:
+def example_rng(seed: int, ex: QARecord) -> random.Random:
     """A generator per example: the draw does not depend on the order or the split."""
     digest = hashlib.sha256(f"{seed}|{ex.source}|{ex.question}".encode()).digest()
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
-def make_target(ex: QAExample, quote: bool) -> str:
+def make_target(ex: QARecord, quote: bool) -> str:
     if quote and ex.support:
         return f'"{" ".join(ex.support.split())}" {ANSWER_MARK} {ex.answer}'
     return ex.answer
@@ -75,7 +75,7 @@ def strip_quote(text: str) -> str:
     return text[i + len(ANSWER_MARK) :].strip() if i >= 0 else text.strip()
 
 
-def _gold_text(ex: QAExample, gold_chunks: Sequence[str]) -> str | None:
+def _gold_text(ex: QARecord, gold_chunks: Sequence[str]) -> str | None:
     """The passage to insert: the gold document's chunk holding the answer, else its first."""
     ans = ex.answer.lower()
     for text in gold_chunks:
@@ -87,7 +87,7 @@ def _gold_text(ex: QAExample, gold_chunks: Sequence[str]) -> str | None:
 
 
 def build_raft(
-    examples: Sequence[QAExample],
+    examples: Sequence[QARecord],
     index: Any,
     k: int,
     p_oracle: float,
@@ -128,7 +128,7 @@ def build_raft(
 
 
 def _assemble(
-    ex: QAExample,
+    ex: QARecord,
     hits: Sequence[Any],
     by_doc: dict[str, list[str]],
     k: int,

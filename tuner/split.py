@@ -1,18 +1,20 @@
 """Dedup, length filter and a seeded train/validation split by group.
 
-Splitting by group (an article, a product, a customer) keeps every question about one
-group on one side, so validation measures questions about unseen material. Every step
-returns counts; the tuner prints them and records them in the manifest.
+The split is ``core.split.hold_out_groups`` with each group sized by its number of
+examples, so validation holds about ``val_fraction`` of the examples and never a question
+about a training group. Every step returns counts; the tuner prints them and records them
+in the manifest.
 """
 
 from __future__ import annotations
 
-import random
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from ragtune.core.errors import DataError
-from ragtune.tuner.formats import QAExample
+from ragtune.core.qa import QARecord
+from ragtune.core.split import hold_out_groups
 
 T = TypeVar("T")
 
@@ -21,7 +23,7 @@ def _norm(text: str | None) -> str:
     return " ".join((text or "").lower().split())
 
 
-def dedup(examples: Sequence[QAExample]) -> tuple[list[QAExample], int]:
+def dedup(examples: Sequence[QARecord]) -> tuple[list[QARecord], int]:
     """Drop exact repeats (same question, answer and context, ignoring case and spacing)."""
     seen: set[tuple[str, str, str]] = set()
     kept = []
@@ -42,22 +44,20 @@ def length_filter(
     return kept, len(items) - len(kept)
 
 
-def group_key(e: QAExample, group_by: str | None) -> str:
+def group_key(e: QARecord, group_by: str | None) -> str:
     """The split unit of an example: a named field, else its own group, else itself."""
-    if group_by:
-        if group_by == "group":
-            return e.group or e.source
+    if group_by and group_by != "group":
         v = e.meta.get(group_by)
         return str(v) if v is not None else f"<no {group_by}>"
-    return e.group or e.source
+    return e.split_group
 
 
 def split(
-    examples: Sequence[QAExample],
+    examples: Sequence[QARecord],
     val_fraction: float,
     seed: int,
     group_by: str | None = None,
-) -> tuple[list[QAExample], list[QAExample]]:
+) -> tuple[list[QARecord], list[QARecord]]:
     """A seeded split: whole groups go to validation until it holds ``val_fraction``.
 
     Raises:
@@ -66,29 +66,17 @@ def split(
     if val_fraction <= 0:
         return list(examples), []
     n = len(examples)
-    groups: dict[str, list[QAExample]] = {}
-    for e in examples:
-        groups.setdefault(group_key(e, group_by), []).append(e)
+    sizes = Counter(group_key(e, group_by) for e in examples)
     target = max(1, round(val_fraction * n))
     by = f" grouped by {group_by!r}" if group_by else ""
-    if target >= n or len(groups) < 2:
+    if target >= n or len(sizes) < 2:
         raise DataError(
             f"validation split larger than the data: --val-fraction {val_fraction} of "
-            f"{n} examples in {len(groups)} group(s){by} leaves nothing to train on "
+            f"{n} examples in {len(sizes)} group(s){by} leaves nothing to train on "
             "(use more data, a smaller --val-fraction, or --val-fraction 0)",
             field="val_fraction",
         )
-    keys = sorted(groups)
-    random.Random(seed).shuffle(keys)
-    val_keys: set[str] = set()
-    count = 0
-    for k in keys:
-        if count >= target:
-            break
-        if count + len(groups[k]) >= n:
-            continue  # this group would swallow all training data
-        val_keys.add(k)
-        count += len(groups[k])
+    val_keys = set(hold_out_groups(sizes, val_fraction, seed))
     if not val_keys:
         raise DataError(
             f"validation split larger than the data: every group{by} is too big to hold out",

@@ -23,7 +23,8 @@ from typing import Any
 
 from ragtune.core.config import read_toml
 from ragtune.core.errors import DataError, InvalidInput
-from ragtune.tuner.formats import BadRecord, LoadResult, QAExample, iter_records
+from ragtune.core.qa import BadRecord, QARecord
+from ragtune.tuner.formats import LoadResult, example, iter_records
 
 KEYS = ("question", "answer", "group", "context")
 
@@ -36,7 +37,7 @@ class Template:
     description: str
     parts: dict[str, Any]  # field -> jinja2.Template
 
-    def render(self, record: dict[str, Any], source: str, dataset: int = 0) -> QAExample:
+    def render(self, record: dict[str, Any], source: str, dataset: int = 0) -> QARecord:
         """One record -> one example; raises ValueError naming the problem."""
         import jinja2
 
@@ -51,10 +52,10 @@ class Template:
         for key in ("question", "answer"):
             if not out[key]:
                 raise ValueError(f"template {key} renders empty")
-        return QAExample(
-            question=out["question"],
-            answer=out["answer"],
-            source=source,
+        return example(
+            out["question"],
+            out["answer"],
+            source,
             group=out.get("group") or None,
             context=out.get("context") or None,
             dataset=dataset,
@@ -62,7 +63,7 @@ class Template:
         )
 
     def apply_records(self, records: list[tuple[str, Any]], path: Path) -> LoadResult:
-        examples: list[QAExample] = []
+        examples: list[QARecord] = []
         bad: list[BadRecord] = []
         for src, rec in records:
             if not isinstance(rec, dict):

@@ -15,6 +15,10 @@ for SmolLM2-135M with LoRA). Choices that matter:
   weights, the optimizer, the scheduler and the torch RNG (dropout).
 - Validation: mean response-token loss on held-out examples each epoch (or every N steps);
   the best weights are kept on disk and restored at the end; optional early stopping.
+
+``train_loop`` reads top to bottom: plan the steps (``StepPlan``), set up the optimizer
+(``_setup``), resume from the checkpoint, then per step: ``train_step`` -> ``_validate`` ->
+``save_checkpoint``; at the end ``_finish`` restores the best weights.
 """
 
 from __future__ import annotations
@@ -251,7 +255,7 @@ def save_checkpoint(
 
     with staging_dir(workdir, "ckpt-") as tmp:
         save_file(trainable_state(model), str(tmp / WEIGHTS))
-        rng = {"torch": torch.get_rng_state()}
+        rng: dict[str, Any] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         torch.save(
@@ -316,15 +320,121 @@ def train_loop(
     ``workdir`` holds the resumable checkpoint: if one is there (``prepare_workdir`` said so)
     the run continues from it. ``on_step(step, loss)`` is called after every optimizer step.
     """
-    import torch
-    from tqdm.auto import tqdm
+    plan = StepPlan.of([e.dataset for e in train_set], weights or {}, args)
+    batches = StepBatches(train_set, weights or {}, args.seed, plan)
+    run = _setup(model, args, workdir, pad_id, device, plan.total)
+    state = load_checkpoint(workdir, model, run.optimizer, run.scheduler) or TrainState()
+    resumed_from = state.step or None
+    if resumed_from:
+        log.info("resuming from step %d of %d", state.step, plan.total)
 
-    weights = weights or {}
-    datasets = [e.dataset for e in train_set]
-    per_step = args.batch_size * args.grad_accum
-    steps_per_epoch = max(1, math.ceil(epoch_size(datasets, weights) / per_step))
-    total = args.max_steps or max(1, math.ceil(args.epochs * steps_per_epoch))
-    full_logits = not supports_logits_to_keep(model)
+    model.train()
+    bar = _progress_bar(plan.total, state.step, progress)
+    span = LossSpan()  # response-token loss since the last validation
+    last_saved = state.step
+    try:
+        while state.step < plan.total and not state.stopped_early:
+            epoch, chunk = batches.at(state.step)
+            if not chunk:  # max_steps beyond a short last epoch: move on
+                state.step += 1
+                continue
+            loss = train_step(run, chunk, state, span)
+            bar.set_postfix(loss=f"{loss:.3f}", tok_s=_tok_s(state))
+            bar.update(1)
+
+            validate = bool(val_set) and plan.validates_after(state.step, args.eval_every)
+            if validate:
+                _validate(run, val_set, state, span.mean(), epoch)
+                span = LossSpan()
+                val = state.history[-1]["val_loss"]
+                bar.set_postfix(loss=f"{loss:.3f}", val=f"{val:.3f}", tok_s=_tok_s(state))
+            if (validate or state.step % args.save_every == 0) and state.step < plan.total:
+                save_checkpoint(workdir, model, run.optimizer, run.scheduler, state)
+                last_saved = state.step
+            if on_step is not None:
+                on_step(state.step, loss)
+    except KeyboardInterrupt:
+        if state.step > last_saved:
+            save_checkpoint(workdir, model, run.optimizer, run.scheduler, state)
+        bar.close()
+        raise
+    bar.close()
+    return _finish(run, bool(val_set), state, span, plan, resumed_from)
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """How many optimizer steps the run takes and how examples map onto them."""
+
+    per_step: int  # examples per optimizer step: batch_size x grad_accum
+    steps_per_epoch: int
+    total: int  # max_steps, or epochs x steps_per_epoch
+
+    @classmethod
+    def of(cls, datasets: Sequence[int], weights: dict[int, float], args: TuneArgs) -> StepPlan:
+        per_step = args.batch_size * args.grad_accum
+        steps_per_epoch = max(1, math.ceil(epoch_size(datasets, weights) / per_step))
+        total = args.max_steps or max(1, math.ceil(args.epochs * steps_per_epoch))
+        return cls(per_step, steps_per_epoch, total)
+
+    def validates_after(self, step: int, eval_every: int) -> bool:
+        """Validate every ``eval_every`` steps, else at each epoch end; always at the end."""
+        if eval_every:
+            return step % eval_every == 0 or step == self.total
+        return step % self.steps_per_epoch == 0 or step == self.total
+
+
+class StepBatches:
+    """The examples of each optimizer step. Epoch ``e``'s order depends only on (seed, e), so
+    a resumed run sees exactly the batches an uninterrupted one would."""
+
+    def __init__(
+        self, train_set: Sequence[Encoded], weights: dict[int, float], seed: int, plan: StepPlan
+    ) -> None:
+        self.train_set, self.weights, self.seed, self.plan = train_set, weights, seed, plan
+        self.datasets = [e.dataset for e in train_set]
+        self.order: list[int] = []
+        self.order_epoch = -1
+
+    def at(self, step: int) -> tuple[int, list[Encoded]]:
+        """(epoch, examples) of optimizer step ``step`` (0-based); a short last epoch gives []."""
+        epoch, s_in = divmod(step, self.plan.steps_per_epoch)
+        if epoch != self.order_epoch:
+            self.order = epoch_order(self.datasets, self.weights, self.seed, epoch)
+            self.order_epoch = epoch
+        n = self.plan.per_step
+        return epoch, [self.train_set[i] for i in self.order[s_in * n : (s_in + 1) * n]]
+
+
+@dataclass
+class LossSpan:
+    """Summed response-token loss and token count over some optimizer steps."""
+
+    nll: float = 0.0
+    tokens: int = 0
+
+    def mean(self) -> float:
+        return self.nll / max(self.tokens, 1)
+
+
+@dataclass
+class _Run:
+    """What every step uses: the model, its optimizer and the fixed settings of the run."""
+
+    model: Any
+    args: TuneArgs
+    workdir: Path
+    pad_id: int
+    device: Any
+    full_logits: bool  # the model cannot trim its LM head (no ``logits_to_keep``)
+    params: list[Any]  # the trainable parameters
+    optimizer: Any
+    scheduler: Any
+
+
+def _setup(model: Any, args: TuneArgs, workdir: Path, pad_id: int, device: Any, total: int) -> _Run:
+    """AdamW over the trainable parameters; warmup then ``args.schedule`` over ``total`` steps."""
+    import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
@@ -332,119 +442,48 @@ def train_loop(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(args.schedule, warmup, total)
     )
-    state = load_checkpoint(workdir, model, optimizer, scheduler) or TrainState()
-    resumed_from = state.step or None
-    if resumed_from:
-        log.info("resuming from step %d of %d", state.step, total)
+    full_logits = not supports_logits_to_keep(model)
+    return _Run(model, args, workdir, pad_id, device, full_logits, params, optimizer, scheduler)
 
-    model.train()
-    bar = tqdm(
-        total=total,
-        initial=state.step,
-        desc="training",
-        unit="step",
-        disable=not progress,
-        dynamic_ncols=True,
-    )
-    order: list[int] = []
-    order_epoch = -1
-    span_nll, span_tok = 0.0, 0  # response-token loss since the last validation
-    last_saved = state.step
-    try:
-        while state.step < total and not state.stopped_early:
-            epoch, s_in = divmod(state.step, steps_per_epoch)
-            if epoch != order_epoch:
-                order, order_epoch = epoch_order(datasets, weights, args.seed, epoch), epoch
-            chunk = [train_set[i] for i in order[s_in * per_step : (s_in + 1) * per_step]]
-            if not chunk:  # max_steps beyond a short last epoch: move on
-                state.step += 1
-                continue
-            n_target = sum(e.n_target for e in chunk)
-            t0 = time.perf_counter()
-            step_nll, step_tokens = 0.0, 0
-            for i in range(0, len(chunk), args.batch_size):
-                b = collate(chunk[i : i + args.batch_size], pad_id, full_logits)
-                nll = loss_sum(model, b, device)
-                (nll / n_target).backward()
-                step_nll += float(nll.detach())
-                step_tokens += b["n_tokens"]
-            if args.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            state.train_seconds += time.perf_counter() - t0
-            state.tokens += step_tokens
-            span_nll += step_nll
-            span_tok += n_target
-            loss = step_nll / n_target
-            bar.set_postfix(
-                loss=f"{loss:.3f}", tok_s=f"{state.tokens / max(state.train_seconds, 1e-9):.0f}"
-            )
-            bar.update(1)
 
-            epoch_end = state.step % steps_per_epoch == 0
-            do_eval = bool(val_set) and (
-                (args.eval_every and state.step % args.eval_every == 0)
-                or (not args.eval_every and epoch_end)
-                or state.step == total
-            )
-            if do_eval:
-                _validate(
-                    model,
-                    val_set,
-                    args,
-                    workdir,
-                    pad_id,
-                    device,
-                    full_logits,
-                    state,
-                    span_nll / max(span_tok, 1),
-                    epoch,
-                )
-                span_nll, span_tok = 0.0, 0
-                bar.set_postfix(
-                    loss=f"{loss:.3f}",
-                    val=f"{state.history[-1]['val_loss']:.3f}",
-                    tok_s=f"{state.tokens / max(state.train_seconds, 1e-9):.0f}",
-                )
-            if (do_eval or state.step % args.save_every == 0) and state.step < total:
-                save_checkpoint(workdir, model, optimizer, scheduler, state)
-                last_saved = state.step
-            if on_step is not None:
-                on_step(state.step, loss)
-    except KeyboardInterrupt:
-        if state.step > last_saved:
-            save_checkpoint(workdir, model, optimizer, scheduler, state)
-        bar.close()
-        raise
-    bar.close()
+def train_step(run: _Run, chunk: Sequence[Encoded], state: TrainState, span: LossSpan) -> float:
+    """One optimizer step over ``chunk`` in micro-batches of ``batch_size``; returns its loss.
 
-    train_loss = span_nll / span_tok if span_tok else None
-    if train_loss is None and state.history:
-        train_loss = state.history[-1]["train_loss"]
-    val_loss = None
-    if val_set:
-        if state.best_step is not None and state.best_step != state.step:
-            load_trainable(model, workdir / BEST / WEIGHTS)  # keep the best, not the last
-        val_loss = state.best_val
-    return TrainResult(state, total, steps_per_epoch, train_loss, val_loss, resumed_from)
+    Each micro-batch adds (its summed token loss / the step's response tokens) to the
+    gradient, so accumulating ``grad_accum`` micro-batches equals one big batch.
+    """
+    import torch
+
+    args = run.args
+    n_target = sum(e.n_target for e in chunk)
+    t0 = time.perf_counter()
+    step_nll, step_tokens = 0.0, 0
+    for i in range(0, len(chunk), args.batch_size):
+        b = collate(chunk[i : i + args.batch_size], run.pad_id, run.full_logits)
+        nll = loss_sum(run.model, b, run.device)
+        (nll / n_target).backward()
+        step_nll += float(nll.detach())
+        step_tokens += b["n_tokens"]
+    if args.grad_clip:
+        torch.nn.utils.clip_grad_norm_(run.params, args.grad_clip)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+
+    state.step += 1
+    state.train_seconds += time.perf_counter() - t0
+    state.tokens += step_tokens
+    span.nll += step_nll
+    span.tokens += n_target
+    return step_nll / n_target
 
 
 def _validate(
-    model: Any,
-    val_set: Sequence[Encoded],
-    args: TuneArgs,
-    workdir: Path,
-    pad_id: int,
-    device: Any,
-    full_logits: bool,
-    state: TrainState,
-    train_loss: float,
-    epoch: int,
+    run: _Run, val_set: Sequence[Encoded], state: TrainState, train_loss: float, epoch: int
 ) -> None:
-    v = evaluate(model, val_set, args.batch_size, pad_id, device, full_logits)
+    """Record the validation loss; keep the best weights on disk; count towards patience."""
+    args = run.args
+    v = evaluate(run.model, val_set, args.batch_size, run.pad_id, run.device, run.full_logits)
     state.history.append(
         {
             "step": state.step,
@@ -455,7 +494,7 @@ def _validate(
     )
     if state.best_val is None or v < state.best_val:
         state.best_val, state.best_step, state.bad_evals = v, state.step, 0
-        save_weights(model, workdir / BEST, workdir)
+        save_weights(run.model, run.workdir / BEST, run.workdir)
     else:
         state.bad_evals += 1
         if args.patience and state.bad_evals >= args.patience:
@@ -463,3 +502,40 @@ def _validate(
             log.info(
                 "early stop at step %d: no improvement in %d validations", state.step, args.patience
             )
+
+
+def _finish(
+    run: _Run,
+    validated: bool,
+    state: TrainState,
+    span: LossSpan,
+    plan: StepPlan,
+    resumed_from: int | None,
+) -> TrainResult:
+    """Put the best weights back (when validating) and sum up the run."""
+    train_loss = span.mean() if span.tokens else None
+    if train_loss is None and state.history:
+        train_loss = state.history[-1]["train_loss"]
+    val_loss = None
+    if validated:
+        if state.best_step is not None and state.best_step != state.step:
+            load_trainable(run.model, run.workdir / BEST / WEIGHTS)  # keep the best, not the last
+        val_loss = state.best_val
+    return TrainResult(state, plan.total, plan.steps_per_epoch, train_loss, val_loss, resumed_from)
+
+
+def _progress_bar(total: int, initial: int, progress: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc="training",
+        unit="step",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+
+
+def _tok_s(state: TrainState) -> str:
+    return f"{state.tokens / max(state.train_seconds, 1e-9):.0f}"

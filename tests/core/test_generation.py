@@ -55,8 +55,9 @@ def test_unknown_and_mismatched_adapters(tiny_settings, engine):
     with pytest.raises(UnknownAdapter):
         engine.load_adapter("nope")
     info = make_lora_adapter(tiny_settings, "other")
-    manifest = info.manifest | {"base_fingerprint": "0" * 64}
-    (info.path / "manifest.json").write_text(__import__("json").dumps(manifest))
+    info.manifest.model_copy(update={"base_fingerprint": "0" * 64}).write(
+        info.path / "manifest.json"
+    )
     with pytest.raises(AdapterMismatch):
         engine.load_adapter("other")
 

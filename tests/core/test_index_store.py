@@ -12,7 +12,7 @@ from ragtune.core.index_store import (
     check_compatible,
     current_version,
     list_indexes,
-    load_index,
+    open_index,
     read_manifest,
     rrf_fuse,
     validate_name,
@@ -46,12 +46,6 @@ def test_rrf_fuse_weights_and_ties() -> None:
     assert fused[0][1] == pytest.approx(0.5 / 7 + 1.0 / 6)
 
 
-def test_check_compatible() -> None:
-    check_compatible({"embedding_model": "m", "embedding_dim": 8}, "m", 8)
-    with pytest.raises(IndexMismatch, match="rebuild the index"):
-        check_compatible({"name": "kb", "embedding_model": "m", "embedding_dim": 8}, "m", 16)
-
-
 def _build(settings, emb, root, name="kb"):
     from ragtune.indexer.api import build_index
 
@@ -83,8 +77,12 @@ def test_load_and_search(tiny_settings, tiny_emb, docs) -> None:
         read_manifest(tiny_settings, "kb")
     _build(tiny_settings, tiny_emb, docs)
     assert list_indexes(tiny_settings) == ["kb"]
-    idx = load_index(tiny_settings, "kb", tiny_emb.model_id, tiny_emb.dim, tiny_emb.encode)
-    assert (
+    m = read_manifest(tiny_settings, "kb")
+    check_compatible(m, tiny_emb.model_id, tiny_emb.dim)
+    with pytest.raises(IndexMismatch, match=r"'kb' was built .* \(32-d\).*\(16-d\); rebuild"):
+        check_compatible(m, tiny_emb.model_id, 16)
+    idx = open_index(tiny_settings, "kb", tiny_emb)
+    assert idx.manifest == m and (
         idx.size == 3 and idx.name == "kb" and idx.version == current_version(tiny_settings, "kb")
     )
     # The title is searchable although the passage never names its subject.
@@ -104,7 +102,7 @@ def test_load_and_search(tiny_settings, tiny_emb, docs) -> None:
 
 def test_cache_swaps_in_a_new_version(tiny_settings, tiny_emb, docs) -> None:
     first = _build(tiny_settings, tiny_emb, docs)
-    cache = IndexCache(tiny_settings, tiny_emb.model_id, tiny_emb.dim, tiny_emb.encode)
+    cache = IndexCache(tiny_settings, tiny_emb)
     held = cache.get("kb")
     assert cache.get("kb") is held
     (docs / "d.txt").write_text("Python is a programming language.")
@@ -120,7 +118,9 @@ def test_cache_swaps_in_a_new_version(tiny_settings, tiny_emb, docs) -> None:
 
 
 def test_cache_refuses_another_embedder(tiny_settings, tiny_emb, docs) -> None:
+    from ragtune.core.models import Embedder
+
     _build(tiny_settings, tiny_emb, docs)
-    cache = IndexCache(tiny_settings, "other-model", tiny_emb.dim, tiny_emb.encode)
+    cache = IndexCache(tiny_settings, Embedder(tiny_emb.model, "other-model"))
     with pytest.raises(IndexMismatch, match="other-model"):
         cache.get("kb")

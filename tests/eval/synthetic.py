@@ -6,8 +6,8 @@ import json
 import random
 from pathlib import Path
 
+from ragtune.core.qa import QARecord
 from ragtune.core.types import Hit
-from ragtune.eval.datasets import QAItem
 from ragtune.eval.metrics import answer_scores
 from ragtune.eval.runner import RunConfig, retrieval_record
 from ragtune.eval.summary import summarize
@@ -25,12 +25,12 @@ ACCURACY = {"base": 0.05, "rag": 0.3, "finetune:qa": 0.1, "hybrid:raft": 0.5, "o
 
 def make_run(
     out: Path, n: int = 60, seed: int = 0, accuracy: dict[str, float] | None = None
-) -> tuple[dict, list[dict], list[QAItem]]:
+) -> tuple[dict, list[dict], list[QARecord]]:
     """Write summary.json, results.jsonl and config.json of a fake run into ``out``."""
     acc = accuracy or ACCURACY
     rng = random.Random(seed)
     items = [
-        QAItem(f"q{i}", f"What is thing {i}?", (f"answer {i}",), (f"Doc#p{i}",), "g", f"c {i}")
+        QARecord(f"q{i}", f"What is thing {i}?", (f"answer {i}",), (f"Doc#p{i}",), "g", f"c {i}")
         for i in range(n)
     ]
     recs: list[dict] = []

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from ragtune.core.errors import DataError, InvalidInput
-from ragtune.eval.datasets import load_items, squad_items, subset_squad, write_jsonl
+from ragtune.core.qa import QARecord, squad_records
+from ragtune.eval.datasets import load_items, subset_squad, write_jsonl
 from ragtune.eval.split import SplitSpec, sample_items, select_split, split_groups, split_items
 
 
@@ -36,6 +37,14 @@ def _squad(n_articles: int = 6) -> dict:
     return {"version": "1.1", "canary": "CANARY", "data": data}
 
 
+def squad_items(raw: dict) -> list[QARecord]:
+    return squad_records(raw, "s.json").records
+
+
+def _jsonl_fields(items: list[QARecord]) -> list[tuple]:
+    return [(i.id, i.question, i.answers, i.gold_doc_ids, i.group, i.context) for i in items]
+
+
 def test_squad_items_gold_ids_and_dedup(tmp_path: Path) -> None:
     path = tmp_path / "s.json"
     path.write_text(json.dumps(_squad(2)))
@@ -52,7 +61,7 @@ def test_jsonl_round_trip_and_errors(tmp_path: Path) -> None:
     items = squad_items(_squad(2))
     path = tmp_path / "d.jsonl"
     write_jsonl(path, items)
-    assert load_items(path) == items
+    assert _jsonl_fields(load_items(path)) == _jsonl_fields(items)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "q?", "answer": "a"}\n{"question": "", "answers": ["x"]}\n')
     with pytest.raises(DataError, match="line 2"):
@@ -98,3 +107,15 @@ def test_subset_keeps_canary_and_indices() -> None:
     sub = subset_squad(raw, ["Art_2"])
     assert sub["canary"] == "CANARY" and len(sub["data"]) == 1
     assert squad_items(sub)[2].gold_doc_ids == ("Art_2#p2",)
+
+
+def test_squad_without_answer_is_skipped_other_bad_questions_are_errors(tmp_path: Path) -> None:
+    raw = _squad(2)
+    raw["data"][0]["paragraphs"][0]["qas"][0]["answers"] = []  # nothing to score: skipped
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(raw))
+    assert [it.id for it in load_items(path)][:2] == ["q0-1", "q0-2"]
+    raw["data"][1]["paragraphs"][2]["qas"][0]["question"] = "  "
+    path.write_text(json.dumps(raw))
+    with pytest.raises(DataError, match=r"s\.json:Art_1#p2:q1-2: empty question"):
+        load_items(path)

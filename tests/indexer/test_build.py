@@ -10,7 +10,13 @@ import pytest
 
 from ragtune.core.config import Settings
 from ragtune.core.errors import DataError, IndexMismatch, InvalidInput
-from ragtune.core.index_store import current_version, load_index, read_manifest, version_dir
+from ragtune.core.index_store import (
+    check_compatible,
+    current_version,
+    open_index,
+    read_manifest,
+    version_dir,
+)
 from ragtune.core.models import Embedder, load_embedder
 from ragtune.indexer.api import build_index
 from ragtune.indexer.build import index_lock
@@ -21,8 +27,8 @@ def build(settings: Settings, paths: list[Path], emb: Embedder, **kw):
     return build_index(settings, paths, "kb", progress=False, embedder=emb, **kw)
 
 
-def open_index(settings: Settings, emb: Embedder):
-    return load_index(settings, "kb", emb.model_id, emb.dim, emb.encode)
+def open_kb(settings: Settings, emb: Embedder):
+    return open_index(settings, "kb", emb)
 
 
 def test_first_build_then_search_every_method(tiny_settings, tiny_embedder, corpus) -> None:
@@ -30,7 +36,7 @@ def test_first_build_then_search_every_method(tiny_settings, tiny_embedder, corp
     assert s.changed and s.version == current_version(tiny_settings, "kb")
     assert (s.documents.added, s.chunks.added, s.total_documents) == (5, s.total_chunks, 5)
     assert s.errors == [] and s.to_dict()["documents"]["added"] == 5
-    idx = open_index(tiny_settings, tiny_embedder)
+    idx = open_kb(tiny_settings, tiny_embedder)
     assert idx.size == s.total_chunks
     for method in ("dense", "bm25", "hybrid"):
         hits = idx.search("Everest mountain Himalayas", 3, method)
@@ -38,16 +44,16 @@ def test_first_build_then_search_every_method(tiny_settings, tiny_embedder, corp
     assert idx.search("Everest mountain Himalayas", 3, "bm25")[0].doc_id == "docs/everest.md"
     assert idx.search("Curie chemistry", 1, "hybrid")[0].doc_id == "curie"
     m = read_manifest(tiny_settings, "kb")
-    assert m["embedding_model"] == tiny_embedder.model_id
-    assert m["embedding_dim"] == tiny_embedder.dim
-    assert m["chunker"]["chunk_size"] == 64
+    assert m.embedding_model == tiny_embedder.model_id
+    assert m.embedding_dim == tiny_embedder.dim
+    assert m.chunker.chunk_size == 64
 
 
 def test_incremental_add_update_remove(tiny_settings, tiny_embedder, corpus) -> None:
     first = build(tiny_settings, [corpus], tiny_embedder)
     m1 = read_manifest(tiny_settings, "kb")
-    keep_ids = m1["documents"]["curie"]["chunks"]
-    old_vecs = open_index(tiny_settings, tiny_embedder).faiss_index.reconstruct(keep_ids[0])
+    keep_ids = m1.documents["curie"].chunks
+    old_vecs = open_kb(tiny_settings, tiny_embedder).faiss_index.reconstruct(keep_ids[0])
 
     (corpus / "paris.txt").write_text("The Eiffel Tower is in Paris. It was built in 1889.")
     (corpus / "everest.md").unlink()
@@ -59,9 +65,9 @@ def test_incremental_add_update_remove(tiny_settings, tiny_embedder, corpus) -> 
     assert (s.chunks.added, s.chunks.updated, s.chunks.removed) == (1, 1, 2)
     assert s.previous_version == first.version and s.total_documents == 5
     m2 = read_manifest(tiny_settings, "kb")
-    assert "docs/everest.md" not in m2["documents"]
-    assert m2["documents"]["curie"]["chunks"] == keep_ids  # unchanged: same chunk ids
-    idx = open_index(tiny_settings, tiny_embedder)
+    assert "docs/everest.md" not in m2.documents
+    assert m2.documents["curie"].chunks == keep_ids  # unchanged: same chunk ids
+    idx = open_kb(tiny_settings, tiny_embedder)
     np.testing.assert_array_equal(idx.faiss_index.reconstruct(keep_ids[0]), old_vecs)
     assert idx.faiss_index.ntotal == len(idx.chunks) == s.total_chunks
     assert idx.search("photosynthesis sugar", 1, "bm25")[0].doc_id == "docs/new.txt"
@@ -122,7 +128,7 @@ def test_chunk_settings_change_re_embeds_everything(tiny_settings, tiny_embedder
     build(tiny_settings, [corpus], tiny_embedder)
     s = build(tiny_settings.model_copy(update={"chunk_size": 16}), [corpus], tiny_embedder)
     assert s.documents.updated == 5 and s.documents.unchanged == 0
-    assert read_manifest(tiny_settings, "kb")["chunker"]["chunk_size"] == 16
+    assert read_manifest(tiny_settings, "kb").chunker.chunk_size == 16
 
 
 def test_keeps_the_live_and_the_previous_version_only(tiny_settings, tiny_embedder, corpus) -> None:
@@ -135,14 +141,7 @@ def test_keeps_the_live_and_the_previous_version_only(tiny_settings, tiny_embedd
         versions[1:]
     )
     # The previous version is whole: a reader that still holds it can reload it.
-    old = load_index(
-        tiny_settings,
-        "kb",
-        tiny_embedder.model_id,
-        tiny_embedder.dim,
-        tiny_embedder.encode,
-        version=versions[1],
-    )
+    old = open_index(tiny_settings, "kb", tiny_embedder, version=versions[1])
     assert old.search("Run number", 1, "bm25")[0].text == "Run number 1 of the indexer."
 
 
@@ -155,9 +154,9 @@ def test_another_embedder_is_refused(tiny_settings, tiny_embedder, corpus, tmp_p
     with pytest.raises(IndexMismatch, match="was built with embedder 'embedder'"):
         build(tiny_settings, [corpus], other)
     with pytest.raises(IndexMismatch):
-        load_index(tiny_settings, "kb", other.model_id, other.dim, other.encode)
+        open_index(tiny_settings, "kb", other)
     with pytest.raises(IndexMismatch, match=r"\(32-d\).*\(64-d\)"):
-        load_index(tiny_settings, "kb", tiny_embedder.model_id, 64, tiny_embedder.encode)
+        check_compatible(read_manifest(tiny_settings, "kb"), tiny_embedder.model_id, 64)
 
 
 def test_one_writer_at_a_time(tiny_settings, tiny_embedder, corpus) -> None:
@@ -191,7 +190,7 @@ def test_ivf_falls_back_to_flat_on_tiny_corpora(tiny_settings, tiny_embedder, co
     settings = tiny_settings.model_copy(update={"index_type": "ivf"})
     s = build(settings, [corpus], tiny_embedder)
     assert s.index_type == "flat"
-    assert read_manifest(settings, "kb")["requested_index_type"] == "ivf"
+    assert read_manifest(settings, "kb").requested_index_type == "ivf"
 
 
 def test_ivf_build_update_and_search(tiny_settings, tiny_embedder, tmp_path) -> None:
@@ -202,21 +201,19 @@ def test_ivf_build_update_and_search(tiny_settings, tiny_embedder, tmp_path) -> 
     s = build(settings, [root], tiny_embedder)
     assert s.index_type == "ivf"
     m = read_manifest(settings, "kb")
-    assert m["ivf"]["nlist"] == 10 and m["ivf"]["trained_on"] == 400  # min(4*sqrt(400), 400//39)
+    assert m.ivf.nlist == 10 and m.ivf.trained_on == 400  # min(4*sqrt(400), 400//39)
     # Update in place: the trained cells are kept, removed ids are gone, new ones searchable.
     lines = (root / "many.jsonl").read_text().splitlines()
     lines = [*lines[:-10], json.dumps({"id": "special", "text": "Marie Curie chemistry"})]
     (root / "many.jsonl").write_text("\n".join(lines) + "\n")
     s = build(settings, [root], tiny_embedder)
     assert (s.documents.added, s.documents.removed, s.index_type) == (1, 10, "ivf")
-    idx = load_index(
-        settings, "kb", tiny_embedder.model_id, tiny_embedder.dim, tiny_embedder.encode
-    )
+    idx = open_index(settings, "kb", tiny_embedder)
     assert isinstance(idx.faiss_index, faiss.IndexIVFFlat) and idx.faiss_index.ntotal == 391
     # With every cell probed, IVF is exact: the same top hits as brute force.
     assert idx.search("Marie Curie chemistry", 1, "dense")[0].doc_id == "special"
     # Switching the setting back to flat rebuilds the kind from the stored vectors (no embedding).
     s = build(tiny_settings, [root], tiny_embedder)
     assert s.changed and s.index_type == "flat" and s.chunks.added == 0
-    flat = open_index(tiny_settings, tiny_embedder)
+    flat = open_kb(tiny_settings, tiny_embedder)
     assert flat.search("Marie Curie chemistry", 1, "dense")[0].doc_id == "special"

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from ragtune.core.index_store import current_version, load_index
+from ragtune.core.index_store import current_version, open_index
 from ragtune.indexer.api import build_index
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,9 +66,7 @@ def test_kill_9_during_reindex(tiny_settings, tiny_embedder, corpus, tmp_path) -
 
     # The old version is still live and whole.
     assert current_version(tiny_settings, "kb") == first.version
-    idx = load_index(
-        tiny_settings, "kb", tiny_embedder.model_id, tiny_embedder.dim, tiny_embedder.encode
-    )
+    idx = open_index(tiny_settings, "kb", tiny_embedder)
     assert idx.size == first.total_chunks
     assert idx.search("Everest mountain", 1, "hybrid")[0].doc_id == "docs/everest.md"
     assert any(p.name.startswith(".tmp-") for p in vroot.iterdir())  # the killed run's leftovers

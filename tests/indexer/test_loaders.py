@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ragtune.indexer.loaders import content_hash, load_paths, squad_doc_id
+from ragtune.core.qa import squad_doc_id
+from ragtune.indexer.loaders import content_hash, load_paths
 from tests.indexer.conftest import minimal_pdf
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from ragtune.core.index_store import load_index
+from ragtune.core.index_store import open_index
 from ragtune.core.models import load_embedder
+from ragtune.core.qa import squad_paragraphs
 from ragtune.indexer.api import build_index
-from ragtune.indexer.loaders import squad_doc_id
 from tests.conftest import SHARED_SQUAD
 
 pytestmark = [
@@ -26,10 +26,7 @@ def squad_subset(tmp_path_factory) -> tuple[Path, list[tuple[str, str]]]:
     path = tmp_path_factory.mktemp("squad") / "dev.json"
     path.write_text(json.dumps({"version": "1.1", "data": arts}))
     qa = [
-        (qa["question"], squad_doc_id(a["title"], i))
-        for a in arts
-        for i, p in enumerate(a["paragraphs"])
-        for qa in p["qas"][:1]
+        (qa["question"], p.doc_id) for p in squad_paragraphs(arts, pytest.fail) for qa in p.qas[:1]
     ]
     return path, qa
 
@@ -39,7 +36,7 @@ def test_squad_subset_hybrid_recall(packaged_settings, squad_subset) -> None:
     emb = load_embedder(packaged_settings)
     s = build_index(packaged_settings, [path], "squad", progress=False, embedder=emb)
     assert s.total_documents == len(qa) and s.errors == []
-    idx = load_index(packaged_settings, "squad", emb.model_id, emb.dim, emb.encode)
+    idx = open_index(packaged_settings, "squad", emb)
     hits = idx.search_batch([q for q, _ in qa], 5, "hybrid")
     recall = sum(g in [h.doc_id for h in row] for (_, g), row in zip(qa, hits, strict=True))
     assert recall / len(qa) >= 0.85

@@ -143,6 +143,59 @@ def test_no_traceback_or_path_reaches_the_client(client, svc_settings):
     assert manifest.is_file()
 
 
+def test_unreadable_manifests_are_problem_json_and_other_artifacts_still_serve(
+    client, svc_settings, caplog
+):
+    from ragtune.core.index_store import current_version, version_dir
+
+    # An index written by an unknown ragtune release (schema version 99) ...
+    v = current_version(svc_settings, "default")
+    good = json.loads((version_dir(svc_settings, "default", v) / "manifest.json").read_text())
+    newer = svc_settings.indexes_dir / "newer" / "versions" / "v1"
+    newer.mkdir(parents=True)
+    (newer / "manifest.json").write_text(json.dumps(good | {"schema_version": 99}))
+    (svc_settings.indexes_dir / "newer" / "CURRENT").write_text("v1")
+    # ... and an adapter whose manifest lost a required key.
+    bad = svc_settings.adapters_dir / "broken"
+    bad.mkdir()
+    (bad / "adapter_config.json").write_text("{}")
+    (bad / "manifest.json").write_text(json.dumps({"method": "lora"}))
+
+    with caplog.at_level("ERROR", logger="ragtune.service"):
+        r = client.post("/v1/query", json={"question": "q", "index": "newer"})
+    assert r.status_code == 500 and r.headers["content-type"].startswith(PROBLEM)
+    assert r.json()["title"] == "Unreadable manifest" and "Traceback" not in r.text
+    assert str(svc_settings.data_dir) not in r.text
+    assert "has schema version 99" in caplog.text  # the operator's log names the file
+    r = client.post("/v1/query", json={"question": "q", "adapter": "broken", "mode": "finetune"})
+    assert r.status_code == 500 and r.json()["title"] == "Unreadable manifest"
+    # The readable ones are unaffected: the registry listings skip the broken adapter.
+    assert [a["name"] for a in client.get("/v1/adapters").json()["adapters"]] == ["alpha"]
+    assert "broken" not in [m["id"] for m in client.get("/v1/models").json()["data"]]
+    r = client.post("/v1/query", json={"question": "Where is the Eiffel Tower?", "top_k": 1})
+    assert r.status_code == 200
+
+
+def test_readyz_names_an_unreadable_default_index_without_its_path(svc_settings):
+    import time
+
+    from litestar.testing import TestClient
+
+    from ragtune.service.app import create_app
+
+    vdir = svc_settings.indexes_dir / "default" / "versions" / "v-bad"
+    vdir.mkdir()
+    (vdir / "manifest.json").write_text("{")
+    (svc_settings.indexes_dir / "default" / "CURRENT").write_text("v-bad")
+    with TestClient(create_app(svc_settings)) as c:
+        deadline = time.monotonic() + 60
+        while (r := c.get("/readyz")).json()["detail"] == "models are loading":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    assert r.status_code == 503 and str(svc_settings.data_dir) not in r.text
+    assert r.json()["detail"] == "index 'default': unreadable manifest (see the server log)"
+
+
 def test_adapter_names_are_never_raw_paths(svc_settings):
     for name in ("..", "../x", "a/b", "/etc/passwd", ".hidden", "x" * 65):
         with pytest.raises(InvalidInput):

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from ragtune.core.errors import DataError, InvalidInput
+from ragtune.core.qa import sentence_with
 from ragtune.tuner.args import parse_data_spec
-from ragtune.tuner.formats import load_examples, sentence_with
+from ragtune.tuner.formats import load_examples
 from tests.tuner.helpers import squad_json, write_jsonl
 
 

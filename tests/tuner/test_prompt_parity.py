@@ -25,11 +25,11 @@ def _check_parity(settings: Settings, tok, data: Path, raft: bool) -> int:
     prepared = prepare_data(settings, args, tok)
     train_ex, _ = split(load_examples(data).examples, 0.25, args.seed)
     if raft:
-        from ragtune.core.index_store import load_index
+        from ragtune.core.index_store import open_index
         from ragtune.core.models import load_embedder
 
         emb = load_embedder(settings)
-        index = load_index(settings, "default", emb.model_id, emb.dim, emb.encode)
+        index = open_index(settings, "default", emb)
         built, _ = build_raft(
             train_ex, index, settings.top_k, args.p_oracle, args.seed, settings.retrieval
         )
@@ -43,9 +43,9 @@ def _check_parity(settings: Settings, tok, data: Path, raft: bool) -> int:
         assert enc.input_ids[: enc.n_prompt] == ids
         assert tok.decode(enc.input_ids[: enc.n_prompt]) == tok.decode(ids)
         assert enc.n_target > 0
-    sample = prepared.samples[0]
     q, ctx = served[0]
-    assert sample["prompt"] == render_prompt(tok, q, ctx, settings.max_context_chars)
+    assert prepared.example is not None
+    assert prepared.example.prompt == render_prompt(tok, q, ctx, settings.max_context_chars)
     return len(served)
 
 

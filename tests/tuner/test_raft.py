@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from ragtune.core.config import Settings
-from ragtune.core.index_store import current_version, load_index
+from ragtune.core.index_store import current_version, open_index
 from ragtune.core.models import load_embedder
 from ragtune.tuner.api import train_adapter
-from ragtune.tuner.formats import QAExample, load_examples
+from ragtune.tuner.formats import example, load_examples
 from ragtune.tuner.raft import build_raft, make_target, strip_quote
 from tests.tuner.conftest import quick_args
 from tests.tuner.helpers import build_index, squad_json
@@ -21,7 +21,7 @@ def squad_index(tiny_settings: Settings, tmp_path: Path) -> tuple[Path, object]:
     sq = squad_json(tmp_path / "squad.json")
     build_index(tiny_settings, "docs", squad_path=sq)
     emb = load_embedder(tiny_settings)
-    return sq, load_index(tiny_settings, "docs", emb.model_id, emb.dim, emb.encode)
+    return sq, open_index(tiny_settings, "docs", emb)
 
 
 def test_p_oracle_one_always_has_gold_zero_never(squad_index: tuple) -> None:
@@ -41,11 +41,11 @@ def test_missing_gold_is_inserted_at_a_shuffled_position(squad_index: tuple) -> 
     _, index = squad_index
     # a question that retrieves nothing of its gold document: the gold is inserted
     exs = [
-        QAExample(
+        example(
             f"Nile river Africa longest world {i}",
             "Guido van Rossum",
             f"x:{i}",
-            doc_id="Article_1#p1",
+            gold_doc_ids=("Article_1#p1",),
             context="unused",
         )
         for i in range(30)
@@ -63,7 +63,9 @@ def test_p_oracle_rate_and_seeded_draws(squad_index: tuple) -> None:
     sq, index = squad_index
     exs = load_examples(sq).examples * 8  # 128 draws (same questions, same sources)
     exs = [
-        QAExample(e.question, e.answer, f"{e.source}/{i}", doc_id=e.doc_id, context=e.context)
+        example(
+            e.question, e.answer, f"{e.source}/{i}", gold_doc_ids=e.gold_doc_ids, context=e.context
+        )
         for i, e in enumerate(exs)
     ]
     a, st = build_raft(exs, index, 3, 0.8, seed=1)
@@ -73,7 +75,7 @@ def test_p_oracle_rate_and_seeded_draws(squad_index: tuple) -> None:
 
 
 def test_quote_target() -> None:
-    e = QAExample("q", "Paris", "s", support="The tower is in Paris.")
+    e = example("q", "Paris", "s", support="The tower is in Paris.")
     assert make_target(e, quote=False) == "Paris"
     t = make_target(e, quote=True)
     assert t == '"The tower is in Paris." Answer: Paris' and strip_quote(t) == "Paris"
@@ -89,15 +91,16 @@ def test_raft_training_records_index_and_version(
         quick_args(sq, "raft", raft=True, index="docs", raft_k=2, p_oracle=0.5, raft_quote=True),
         progress=False,
     )
-    r = info.manifest["raft"]
+    r = info.manifest.raft
     live = current_version(tiny_settings, "docs")
-    assert (r["index"], r["index_version"], r["p_oracle"], r["k"]) == ("docs", live, 0.5, 2)
-    assert r["quote"] is True and r["stats"]["train"]["examples"] > 0
-    example = info.manifest["prompt"]["example"]
-    assert "Passages:\n[1] " in example["prompt"] and "[2] " in example["prompt"]
-    assert "Answer: " in example["completion"]
+    assert r and (r.index, r.index_version, r.p_oracle, r.k) == ("docs", live, 0.5, 2)
+    assert r.quote is True and r.stats["train"].examples > 0
+    assert info.manifest.prompt and info.manifest.prompt.example
+    example = info.manifest.prompt.example
+    assert "Passages:\n[1] " in example.prompt and "[2] " in example.prompt
+    assert "Answer: " in example.completion
     # SQuAD data splits by article: validation questions come from unseen articles
-    assert info.manifest["data"]["counts"]["val"] > 0
+    assert info.manifest.data and info.manifest.data.counts.val > 0
 
 
 def test_raft_without_index_is_a_clear_error(tiny_settings: Settings, tmp_path: Path) -> None:

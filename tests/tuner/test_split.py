@@ -5,18 +5,19 @@ from __future__ import annotations
 import pytest
 
 from ragtune.core.errors import DataError
-from ragtune.tuner.formats import QAExample
+from ragtune.core.qa import QARecord
+from ragtune.tuner.formats import example
 from ragtune.tuner.split import dedup, length_filter, split
 
 
-def _ex(i: int, group: str | None = None, q: str | None = None) -> QAExample:
-    return QAExample(
+def _ex(i: int, group: str | None = None, q: str | None = None) -> QARecord:
+    return example(
         q or f"question {i}", f"answer {i}", f"f:{i}", group=group, meta={"topic": f"t{i % 3}"}
     )
 
 
 def test_dedup_ignores_case_and_spacing() -> None:
-    exs = [_ex(1), _ex(2), QAExample("QUESTION  1", "Answer 1", "f:9"), _ex(3)]
+    exs = [_ex(1), _ex(2), example("QUESTION  1", "Answer 1", "f:9"), _ex(3)]
     kept, removed = dedup(exs)
     assert removed == 1 and [e.source for e in kept] == ["f:1", "f:2", "f:3"]
 

@@ -37,16 +37,20 @@ def test_trains_a_registry_adapter_that_peft_loads_as_is(
     assert not run_dir(tiny_settings, "a1").exists()  # the work folder is cleaned up
 
     m = info.manifest
-    assert m["method"] == "lora" and m["base_model"] == "generator"
-    assert m["base_fingerprint"] and m["prompt_template"].startswith("ragtune-qa-v1:")
-    assert m["data"]["counts"]["train"] == 12 and m["data"]["counts"]["val"] == 4
-    assert m["data"]["files"][0]["format"] == "prompt" and len(m["data"]["hash"]) == 64
-    assert m["hyperparameters"]["r"] == 4 and m["hyperparameters"]["lr"] == 5e-3
-    met = m["metrics"]
-    assert met["steps"] == 4 and met["val_loss"] > 0 and met["train_loss"] > 0
-    assert met["peak_rss_mb"] > 0 and met["tokens_per_s"] > 0
-    assert met["perplexity"]["base"] > 0 and met["perplexity"]["tuned"] > 0
-    assert m["raft"] is None and m["created_at"] and m["versions"]["peft"]
+    assert m.method == "lora" and m.base_model == "generator"
+    assert (
+        m.base_fingerprint and m.prompt_template and m.prompt_template.startswith("ragtune-qa-v1:")
+    )
+    assert m.data and m.data.counts.train == 12 and m.data.counts.val == 4
+    assert m.data.files[0].format == "prompt" and len(m.data.hash) == 64
+    assert m.hyperparameters["r"] == 4 and m.hyperparameters["lr"] == 5e-3
+    met = m.metrics
+    assert met and met.steps == 4 and met.val_loss and met.train_loss
+    assert met.val_loss > 0 and met.train_loss > 0
+    assert met.peak_rss_mb > 0 and met.tokens_per_s > 0
+    assert met.perplexity and met.perplexity.base > 0 and met.perplexity.tuned > 0
+    assert m.raft is None and m.created_at and m.versions["peft"]
+    assert m.schema_version == 1 and m.prompt and m.prompt.example
 
     base = AutoModelForCausalLM.from_pretrained(tiny_settings.generator)
     model = PeftModel.from_pretrained(base, str(info.path))
@@ -108,12 +112,10 @@ def test_interrupted_run_resumes_to_the_same_weights(
     assert (run_dir(tiny_settings, "res") / "last" / "state.json").is_file()
 
     info = train_adapter(tiny_settings, args, progress=False)
-    assert info.manifest["metrics"]["resumed_from_step"] == 3
+    assert info.manifest.metrics.resumed_from_step == 3
     a, b = _weights(ref.path), _weights(info.path)
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
-    assert info.manifest["metrics"]["val_loss"] == pytest.approx(
-        ref.manifest["metrics"]["val_loss"], abs=1e-4
-    )
+    assert info.manifest.metrics.val_loss == pytest.approx(ref.manifest.metrics.val_loss, abs=1e-4)
 
 
 def test_changed_args_start_over_instead_of_resuming(
@@ -128,7 +130,7 @@ def test_changed_args_start_over_instead_of_resuming(
             tiny_settings, quick_args(qa_file, "x", save_every=1), progress=False, on_step=interrupt
         )
     info = train_adapter(tiny_settings, quick_args(qa_file, "x", lr=1e-3), progress=False)
-    assert info.manifest["metrics"]["resumed_from_step"] is None
+    assert info.manifest.metrics.resumed_from_step is None
 
 
 def test_continue_from_an_existing_adapter(tiny_settings: Settings, qa_file: Path) -> None:
@@ -136,8 +138,8 @@ def test_continue_from_an_existing_adapter(tiny_settings: Settings, qa_file: Pat
     second = train_adapter(
         tiny_settings, quick_args(qa_file, "second", init_from="first", r=8), progress=False
     )
-    assert second.manifest["init_from"]["name"] == "first"
-    assert second.manifest["hyperparameters"]["r"] == 4  # the adapter's own shape is kept
+    assert second.manifest.init_from.name == "first"
+    assert second.manifest.hyperparameters["r"] == 4  # the adapter's own shape is kept
     a, b = _weights(first.path), _weights(second.path)
     assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)
 
@@ -158,10 +160,10 @@ def test_mixing_weights_scale_each_dataset(tiny_settings: Settings, tmp_path: Pa
         quick_args([f"{a}:0.5", f"{b}:2"], "mix", val_fraction=0.0, epochs=1, max_steps=None),
         progress=False,
     )
-    files = info.manifest["data"]["files"]
-    assert [(f["format"], f["weight"]) for f in files] == [("prompt", 0.5), ("alpaca", 2.0)]
+    files = info.manifest.data.files
+    assert [(f.format, f.weight) for f in files] == [("prompt", 0.5), ("alpaca", 2.0)]
     # 12 x 0.5 + 4 x 2 = 14 examples per epoch, batch 2 -> 7 steps
-    assert info.manifest["metrics"]["steps"] == 7
+    assert info.manifest.metrics.steps == 7
 
 
 def test_full_fine_tuning_writes_a_full_model_folder(
@@ -177,7 +179,7 @@ def test_full_fine_tuning_writes_a_full_model_folder(
     assert not torch.equal(
         model.model.layers[0].self_attn.q_proj.weight, base.model.layers[0].self_attn.q_proj.weight
     )
-    assert info.manifest["metrics"]["trainable_params"] == sum(p.numel() for p in base.parameters())
+    assert info.manifest.metrics.trainable_params == sum(p.numel() for p in base.parameters())
 
 
 def test_keeps_best_weights_and_stops_early(tiny_settings: Settings, qa_file: Path) -> None:
@@ -195,11 +197,11 @@ def test_keeps_best_weights_and_stops_early(tiny_settings: Settings, qa_file: Pa
         ),
         progress=False,
     )
-    met = info.manifest["metrics"]
-    assert met["stopped_early"] and met["steps"] < 30
-    vals = [h["val_loss"] for h in met["history"]]
-    assert met["val_loss"] == pytest.approx(min(vals), abs=1e-4)
-    assert met["best_step"] == met["history"][vals.index(min(vals))]["step"]
+    met = info.manifest.metrics
+    assert met.stopped_early and met.steps < 30
+    vals = [h.val_loss for h in met.history]
+    assert met.val_loss == pytest.approx(min(vals), abs=1e-4)
+    assert met.best_step == met.history[vals.index(min(vals))].step
 
 
 def test_manifest_is_written_last_and_is_json(tiny_settings: Settings, qa_file: Path) -> None:

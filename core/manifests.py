@@ -1,0 +1,312 @@
+"""The artifact formats: an index version's and an adapter's ``manifest.json``, typed.
+
+The indexer writes ``IndexManifest`` and the tuner ``AdapterManifest``; everything else reads
+them through the same classes, so a key is spelled in one place. The JSON keys are the ones
+ragtune has always written: data folders made before these types existed read as they are.
+
+Reading checks the file is a JSON object, that its ``schema_version`` is one this ragtune
+knows, then every field's type; any failure raises ``ManifestError`` naming the file and the
+problem. An adapter manifest without ``schema_version`` (one made by hand or by a script that
+fills only the required keys) reads as version 1 with its optional sections empty; an index
+manifest has always carried its version, so one without is corrupt.
+
+Writing is atomic (``core.atomic``) and leaves out the fields that are None, as the tuner and
+the indexer always did for optional sections (perplexity, duplicates, ...); reading fills them
+back in as None, so a write then read gives an equal object.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar, Final, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ragtune.core.atomic import write_text_atomic
+from ragtune.core.errors import ManifestError
+
+MANIFEST = "manifest.json"
+INDEX_SCHEMA_VERSION: Final = 1
+ADAPTER_SCHEMA_VERSION: Final = 1
+
+
+class _Model(BaseModel):
+    # Unknown keys are ignored: a newer ragtune may add an optional key without a new schema.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class _Manifest(_Model):
+    KIND: ClassVar[str]
+    SCHEMA_VERSION: ClassVar[int]
+    # The version a file without "schema_version" is read as; None: such a file is corrupt.
+    UNVERSIONED_READS_AS: ClassVar[int | None] = None
+
+    @classmethod
+    def read(cls, path: Path, *, hint: str = "") -> Self:
+        """Parse and check ``path``; ManifestError (naming the file, plus ``hint``) if unusable."""
+
+        def fail(problem: str) -> ManifestError:
+            return ManifestError(
+                f"{cls.KIND} manifest {path} {problem}" + (f"; {hint}" if hint else ""),
+                path=str(path),
+                problem=problem,
+            )
+
+        try:
+            data = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            raise fail("is missing") from None
+        except OSError as e:
+            raise fail(f"cannot be read ({e.strerror or type(e).__name__})") from e
+        except json.JSONDecodeError as e:
+            raise fail(f"is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from e
+        except UnicodeDecodeError as e:
+            raise fail("is not UTF-8 text") from e
+        if not isinstance(data, dict):
+            raise fail(f"is not a JSON object (found {type(data).__name__})")
+        version = data.get("schema_version", cls.UNVERSIONED_READS_AS)
+        if version is None:
+            raise fail("has no schema_version")
+        if type(version) is not int or version != cls.SCHEMA_VERSION:
+            raise fail(
+                f"has schema version {version!r}, but this ragtune reads version "
+                f"{cls.SCHEMA_VERSION} (was it written by another ragtune release?)"
+            )
+        try:
+            return cls.model_validate({**data, "schema_version": version})
+        except ValidationError as e:
+            raise fail(f"has wrong or missing fields: {_describe(e)}") from e
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object as written to disk (None fields left out)."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+    def write(self, path: Path) -> None:
+        """Write atomically: a reader sees the old file or the new one, never a part."""
+        # pydantic's serializer: ~10x faster than json.dumps(indent=...) on a large document
+        # table; keys come in field order (schema_version first).
+        write_text_atomic(path, self.model_dump_json(indent=1, exclude_none=True) + "\n")
+
+
+def _describe(e: ValidationError, limit: int = 3) -> str:
+    parts = []
+    for err in e.errors(include_url=False)[:limit]:
+        where = ".".join(str(x) for x in err["loc"]) or "the object"
+        if err["type"] == "missing":
+            parts.append(f"{where}: missing")
+        else:
+            got = repr(err["input"])
+            got = got if len(got) <= 40 else got[:37] + "..."
+            parts.append(f"{where}: {err['msg']} (found {got})")
+    more = e.error_count() - limit
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+# ---- index -------------------------------------------------------------------------------
+
+
+class ChunkerConfig(_Model):
+    """What decides the chunks; a change to any of it means re-chunking every document."""
+
+    chunk_size: int
+    chunk_overlap: int
+    tokenizer: str  # the embedder model id: another tokenizer counts tokens differently
+    method: str  # the chunking algorithm (indexer.chunking.CHUNK_METHOD)
+
+
+class IvfInfo(_Model):
+    """The IVF setting, and the trained cells when the index was built as IVF."""
+
+    requested_nlist: int  # the ivf_nlist setting (0: chosen from the corpus size)
+    type: Literal["ivf"] | None = None  # present only for an IVF index
+    nlist: int | None = None
+    trained_on: int | None = None  # vectors the cells were trained on (retrain when it drifts)
+
+
+class IndexCounts(_Model):
+    documents: int
+    chunks: int
+
+
+class DocumentEntry(_Model):
+    """One row of the per-document table: what an incremental run compares and reuses."""
+
+    sha256: str  # of the document's text: unchanged hash, unchanged chunks and vectors
+    source: str  # the file it came from (a file that fails to load keeps its documents)
+    chunks: list[int]  # its chunks' int ids (FAISS ids and chunks.jsonl int_id)
+
+
+class IndexManifest(_Manifest):
+    """``indexes/<name>/versions/<version>/manifest.json``: one version of one index."""
+
+    KIND: ClassVar[str] = "index"
+    SCHEMA_VERSION: ClassVar[int] = INDEX_SCHEMA_VERSION
+
+    schema_version: Literal[1] = INDEX_SCHEMA_VERSION
+    name: str
+    version: str
+    previous_version: str | None = None
+    created: str  # when the index was first built (UTC, ISO 8601)
+    updated: str  # when this version was written
+    embedding_model: str
+    embedding_dim: int
+    metric: Literal["inner_product"] = "inner_product"
+    normalized: bool = True  # vectors are L2-normalized: inner product is cosine similarity
+    index_type: Literal["flat", "ivf"]  # what was built
+    requested_index_type: Literal["flat", "ivf"]  # the setting (small corpora get flat)
+    ivf: IvfInfo
+    chunker: ChunkerConfig
+    counts: IndexCounts
+    next_int_id: int  # chunk ids are never reused: a reader of an old version stays right
+    documents: dict[str, DocumentEntry]
+
+
+# ---- adapter -----------------------------------------------------------------------------
+
+
+class PromptExample(_Model):
+    prompt: str
+    completion: str
+
+
+class PromptInfo(_Model):
+    """The prompt format the adapter was trained with (serving renders the same one)."""
+
+    version: str
+    template_id: str
+    max_context_chars: int
+    example: PromptExample | None = None  # the first training example, rendered
+
+
+class DataFile(_Model):
+    """One --data file as it was read."""
+
+    file: str
+    sha256: str
+    format: str
+    weight: float
+    records: int
+    examples: int
+    bad: int
+    template_sha256: str | None = None  # with --template
+
+
+class DataCounts(_Model):
+    """Examples at each step of data preparation."""
+
+    records: int
+    bad: int
+    loaded: int
+    duplicates: int | None = None  # with --dedup
+    val_capped_to: int | None = None  # when --max-val-examples cut the validation split
+    too_long_train: int
+    too_long_val: int
+    train: int
+    val: int
+    train_tokens: int
+    target_tokens: int
+
+
+class AdapterData(_Model):
+    hash: str  # over every file's sha256, format, weight and template: the run key's data part
+    files: list[DataFile]
+    counts: DataCounts
+    bad_examples: list[str] = []  # the first few bad records, for the person reading
+
+
+class TrainPoint(_Model):
+    """One validation during training."""
+
+    step: int
+    epoch: int
+    train_loss: float
+    val_loss: float
+
+
+class Perplexity(_Model):
+    """General-text perplexity before and after tuning (forgetting check)."""
+
+    base: float
+    tuned: float
+    ratio: float
+    tokens: int
+    sample: str
+
+
+class TrainMetrics(_Model):
+    train_loss: float | None = None
+    val_loss: float | None = None  # None without a validation split
+    best_step: int | None = None
+    steps: int
+    total_steps: int
+    steps_per_epoch: int
+    stopped_early: bool
+    history: list[TrainPoint] = []
+    tokens: int
+    tokens_per_s: float
+    train_seconds: float
+    wall_seconds: float
+    resumed_from_step: int | None = None
+    peak_rss_mb: float
+    trainable_params: int
+    perplexity: Perplexity | None = None  # with --forgetting
+
+
+class RaftSplitStats(_Model):
+    examples: int
+    oracle: int  # gold document among the passages
+    gold_retrieved: int  # retrieval found the gold document in its own top-k
+    gold_inserted: int  # retrieval missed it and it was put in
+    no_gold: int  # example without a known gold document
+    oracle_rate: float
+    retrieval_recall: float | None = None
+
+
+class RaftInfo(_Model):
+    """Where the RAFT passages came from (the index version pins them)."""
+
+    index: str
+    index_version: str
+    p_oracle: float
+    k: int
+    retrieval: str
+    quote: bool
+    embedding_model: str
+    stats: dict[str, RaftSplitStats]  # "train" and "val"
+
+
+class InitFrom(_Model):
+    """The adapter this one continued training from (--init-from)."""
+
+    name: str
+    created_at: str | None = None
+    data_hash: str | None = None
+
+
+class AdapterManifest(_Manifest):
+    """``adapters/<name>/manifest.json``, written last: its presence marks the folder complete.
+
+    Only ``base_model`` is required: a hand-made manifest (or an old unversioned one) with
+    just the base model reads fine; the tuner always writes every section.
+    """
+
+    KIND: ClassVar[str] = "adapter"
+    SCHEMA_VERSION: ClassVar[int] = ADAPTER_SCHEMA_VERSION
+    UNVERSIONED_READS_AS: ClassVar[int | None] = 1
+
+    schema_version: Literal[1] = ADAPTER_SCHEMA_VERSION
+    name: str | None = None  # the registry folder's name is authoritative
+    method: Literal["lora", "full"] = "lora"
+    base_model: str
+    base_spec: str | None = None  # the generator spec to load the base with
+    base_fingerprint: str | None = None  # base weights' hash: refuses another base model
+    prompt_template: str | None = None
+    prompt: PromptInfo | None = None
+    data: AdapterData | None = None
+    hyperparameters: dict[str, Any] = {}  # the TuneArgs values that shape the weights
+    metrics: TrainMetrics | None = None
+    raft: RaftInfo | None = None
+    init_from: InitFrom | None = None
+    created_at: str | None = None  # UTC, ISO 8601; identifies one training of a name
+    versions: dict[str, str] = {}  # python and library versions it was trained with

@@ -1,0 +1,155 @@
+"""The experiment TOML: what to split, index, tune and evaluate (``examples/experiment-*.toml``).
+
+Sections: ``name``, ``description``, ``[settings]`` (ragtune settings for this experiment),
+``[data]`` (the SQuAD file and its by-article split), ``[index]``, ``[adapters.<key>]`` (a
+sample size and any ``ragtune tune`` option) and ``[eval]`` (the eval options). An unknown
+key is an error naming its section, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ragtune.core.config import Settings, read_toml, resolve_settings
+from ragtune.core.errors import InvalidInput
+from ragtune.eval.split import SplitSpec
+
+if TYPE_CHECKING:
+    from ragtune.eval.runner import RunConfig
+
+TOP_KEYS = {"name", "description", "settings", "data", "index", "adapters", "eval"}
+DATA_KEYS = {"dataset", "test_fraction", "seed", "test_groups"}
+ADAPTER_KEYS = {"questions", "tune"}
+EVAL_KEYS = {
+    "modes",
+    "limit",
+    "sample_seed",
+    "batch_size",
+    "top_k",
+    "retrieval",
+    "max_new_tokens",
+    "retrieve_k",
+    "recall_ks",
+    "n_boot",
+}
+
+
+@dataclass
+class AdapterSpec:
+    """One ``[adapters.<key>]`` section."""
+
+    key: str
+    questions: int | None  # sampled from the train split (None = all)
+    tune: dict[str, Any]  # tuner.args.TuneArgs fields
+
+    @property
+    def raft(self) -> bool:
+        return bool(self.tune.get("raft"))
+
+
+@dataclass
+class Experiment:
+    """A checked experiment config; paths are absolute."""
+
+    name: str
+    source: Path
+    settings: dict[str, Any]
+    dataset: Path
+    split: SplitSpec
+    index: str
+    adapters: dict[str, AdapterSpec]
+    eval: dict[str, Any] = field(default_factory=dict)
+
+    def adapter_name(self, key: str) -> str:
+        """The registry name of adapter ``key`` (the experiment owns adapters so named)."""
+        return f"{self.name}-{key}"
+
+
+def _unknown(section: str, got: dict[str, Any], allowed: set[str]) -> None:
+    extra = sorted(set(got) - allowed)
+    if extra:
+        raise InvalidInput(f"experiment [{section}]: unknown key(s) {', '.join(extra)}")
+
+
+def load_experiment(path: Path) -> Experiment:
+    """Read and check an experiment TOML; paths in it are relative to the file."""
+    from ragtune.core.index_store import validate_name
+
+    path = Path(path)
+    raw = read_toml(path, "experiment config")
+    _unknown("top level", raw, TOP_KEYS)
+    data = raw.get("data") or {}
+    _unknown("data", data, DATA_KEYS)
+    if "dataset" not in data:
+        raise InvalidInput("experiment [data]: 'dataset' is required")
+    dataset = Path(data["dataset"])
+    if not dataset.is_absolute():
+        dataset = (path.parent / dataset).resolve()
+    groups = data.get("test_groups")
+    split = SplitSpec(
+        float(data.get("test_fraction", 0.25)),
+        int(data.get("seed", 0)),
+        tuple(groups) if groups else None,
+    )
+    adapters = {}
+    for key, spec in (raw.get("adapters") or {}).items():
+        _unknown(f"adapters.{key}", spec, ADAPTER_KEYS)
+        adapters[key] = AdapterSpec(key, spec.get("questions"), dict(spec.get("tune") or {}))
+    ev = dict(raw.get("eval") or {})
+    _unknown("eval", ev, EVAL_KEYS)
+    name = str(raw.get("name") or path.stem)
+    validate_name(name, "experiment")
+    return Experiment(
+        name=name,
+        source=path,
+        settings=dict(raw.get("settings") or {}),
+        dataset=dataset,
+        split=split,
+        index=str((raw.get("index") or {}).get("name") or f"{name}-index"),
+        adapters=adapters,
+        eval=ev,
+    )
+
+
+def experiment_settings(
+    exp: Experiment, config_file: Path | None, flags: dict[str, Any]
+) -> Settings:
+    """defaults < settings file < env < the experiment's [settings] < command-line flags."""
+    merged = {**exp.settings, **{k: v for k, v in flags.items() if v is not None}}
+    return resolve_settings(config_file, merged)[0]
+
+
+def eval_modes(exp: Experiment) -> list[str]:
+    """The eval modes with adapter keys (``hybrid:raft``) turned into registry names."""
+    modes = exp.eval.get("modes") or ["base", "rag", "oracle"]
+    if isinstance(modes, str):
+        modes = modes.split(",")
+    out = []
+    for m in modes:
+        kind, _, key = m.strip().partition(":")
+        if key:
+            if key not in exp.adapters:
+                raise InvalidInput(f"experiment [eval] mode {m!r}: no [adapters.{key}]")
+            out.append(f"{kind}:{exp.adapter_name(key)}")
+        else:
+            out.append(kind)
+    return out
+
+
+def eval_run_config(exp: Experiment, test_file: Path) -> RunConfig:
+    """The eval run of the experiment: every mode on all of ``test_file`` (the held-out
+    articles; the split already happened, so the runner's own split is ``all``)."""
+    from ragtune.eval.runner import RunConfig
+
+    # [eval] values as given; everything else takes RunConfig's defaults (their one home).
+    return RunConfig.from_mapping(
+        {
+            **exp.eval,
+            "dataset": str(test_file),
+            "modes": eval_modes(exp),
+            "index": exp.index,
+            "split": "all",
+        }
+    )

@@ -1,0 +1,155 @@
+"""``experiment.json``: what each step of an experiment did, so a rerun can skip it.
+
+One typed record per step. The file is rewritten (atomically) after every step; a rerun reads
+it back to decide whether an adapter can be reused and whether the eval results still belong
+to the current index and adapters. Layout (keys sorted on disk)::
+
+    {"steps": {"split": {...}, "index": {...}, "adapter:<key>": {...}, "eval": {...}},
+     "total_seconds_last_run": 123.4}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ragtune.core.atomic import write_json_atomic
+from ragtune.core.errors import InvalidInput
+
+STATE_FILE = "experiment.json"
+ADAPTER_PREFIX = "adapter:"
+
+
+@dataclass
+class SplitStep:
+    """The by-article split (train.json / test.json in the run folder)."""
+
+    dataset: str
+    dataset_sha256: str
+    seed: int
+    test_fraction: float
+    train_articles: list[str]
+    test_articles: list[str]
+    train_questions: int
+    test_questions: int
+
+
+@dataclass
+class IndexStep:
+    name: str
+    version: str | None  # None only if the index holds no version (nothing to index)
+    chunks: int
+    seconds: float
+
+
+@dataclass
+class AdapterStep:
+    """One trained adapter; reused while ``key`` and the registry's ``created_at`` match."""
+
+    name: str
+    key: dict[str, Any]  # the training arguments, data hash, index version, settings (as JSON)
+    created_at: str | None = None
+    seconds: float = 0.0
+    tokens_per_s: float | None = None
+    val_loss: float | None = None
+
+
+@dataclass(frozen=True)
+class EvalInputs:
+    """What the eval results were answered by: a change means they are stale."""
+
+    index_version: str | None
+    adapters: dict[str, str | None]  # adapter key -> created_at
+
+
+@dataclass
+class EvalStep:
+    inputs: EvalInputs
+    seconds: float | None = None  # None until the eval has finished
+    n: int | None = None  # questions evaluated
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"inputs": asdict(self.inputs)}
+        if self.seconds is not None:
+            out.update(seconds=self.seconds, n=self.n)
+        return out
+
+
+@dataclass
+class ExperimentState:
+    """All steps so far (a fresh run folder has none)."""
+
+    split: SplitStep | None = None
+    index: IndexStep | None = None
+    adapters: dict[str, AdapterStep] = field(default_factory=dict)  # by adapter key
+    eval: EvalStep | None = None
+    total_seconds_last_run: float | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> ExperimentState:
+        """The state in ``path``, or an empty one if there is none yet."""
+        if not path.is_file():
+            return cls()
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            return cls._from_dict(raw)
+        except (json.JSONDecodeError, TypeError, KeyError, AttributeError) as e:
+            raise InvalidInput(
+                f"{path} is not a readable experiment state ({type(e).__name__}: {e}): "
+                "delete it or start over with --fresh",
+                field="out",
+            ) from e
+
+    @classmethod
+    def _from_dict(cls, raw: dict[str, Any]) -> ExperimentState:
+        steps = raw.get("steps") or {}
+        ev = steps.get("eval")
+        return cls(
+            split=_build(SplitStep, steps["split"]) if "split" in steps else None,
+            index=_build(IndexStep, steps["index"]) if "index" in steps else None,
+            adapters={
+                k.removeprefix(ADAPTER_PREFIX): _build(AdapterStep, v)
+                for k, v in steps.items()
+                if k.startswith(ADAPTER_PREFIX)
+            },
+            eval=EvalStep(EvalInputs(**ev["inputs"]), seconds=ev.get("seconds"), n=ev.get("n"))
+            if ev
+            else None,
+            total_seconds_last_run=raw.get("total_seconds_last_run"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        steps: dict[str, Any] = {}
+        if self.split is not None:
+            steps["split"] = asdict(self.split)
+        if self.index is not None:
+            steps["index"] = asdict(self.index)
+        for key, step in self.adapters.items():
+            steps[ADAPTER_PREFIX + key] = asdict(step)
+        if self.eval is not None:
+            steps["eval"] = self.eval.to_dict()
+        out: dict[str, Any] = {"steps": steps}
+        if self.total_seconds_last_run is not None:
+            out["total_seconds_last_run"] = self.total_seconds_last_run
+        return out
+
+    def save(self, path: Path) -> None:
+        write_json_atomic(path, self.to_dict())
+
+    def step_seconds(self) -> list[tuple[str, float]]:
+        """(step, seconds) of the index, each adapter and the eval, in run order."""
+        out = [("index", self.index.seconds if self.index else 0.0)]
+        out += [(key, step.seconds) for key, step in self.adapters.items()]
+        out.append(("eval", (self.eval.seconds if self.eval else None) or 0.0))
+        return out
+
+
+_T = TypeVar("_T")
+
+
+def _build(cls: type[_T], data: dict[str, Any]) -> _T:
+    """A step record from its JSON; keys this version does not know are ignored."""
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in data.items() if k in known})
