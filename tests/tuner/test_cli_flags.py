@@ -197,7 +197,7 @@ def test_raft_and_raft_quote_reach_the_run(
     )
     assert rc == 0, err
     m = _manifest(tiny_settings, capsys, "closed")
-    assert m["raft"] is None and "Passages:" not in m["prompt"]["example"]["prompt"]
+    assert m.get("raft") is None and "Passages:" not in m["prompt"]["example"]["prompt"]
 
 
 def test_overwrite_on_and_off(
