@@ -17,6 +17,7 @@ from ragtune.cli.context import AppContext, pass_app
 if TYPE_CHECKING:
     from ragtune.core.config import Settings
     from ragtune.core.index_store import LoadedIndex
+    from ragtune.core.types import RetrievalMethod
 
 METHODS = click.Choice(["dense", "bm25", "hybrid"])
 
@@ -187,7 +188,7 @@ def _read_queries(path: Path) -> tuple[list[tuple[str, str]], list[str]]:
     return out, problems
 
 
-def _open_index(settings: Settings, name: str, method: str) -> LoadedIndex:
+def _open_index(settings: Settings, name: str, method: RetrievalMethod) -> LoadedIndex:
     """Load the index; the embedder only when the method needs it (BM25 alone does not)."""
     from ragtune.core.index_store import open_index
 
@@ -219,7 +220,7 @@ def search(
     query: str | None,
     name: str | None,
     k: int | None,
-    method: str | None,
+    method: RetrievalMethod | None,
     queries: Path | None,
     out: Path | None,
     as_json: bool,
@@ -240,7 +241,7 @@ def search(
     if not query.strip():
         raise InvalidInput("the query is empty")
     idx = _open_index(settings, name, method)
-    hits = idx.search(query, k, method)  # type: ignore[arg-type]
+    hits = idx.search(query, k, method)
     if as_json:
         payload = {
             "query": query,
@@ -261,7 +262,7 @@ def search(
 
 
 def _batch_search(
-    settings: Settings, name: str, k: int, method: str, path: Path, out: Path | None
+    settings: Settings, name: str, k: int, method: RetrievalMethod, path: Path, out: Path | None
 ) -> None:
     from tqdm import tqdm
 

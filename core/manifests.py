@@ -18,6 +18,8 @@ back in as None, so a write then read gives an equal object.
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from pathlib import Path
 from typing import Any, ClassVar, Final, Literal, Self
 
@@ -29,6 +31,12 @@ from ragtune.core.errors import ManifestError
 MANIFEST = "manifest.json"
 INDEX_SCHEMA_VERSION: Final = 1
 ADAPTER_SCHEMA_VERSION: Final = 1
+
+
+def new_version_id() -> str:
+    """A version id for an index version or one training of an adapter: sortable and unique
+    (UTC time to the second plus a random suffix, so two builds in one second differ)."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
 
 
 class _Model(BaseModel):
@@ -281,6 +289,7 @@ class InitFrom(_Model):
 
     name: str
     created_at: str | None = None
+    version: str | None = None
     data_hash: str | None = None
 
 
@@ -308,5 +317,7 @@ class AdapterManifest(_Manifest):
     metrics: TrainMetrics | None = None
     raft: RaftInfo | None = None
     init_from: InitFrom | None = None
-    created_at: str | None = None  # UTC, ISO 8601; identifies one training of a name
+    created_at: str | None = None  # UTC, ISO 8601, to the second
+    # Identifies one training of a name (None in manifests written before it existed).
+    version: str | None = None
     versions: dict[str, str] = {}  # python and library versions it was trained with

@@ -59,6 +59,11 @@ class AdapterInfo:
     def created_at(self) -> str | None:
         return self.manifest.created_at
 
+    @property
+    def version(self) -> str | None:
+        """Which training of this name it is (older manifests: their created_at)."""
+        return self.manifest.version or self.manifest.created_at
+
 
 def adapter_dir(settings: Settings, name: str) -> Path:
     return settings.adapters_dir / validate_name(name, "adapter")

@@ -68,7 +68,7 @@ class PipelineTarget:
 
         s = self.pipeline.settings
         out: dict[str, Any] = {
-            "adapters": {a: get_adapter(s, a).created_at for a in sorted(set(adapters))}
+            "adapters": {a: get_adapter(s, a).version for a in sorted(set(adapters))}
         }
         if index is not None:
             out["index_version"] = read_manifest(s, index).version

@@ -16,7 +16,7 @@ from ragtune.core.errors import IndexNotFound
 from ragtune.core.index_store import VERSIONS_DIR, current_version, index_dir, validate_name
 from ragtune.core.models import Embedder
 from ragtune.indexer.build import index_lock, update_index
-from ragtune.indexer.loaders import load_paths, squad_doc_id
+from ragtune.indexer.loaders import load_paths
 from ragtune.indexer.overview import (
     IndexDescription,
     IndexOverview,
@@ -36,7 +36,6 @@ __all__ = [
     "index_overview",
     "list_overviews",
     "remove_index",
-    "squad_doc_id",
 ]
 
 

@@ -21,7 +21,6 @@ import os
 import shutil
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +49,7 @@ from ragtune.core.manifests import (
     DocumentEntry,
     IndexCounts,
     IndexManifest,
+    new_version_id,
 )
 from ragtune.core.models import Embedder
 from ragtune.core.types import Chunk, Document
@@ -59,11 +59,6 @@ from ragtune.indexer.loaders import LoadResult
 from ragtune.indexer.summary import IndexSummary
 
 LOCK_FILE = ".lock"
-
-
-def new_version_id() -> str:
-    """Sortable and unique: UTC time plus a random suffix."""
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
 
 
 @contextlib.contextmanager

@@ -71,7 +71,7 @@ def new_index(kind: IndexKind, dim: int, train_vecs: np.ndarray | None = None) -
     index = faiss.IndexIVFFlat(quantizer, dim, kind.nlist, faiss.METRIC_INNER_PRODUCT)
     # The quantizer must outlive this function: tell SWIG the IVF owns it.
     index.own_fields = True
-    quantizer.this.disown()
+    quantizer.this.disown()  # type: ignore[attr-defined]  # SWIG proxy attribute
     assert train_vecs is not None
     index.train(train_vecs)
     return index
@@ -90,6 +90,7 @@ def all_vectors(index: Any) -> tuple[np.ndarray, np.ndarray]:
         return ids, np.ascontiguousarray(vecs, dtype=np.float32)
     ivf = faiss.extract_index_ivf(index)
     invlists = ivf.invlists
+    assert invlists is not None  # an IVF index always has its inverted lists
     all_ids, all_vecs = [], []
     for lst in range(ivf.nlist):
         size = invlists.list_size(lst)

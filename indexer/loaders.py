@@ -123,7 +123,7 @@ def _load_pdf(path: Path) -> tuple[str, dict[str, Any]]:
         if reader.is_encrypted:
             raise _FileError("encrypted PDF")
         pages = [(page.extract_text() or "").strip() for page in reader.pages]
-        title = (reader.metadata or {}).get("/Title")
+        title = reader.metadata.get("/Title") if reader.metadata else None
     except _FileError:
         raise
     except (PyPdfError, OSError, ValueError, KeyError, TypeError) as e:

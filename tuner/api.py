@@ -37,6 +37,7 @@ from ragtune.core.manifests import (
     RaftSplitStats,
     TrainMetrics,
     TrainPoint,
+    new_version_id,
 )
 from ragtune.core.qa import BadRecord, QARecord
 from ragtune.core.registry import AdapterInfo, adapter_dir, check_base, get_adapter, publish
@@ -389,7 +390,7 @@ def run_key(run: Run, args: TuneArgs, data: PreparedData) -> dict[str, Any]:
         "args": args.hyperparameters(),
         "data": data.data_hash,
         "base": run.fingerprint,
-        "init_from": run.init_from.created_at if run.init_from else None,
+        "init_from": run.init_from.version if run.init_from else None,
         "prompt": template_id(run.tokenizer),
         "max_context_chars": run.settings.max_context_chars,
     }
@@ -504,11 +505,13 @@ def adapter_manifest(
         init_from=InitFrom(
             name=init.name,
             created_at=init.created_at,
+            version=init.version,
             data_hash=init.manifest.data.hash if init.manifest.data else None,
         )
         if init
         else None,
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        version=new_version_id(),
         versions=library_versions(),
     )
 
@@ -556,7 +559,7 @@ def _build_model(
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        model: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     except (OSError, ValueError) as e:
         raise ModelNotFound(f"cannot load base model {settings.generator!r}: {e}") from e
     model.to(device)
@@ -613,8 +616,8 @@ def load_tuned(settings: Settings, name: str) -> tuple[Any, Any, AdapterInfo]:
     check_base(info, gen.model_id, gen.fingerprint)
     from peft import PeftModel
 
-    model = PeftModel.from_pretrained(gen.model, str(info.path))
-    return model.eval(), gen.tokenizer, info
+    tuned = PeftModel.from_pretrained(gen.model, str(info.path))
+    return tuned.eval(), gen.tokenizer, info
 
 
 def remove_adapter(settings: Settings, name: str) -> None:

@@ -140,8 +140,12 @@ def _assemble(
     rng = example_rng(seed, ex)
     stats.examples += 1
     target = make_target(ex, quote)
+    uniq: list[Any] = []
     seen: set[str] = set()
-    uniq = [h for h in hits if not (h.chunk_id in seen or seen.add(h.chunk_id))]
+    for h in hits:  # the first hit of each chunk, in rank order
+        if h.chunk_id not in seen:
+            seen.add(h.chunk_id)
+            uniq.append(h)
     gold = ex.doc_id
     if gold is None and ex.context is None:
         stats.no_gold += 1

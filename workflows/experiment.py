@@ -224,11 +224,11 @@ def adapter_step(
     run.say(f"adapter {name!r}: {kind} on {count_questions(sample)} questions")
     t0 = time.perf_counter()
     info = train_adapter(run.settings, args, progress=run.progress)
-    created_at, tokens_per_s, val_loss = _manifest_facts(info)
+    version, tokens_per_s, val_loss = _manifest_facts(info)
     run.state.adapters[key] = AdapterStep(
         name=name,
         key=run_key,
-        created_at=created_at,
+        version=version,
         seconds=round(time.perf_counter() - t0, 1),
         tokens_per_s=tokens_per_s,
         val_loss=val_loss,
@@ -248,14 +248,14 @@ def _reusable(run: _Run, key: str, name: str, run_key: dict[str, Any]) -> bool:
         info = get_adapter(run.settings, name)
     except UnknownAdapter:
         return False
-    return prev.created_at == _manifest_facts(info)[0]
+    return prev.version == _manifest_facts(info)[0]
 
 
 def _manifest_facts(info: AdapterInfo) -> tuple[str | None, float | None, float | None]:
-    """(created_at, tokens/s, validation loss) of a registry adapter: all the experiment
+    """(version, tokens/s, validation loss) of a registry adapter: all the experiment
     reads of an adapter manifest."""
     met = info.manifest.metrics
-    return info.created_at, met.tokens_per_s if met else None, met.val_loss if met else None
+    return info.version, met.tokens_per_s if met else None, met.val_loss if met else None
 
 
 # ---- 4. evaluate ---------------------------------------------------------------------------
@@ -271,7 +271,7 @@ def eval_step(run: _Run, index_version: str | None) -> dict[str, Any]:
     # Results answered by an older index or adapter would mix two experiments: start over.
     inputs = EvalInputs(
         index_version=index_version,
-        adapters={k: run.state.adapters[k].created_at for k in run.exp.adapters},
+        adapters={k: run.state.adapters[k].version for k in run.exp.adapters},
     )
     if run.state.eval is not None and run.state.eval.inputs != inputs:
         for stale in EVAL_FILES:

@@ -46,11 +46,11 @@ class IndexStep:
 
 @dataclass
 class AdapterStep:
-    """One trained adapter; reused while ``key`` and the registry's ``created_at`` match."""
+    """One trained adapter; reused while ``key`` and the registry's ``version`` match."""
 
     name: str
     key: dict[str, Any]  # the training arguments, data hash, index version, settings (as JSON)
-    created_at: str | None = None
+    version: str | None = None  # AdapterInfo.version of the training
     seconds: float = 0.0
     tokens_per_s: float | None = None
     val_loss: float | None = None
@@ -61,7 +61,7 @@ class EvalInputs:
     """What the eval results were answered by: a change means they are stale."""
 
     index_version: str | None
-    adapters: dict[str, str | None]  # adapter key -> created_at
+    adapters: dict[str, str | None]  # adapter key -> adapter version
 
 
 @dataclass
@@ -152,4 +152,8 @@ _T = TypeVar("_T")
 def _build(cls: type[_T], data: dict[str, Any]) -> _T:
     """A step record from its JSON; keys this version does not know are ignored."""
     known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    if cls is AdapterStep and "version" not in data:
+        # written before adapters had versions: the one recorded then was created_at, which
+        # is also what AdapterInfo.version says for an adapter of that time
+        data = {**data, "version": data.get("created_at")}
     return cls(**{k: v for k, v in data.items() if k in known})
