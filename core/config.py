@@ -90,6 +90,39 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(64_000, ge=1024, description="Largest request body")
     max_question_chars: int = Field(4000, ge=1, description="Longest question accepted")
 
+    # --- service limits --- (token budgets, prefill chunks, slow clients, shutdown)
+    max_prompt_tokens: int = Field(
+        2048,
+        ge=16,
+        description="Longest rendered prompt in tokens (passages are trimmed to fit; a "
+        "question or history that does not fit is a 400); the model's context also bounds it",
+    )
+    prefill_chunk_tokens: int = Field(
+        512,
+        ge=16,
+        description="A prompt longer than this is prefilled in chunks of this many tokens, "
+        "so other requests are served between them and a cancelled one stops",
+    )
+    openai_answer: Literal["first_line", "full"] = Field(
+        "first_line",
+        description="OpenAI routes: answer with the first line (the QA span) or the whole "
+        "generated text (a request's ragtune.answer overrides it)",
+    )
+    http_header_timeout_s: float = Field(
+        10.0, gt=0, description="A connection must send its request headers within this"
+    )
+    http_body_timeout_s: float = Field(
+        30.0, gt=0, description="A request body must arrive whole within this"
+    )
+    max_connections: int = Field(
+        512, ge=1, description="Open HTTP connections; more are answered 503 and closed"
+    )
+    shutdown_grace_s: float = Field(
+        20.0,
+        ge=0,
+        description="On SIGTERM, requests in flight get this long to finish; the rest get 503",
+    )
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, v: Any) -> Any:

@@ -9,6 +9,11 @@ Every row is left-padded: a row's cache holds [padding..., real tokens...], its 
 mask says which is which, and its position ids count real tokens only. Joining pads the
 shorter side on the left; leaving drops the row and any padding columns no row needs.
 
+A prompt is prefilled in one forward pass, or chunk by chunk (``start`` + ``prefill`` with a
+chunk size): between two chunks the caller can run decode steps for other rows, prefill a
+short prompt that came in meanwhile, or drop the row because its request was cancelled. A
+prompt no longer than the chunk runs in one pass, exactly as before.
+
 This module is tensor bookkeeping only: callers hold the model lock and pick the model
 (base or peft, with per-row adapter names).
 """
@@ -21,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ragtune.core.types import GenRequest, GenResult
+from ragtune.core.types import FinishReason, GenRequest, GenResult
 
 if TYPE_CHECKING:
     from transformers.cache_utils import DynamicLayer
@@ -42,6 +47,7 @@ class Row:
     tokens: list[int] = field(default_factory=list)
     prompt_tokens: int = 0
     started: float = 0.0
+    finish_reason: FinishReason = "length"
     _sent: str = ""  # text already handed to on_text
 
     @property
@@ -50,6 +56,23 @@ class Row:
 
     def finish(self, result: GenResult | BaseException) -> None:
         self.on_done(result)
+
+
+@dataclass(eq=False)
+class Prefill:
+    """Rows whose prompts are being prefilled: laid out by ``DecodeState.start``, run by
+    ``DecodeState.prefill`` (whole, or one chunk of columns per call)."""
+
+    rows: list[Row]
+    input_ids: Any  # [rows, width] the prompts after any cached preamble, left-padded
+    mask: Any  # [rows, preamble + width]
+    pos: Any  # [rows, width] position ids of input_ids
+    cache: Any  # the key/value states so far (the preamble's, then each chunk's)
+    done: int = 0  # columns of input_ids already run
+
+    @property
+    def remaining(self) -> int:
+        return int(self.input_ids.shape[1]) - self.done
 
 
 class DecodeState:
@@ -80,7 +103,18 @@ class DecodeState:
         prefix: Sequence[Sequence[KV]] | None = None,
     ) -> list[Row]:
         """Prefill ``rows`` (token ``ids``, one forward pass) and add them; returns the rows
-        already finished (a stop token or a one-token limit), which are not kept.
+        already finished (a stop token or a one-token limit), which are not kept."""
+        done = self.prefill(model, extra, self.start(rows, ids, prefix))
+        assert done is not None  # a whole prefill always ends
+        return done
+
+    def start(
+        self,
+        rows: Sequence[Row],
+        ids: Sequence[Sequence[int]],
+        prefix: Sequence[Sequence[KV]] | None = None,
+    ) -> Prefill:
+        """Lay out ``rows`` for prefilling (no forward pass yet).
 
         ``prefix``: per row, the cached key/value states of a shared prompt preamble that
         every ``ids`` starts with; only the rest of each prompt is prefilled. The rows are
@@ -110,11 +144,33 @@ class DecodeState:
             if prefix
             else []
         )
-        out = _forward(model, extra, input_ids, mask, (mask.cumsum(-1) - 1)[:, plen:], cache)
-        first = _pick(out.logits[:, -1].float(), [r.request.temperature for r in rows])
-        self._merge(cache, mask, first, mask.sum(dim=1))
-        self.rows.extend(rows)
-        return self._advance(first.tolist(), offset=len(self.rows) - len(rows))
+        pos = (mask.cumsum(-1) - 1)[:, plen:]
+        return Prefill(list(rows), input_ids, mask, pos, cache)
+
+    def prefill(
+        self, model: Any, extra: dict[str, Any], p: Prefill, chunk: int = 0
+    ) -> list[Row] | None:
+        """Run the next ``chunk`` columns of ``p`` (0: all that remain). When its prompts
+        are complete, its rows join the batch and the rows already finished are returned;
+        until then, None."""
+        start, width = p.done, int(p.input_ids.shape[1])
+        end = width if chunk <= 0 else min(width, start + chunk)
+        plen = int(p.mask.shape[1]) - width
+        out = _forward(
+            model,
+            extra,
+            p.input_ids[:, start:end],
+            p.mask[:, : plen + end],
+            p.pos[:, start:end],
+            p.cache,
+        )
+        p.done = end
+        if end < width:
+            return None
+        first = _pick(out.logits[:, -1].float(), [r.request.temperature for r in p.rows])
+        self._merge(p.cache, p.mask, first, p.mask.sum(dim=1))
+        self.rows.extend(p.rows)
+        return self._advance(first.tolist(), offset=len(self.rows) - len(p.rows))
 
     def _merge(self, cache: Any, mask: Any, first: Any, pos: Any) -> None:
         import torch
@@ -164,6 +220,10 @@ class DecodeState:
         """Remove the rows whose callers gave up (they get no result)."""
         return self._drop([i for i, r in enumerate(self.rows) if r.is_cancelled()])
 
+    def cache_bytes(self) -> int:
+        """Memory held by the rows' key/value cache (spare room included)."""
+        return cache_bytes(self._cache)
+
     def abort(self) -> list[Row]:
         """Empty the batch (after a failed step) and return the rows it held."""
         rows, self.rows = self.rows, []
@@ -179,12 +239,23 @@ class DecodeState:
             stopped = token in self.stops
             if row.on_text is not None and not stopped:
                 self._stream(row)
-            if stopped or len(row.tokens) >= row.request.max_new_tokens:
+            if stopped or (row.request.stop_at_newline and self._line_ended(row, token)):
+                row.finish_reason = "stop"
+                done.append(i)
+            elif len(row.tokens) >= row.request.max_new_tokens:
+                row.finish_reason = "length"
                 done.append(i)
         finished = self._drop(done)
         for row in finished:
             row.finish(self._result(row))
         return finished
+
+    def _line_ended(self, row: Row, token: int) -> bool:
+        """Whether ``token`` ended the first line of the row's answer (leading blank lines
+        do not count): the pipeline keeps that line only (``clean_answer``)."""
+        if "\n" not in self.tok.decode([token]):  # cheap: most tokens hold no newline
+            return False
+        return "\n" in self.tok.decode(row.tokens, skip_special_tokens=True).lstrip()
 
     def _stream(self, row: Row) -> None:
         text = self.tok.decode(row.tokens, skip_special_tokens=True)
@@ -203,6 +274,7 @@ class DecodeState:
             prompt_tokens=row.prompt_tokens,
             completion_tokens=len(toks),
             generate_ms=(time.perf_counter() - row.started) * 1000,
+            finish_reason=row.finish_reason,
         )
 
     def _drop(self, indices: list[int]) -> list[Row]:
@@ -228,6 +300,18 @@ class DecodeState:
         )
         self._mask, self._next, self._pos = mask[:, skip:], self._next[idx], self._pos[idx]
         return gone
+
+
+def cache_bytes(cache: Any) -> int:
+    """Bytes of a cache built by ``_new_cache``: each layer's buffer, spare room included."""
+    if cache is None:
+        return 0
+    total = 0
+    for layer in cache.layers:
+        buf = getattr(layer, "_buf", None)
+        held = buf if buf is not None else (layer.keys, layer.values)
+        total += sum(int(t.numel()) * t.element_size() for t in held if t is not None)
+    return total
 
 
 def _new_cache(layers: Sequence[KV]) -> Any:

@@ -7,7 +7,9 @@ access goes through one lock, taken per decode step, so callers on several threa
 and an adapter can be loaded between two steps of a running batch.
 
 Batches are continuous (``core.decode``): rows join and leave between steps. An adapter
-that a running row uses is never evicted or unloaded under it.
+that a running row uses is never evicted or unloaded under it. A prompt longer than
+``prefill_chunk_tokens`` is prefilled one chunk per step, so a short request that arrives
+meanwhile waits for one chunk at most, and a cancelled one stops within a chunk.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ragtune.core.config import Settings
-from ragtune.core.decode import KV, DecodeState, Row, prefix_states
+from ragtune.core.decode import KV, DecodeState, Prefill, Row, cache_bytes, prefix_states
 from ragtune.core.errors import AdapterBusy, InvalidInput
 from ragtune.core.models import Generator
 from ragtune.core.registry import AdapterInfo, check_base, get_adapter
@@ -210,23 +212,39 @@ class GenerationEngine:
 class ContinuousBatch:
     """Rows generated together that join (``add``) and leave (when done) between steps.
 
-    The engine lock is held for one prefill or one step at a time, never across steps."""
+    The engine lock is held for one prefill or one step at a time, never across steps.
+    Prompts up to ``prefill_chunk_tokens`` (after the cached preamble) are prefilled in
+    ``add``, together; each longer one is prefilled one chunk per ``step``, oldest first,
+    between the decode steps of the running rows."""
 
     def __init__(self, engine: GenerationEngine) -> None:
         self._engine = engine
         self._state = DecodeState(engine.tokenizer, engine._stops)
+        self._chunk = engine.settings.prefill_chunk_tokens
+        self._prefills: list[Prefill] = []  # long prompts being prefilled, oldest first
 
     def __len__(self) -> int:
-        return len(self._state)
+        return len(self._state) + sum(len(p.rows) for p in self._prefills)
 
     @property
     def adapters(self) -> set[str]:
-        """The distinct adapters the running rows use."""
-        return {a for a in self._state.adapters() if a}
+        """The distinct adapters the running rows use (those still prefilling included)."""
+        names = self._state.adapters() + [r.adapter for p in self._prefills for r in p.rows]
+        return {a for a in names if a}
+
+    @property
+    def prefilling(self) -> int:
+        """Rows whose long prompts are still being prefilled."""
+        return sum(len(p.rows) for p in self._prefills)
+
+    def cache_bytes(self) -> int:
+        """Memory held by the key/value caches of the running and prefilling rows."""
+        return self._state.cache_bytes() + sum(cache_bytes(p.cache) for p in self._prefills)
 
     def add(self, rows: Sequence[Row]) -> None:
-        """Load each row's adapter and prefill the rows together. A row whose adapter
-        fails to load finishes with that error alone; the others join."""
+        """Load each row's adapter, prefill the short prompts together and queue the long
+        ones for chunked prefill. A row whose adapter fails to load finishes with that
+        error alone; the others join."""
         eng = self._engine
         with eng._lock:
             ready: list[Row] = []
@@ -246,11 +264,15 @@ class ContinuousBatch:
                 eng.tokenizer(r.request.prompt, add_special_tokens=False)["input_ids"]
                 for r in ready
             ]
-            cached = [eng.prefix_for(i) > 0 for i in ids]
+            cached = [eng.prefix_for(i) for i in ids]
             for use_prefix in (True, False):  # one prefill pass per layout
-                group = [j for j, c in enumerate(cached) if c == use_prefix]
-                if group:
-                    self._join([ready[j] for j in group], [ids[j] for j in group], use_prefix)
+                group = [j for j, c in enumerate(cached) if (c > 0) == use_prefix]
+                short = [j for j in group if len(ids[j]) - cached[j] <= self._chunk]
+                if short:
+                    self._join([ready[j] for j in short], [ids[j] for j in short], use_prefix)
+                for j in group:
+                    if j not in short:
+                        self._start(ready[j], ids[j], use_prefix)
 
     def _join(self, rows: list[Row], ids: list[list[int]], use_prefix: bool) -> None:
         eng = self._engine
@@ -266,20 +288,57 @@ class ContinuousBatch:
             return
         eng._use([r.adapter for r in done], -1)
 
+    def _start(self, row: Row, ids: list[int], use_prefix: bool) -> None:
+        """Queue a long prompt for chunked prefill (its adapter now counts as in use)."""
+        eng = self._engine
+        eng._use([row.adapter], +1)
+        try:
+            prefix = [eng._prefix_states(row.adapter)] if use_prefix else None
+            self._prefills.append(self._state.start([row], [ids], prefix))
+        except Exception as e:
+            eng._use([row.adapter], -1)
+            row.finish(e)
+
     def step(self) -> None:
-        """One token for every running row; finished rows get their results."""
+        """One chunk of the oldest long prompt being prefilled, then one token for every
+        running row; finished rows get their results."""
         eng = self._engine
         with eng._lock:
-            gone = self._state.drop_cancelled()
-            model, extra = eng._model_and_names(self._state.adapters())
-            try:
-                left = gone + self._state.step(model, extra)
-            except Exception as e:
-                failed = self._state.abort()
-                for row in failed:
-                    row.finish(e)
-                left = gone + failed
+            left = self._state.drop_cancelled()
+            left += self._drop_cancelled_prefills()
+            if self._prefills:
+                left += self._prefill_chunk(self._prefills[0])
+            if len(self._state):
+                model, extra = eng._model_and_names(self._state.adapters())
+                try:
+                    left += self._state.step(model, extra)
+                except Exception as e:
+                    failed = self._state.abort()
+                    for row in failed:
+                        row.finish(e)
+                    left += failed
             eng._use([r.adapter for r in left], -1)
+
+    def _drop_cancelled_prefills(self) -> list[Row]:
+        """Prefills whose every row was cancelled stop here (their caches are freed)."""
+        gone = [p for p in self._prefills if all(r.is_cancelled() for r in p.rows)]
+        self._prefills = [p for p in self._prefills if p not in gone]
+        return [r for p in gone for r in p.rows]
+
+    def _prefill_chunk(self, p: Prefill) -> list[Row]:
+        """Run one chunk of ``p``; returns the rows that left (finished or failed)."""
+        model, extra = self._engine._model_and_names([r.adapter for r in p.rows])
+        try:
+            done = self._state.prefill(model, extra, p, self._chunk)
+        except Exception as e:
+            self._prefills.remove(p)
+            for row in p.rows:
+                row.finish(e)
+            return list(p.rows)
+        if done is None:
+            return []
+        self._prefills.remove(p)  # its rows are running now
+        return done
 
 
 def _stop_ids(tok: Any) -> list[int]:

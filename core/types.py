@@ -9,6 +9,7 @@ Mode = Literal["base", "rag", "finetune", "hybrid"]
 RetrievalMethod = Literal["dense", "bm25", "hybrid"]
 MODES: tuple[Mode, ...] = ("base", "rag", "finetune", "hybrid")
 RETRIEVAL_METHODS: tuple[RetrievalMethod, ...] = ("dense", "bm25", "hybrid")
+FinishReason = Literal["stop", "length"]  # the answer ended / it ran into max_new_tokens
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class Answer:
     usage: Usage
     timings: Timings
     prompt: str = ""
+    finish_reason: FinishReason = "stop"
 
     def to_dict(self, *, include_prompt: bool = False) -> dict[str, Any]:
         out = {
@@ -87,6 +89,7 @@ class Answer:
             ],
             "usage": asdict(self.usage),
             "timings": asdict(self.timings),
+            "finish_reason": self.finish_reason,
         }
         if include_prompt:
             out["prompt"] = self.prompt
@@ -101,11 +104,15 @@ class GenRequest:
     adapter: str | None = None
     max_new_tokens: int = 32
     temperature: float = 0.0
+    # Stop as soon as the answer's first line has ended (after leading whitespace): the
+    # pipeline keeps only that line, so generating past it is wasted work.
+    stop_at_newline: bool = False
 
 
 @dataclass
 class GenResult:
     text: str
     prompt_tokens: int
-    completion_tokens: int  # including the stop token, when the row stopped on one
+    completion_tokens: int  # every token generated, the one that ended the answer included
     generate_ms: float
+    finish_reason: FinishReason = "stop"

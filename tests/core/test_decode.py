@@ -221,3 +221,103 @@ def test_sampling_is_safe_at_extreme_temperatures():
     torch.manual_seed(0)
     draws = {int(_pick(logits.clone(), [2.0, 0.0, 2.0])[2]) for _ in range(50)}
     assert draws == {0, 1, 2}  # a flat row samples every token
+
+
+# --- chunked prefill -------------------------------------------------------------------------
+LONG_PROMPT = " ".join(["the great wall of china was built over many centuries"] * 8)  # 80 tokens
+
+
+def chunked(tiny_settings, chunk: int = 16) -> GenerationEngine:
+    settings = tiny_settings.model_copy(update={"prefill_chunk_tokens": chunk})
+    return GenerationEngine(load_generator(settings), settings)
+
+
+class Prefills:
+    """Counts the model's prefill passes (forward calls over more than one position)."""
+
+    def __init__(self, engine: GenerationEngine) -> None:
+        self.widths: list[int] = []
+        engine.gen.model.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, _module, _args, kwargs) -> None:
+        width = kwargs["input_ids"].shape[1]
+        if width > 1:
+            self.widths.append(width)
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_with_the_same_answer(tiny_settings, engine):
+    eng = chunked(tiny_settings)
+    passes = Prefills(eng)
+    req = GenRequest(LONG_PROMPT, None, 8)
+    n = len(eng.tokenizer(LONG_PROMPT, add_special_tokens=False)["input_ids"])
+    assert alone(eng, req) == alone(engine, req) == _hf_greedy(engine, LONG_PROMPT, 8)
+    assert passes.widths == [16] * (n // 16) + ([n % 16] if n % 16 else [])
+    passes.widths.clear()
+    assert alone(eng, GenRequest(PROMPTS[0], None, 4))  # a short prompt: one pass, as before
+    assert passes.widths == [len(eng.tokenizer(PROMPTS[0])["input_ids"])]
+
+
+def test_a_short_request_is_served_between_the_chunks_of_a_long_one(tiny_settings, engine):
+    eng = chunked(tiny_settings)
+    got = Collect()
+    batch = eng.batch()
+    batch.add([got.row(0, GenRequest(LONG_PROMPT, "a", 4))])
+    batch.step()  # the first chunk of the long prompt
+    assert len(batch) == 1 and batch.prefilling == 1 and batch.adapters == {"a"}
+    with pytest.raises(AdapterBusy):  # a prefilling row holds its adapter too
+        eng.unload_adapter("a")
+    batch.add([got.row(1, GenRequest(PROMPTS[2], None, 2))])  # prefilled at once
+    while 1 not in got.results:
+        batch.step()
+    assert 0 not in got.results and batch.prefilling == 1  # the long one is still prefilling
+    while len(batch):
+        batch.step()
+    assert got.results[0].text == alone(eng, GenRequest(LONG_PROMPT, "a", 4))
+    assert got.results[1].text == alone(eng, GenRequest(PROMPTS[2], None, 2))
+
+
+def test_a_cancelled_long_prompt_stops_within_a_chunk_and_frees_its_cache(tiny_settings, engine):
+    eng = chunked(tiny_settings)
+    passes = Prefills(eng)
+    got, cancelled = Collect(), {"flag": False}
+    batch = eng.batch()
+    batch.add([got.row(0, GenRequest(LONG_PROMPT, "a", 4), is_cancelled=lambda: cancelled["flag"])])
+    batch.step()
+    assert batch.cache_bytes() > 0 and passes.widths == [16]
+    cancelled["flag"] = True
+    batch.step()
+    assert len(batch) == 0 and batch.cache_bytes() == 0 and passes.widths == [16]
+    assert 0 not in got.results and eng.unload_adapter("a")  # the adapter is free again
+
+
+# --- where an answer ends --------------------------------------------------------------------
+def test_a_row_that_should_stop_at_a_newline_ends_with_its_first_line(engine):
+    """The pipeline keeps an answer's first line, so generation stops when it has ended
+    (a leading blank line does not count); finish_reason says why a row ended."""
+    from ragtune.core.decode import DecodeState
+
+    tok = engine.tokenizer
+    tok.add_tokens(["\n"])  # the tiny word-level vocabulary has no newline of its own
+    nl = tok.convert_tokens_to_ids("\n")
+    word = tok.convert_tokens_to_ids("paris")
+    results: list[object] = []
+
+    def state_with(req: GenRequest) -> DecodeState:
+        state = DecodeState(tok, engine._stops)
+        state.rows.append(Row(req, results.append))
+        return state
+
+    state = state_with(GenRequest("q", None, 10, stop_at_newline=True))
+    for token in (nl, word, word):  # a leading newline, then the answer
+        assert state._advance([token], 0) == []
+    assert [r.finish_reason for r in state._advance([nl], 0)] == ["stop"]
+    assert results[-1].completion_tokens == 4 and results[-1].finish_reason == "stop"
+    assert results[-1].text.strip() == "paris paris"
+
+    state = state_with(GenRequest("q", None, 10))  # not asked to stop: runs on
+    assert state._advance([word], 0) == [] and state._advance([nl], 0) == []
+    state = state_with(GenRequest("q", None, 2, stop_at_newline=True))
+    state._advance([word], 0)
+    assert [r.finish_reason for r in state._advance([word], 0)] == ["length"]
+    state = state_with(GenRequest("q", None, 5, stop_at_newline=True))
+    assert [r.finish_reason for r in state._advance([engine._stops[0]], 0)] == ["stop"]
