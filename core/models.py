@@ -270,6 +270,27 @@ class Generator:
     folder: str  # what from_pretrained loaded (a folder or hub id)
     fingerprint: str  # content hash of the base weights
 
+    @property
+    def context_length(self) -> int | None:
+        """Positions the model was built for (prompt + answer), from its config; None when
+        the config does not say."""
+        return context_length(self.model.config)
+
+
+# Config fields that hold a causal LM's context length, by model family.
+_CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+def context_length(config: Any) -> int | None:
+    """The context length a transformers config declares (the text config of a multimodal
+    model), or None."""
+    text = getattr(config, "text_config", None) or config
+    for name in _CONTEXT_FIELDS:
+        value = getattr(text, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
 
 def load_tokenizer(folder: str) -> Any:
     from transformers import AutoTokenizer

@@ -2,6 +2,11 @@
 both call this, so a comparison of modes measures exactly what users get.
 
 Models load lazily on first use (thread-safe), so constructing a Pipeline is instant.
+
+Prompts are held to a token budget: ``max_prompt_tokens``, and the model's context less
+``max_new_tokens``. A question (or chat history) that does not fit is refused before
+retrieval, with a 400 that names the field and both numbers; retrieved passages are
+trimmed to fit (the lowest ranked first), never the question.
 """
 
 from __future__ import annotations
@@ -10,14 +15,14 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 from ragtune.core.config import Settings
 from ragtune.core.errors import InvalidInput
 from ragtune.core.generation import GenerationEngine
 from ragtune.core.index_store import IndexCache, LoadedIndex
 from ragtune.core.models import Embedder, Generator, load_embedder, load_generator
-from ragtune.core.prompts import clean_answer, render_prompt
+from ragtune.core.prompts import clean_answer, count_tokens, fit_passages, render_prompt
 from ragtune.core.types import (
     MODES,
     RETRIEVAL_METHODS,
@@ -49,6 +54,9 @@ class QueryRequest:
     temperature: float | None = None
     contexts: tuple[str, ...] | list[str] | None = None  # given passages: retrieval is skipped
     history: tuple[tuple[str, str], ...] = ()  # earlier (question, answer) turns of a chat
+    # "first_line": the answer is the generation's first line (the QA span; generation stops
+    # there); "full": the whole generated text (chat clients)
+    answer: Literal["first_line", "full"] = "first_line"
 
 
 @dataclass
@@ -123,21 +131,14 @@ class Pipeline:
     def validate(self, req: QueryRequest) -> QueryRequest:
         """Fill defaults and check every field; InvalidInput names the field at fault."""
         s = self.settings
+        # Lengths are counted in tokens (check_budget); max_question_chars bounds the
+        # strings of an HTTP body (the service checks it where /schema states it).
         if not isinstance(req.question, str) or not req.question.strip():
             raise InvalidInput("question must be a non-empty string", field="question")
-        if len(req.question) > s.max_question_chars:
-            raise InvalidInput(
-                f"question is longer than {s.max_question_chars} characters", field="question"
-            )
         for q, a in req.history:
             if not (isinstance(q, str) and isinstance(a, str)):
                 raise InvalidInput(
                     "history turns must be (question, answer) strings", field="history"
-                )
-            if len(q) + len(a) > s.max_question_chars:
-                raise InvalidInput(
-                    f"a history turn is longer than {s.max_question_chars} characters",
-                    field="history",
                 )
         if req.mode not in MODES:
             raise InvalidInput(f"mode must be one of {', '.join(MODES)}", field="mode")
@@ -161,6 +162,8 @@ class Pipeline:
                 f"max_new_tokens must be between 1 and {s.max_new_tokens_limit}",
                 field="max_new_tokens",
             )
+        if req.answer not in ("first_line", "full"):
+            raise InvalidInput("answer must be 'first_line' or 'full'", field="answer")
         temp = s.temperature if req.temperature is None else req.temperature
         if not 0.0 <= temp <= 2.0:
             raise InvalidInput("temperature must be between 0 and 2", field="temperature")
@@ -190,6 +193,8 @@ class Pipeline:
     def prepare(self, requests: Sequence[QueryRequest]) -> list[Prepared]:
         """Validate, retrieve (batched per index and method) and render prompts."""
         reqs = [self.validate(r) for r in requests]
+        for r in reqs:  # before any retrieval or generation: milliseconds
+            self.check_budget(r)
         out: list[Prepared | None] = [None] * len(reqs)
         groups: dict[tuple[str, int, str], list[int]] = {}
         for i, r in enumerate(reqs):
@@ -209,15 +214,62 @@ class Pipeline:
     def _prepared(
         self, r: QueryRequest, hits: list[Hit], name: str | None, version: str | None, ms: float
     ) -> Prepared:
-        contexts = [h.text for h in hits] if r.mode in RETRIEVAL_MODES else None
-        prompt = render_prompt(
-            self.engine.tokenizer,
-            r.question,
-            contexts,
-            self.settings.max_context_chars,
-            r.history,
+        tok = self.engine.tokenizer
+        contexts = [h.text for h in hits] if r.mode in RETRIEVAL_MODES else []
+        if not contexts:
+            prompt = render_prompt(
+                tok, r.question, None, self.settings.max_context_chars, r.history
+            )
+            return Prepared(r, prompt, [], name, version, ms)
+        budget = self.prompt_budget(r.max_new_tokens or self.settings.max_new_tokens)
+        fitted = fit_passages(
+            tok, r.question, contexts, budget, self.settings.max_context_chars, r.history
         )
-        return Prepared(r, prompt, hits if contexts else [], name, version, ms)
+        if fitted is None:
+            raise InvalidInput(
+                f"the question leaves no room for passages: the prompt with the shortest "
+                f"passage is more than {budget} tokens",
+                field="question",
+            )
+        return Prepared(r, fitted.prompt, hits[: fitted.passages], name, version, ms)
+
+    # --- token budget ---------------------------------------------------------------------
+    def prompt_budget(self, max_new_tokens: int) -> int:
+        """The most prompt tokens a request may use: ``max_prompt_tokens``, and the model's
+        context less the answer's room."""
+        ctx = self.engine.gen.context_length
+        limit = self.settings.max_prompt_tokens
+        return limit if ctx is None else min(limit, ctx - max_new_tokens)
+
+    def check_budget(self, r: QueryRequest) -> None:
+        """Refuse (400) a question, or chat history, whose prompt does not fit the budget
+        even without passages; the message names the field and both numbers."""
+        tok, max_new = self.engine.tokenizer, r.max_new_tokens or self.settings.max_new_tokens
+        alone = count_tokens(tok, render_prompt(tok, r.question))
+        self._check_tokens(alone, max_new, "question", "the prompt")
+        if r.history:
+            n = count_tokens(tok, render_prompt(tok, r.question, history=r.history))
+            self._check_tokens(n, max_new, "history", "the prompt with the conversation history")
+
+    def _check_tokens(self, tokens: int, max_new: int, field: str, what: str) -> None:
+        limit = self.settings.max_prompt_tokens
+        if tokens > limit:
+            raise InvalidInput(
+                f"{what} is {tokens} tokens, more than max_prompt_tokens ({limit})", field=field
+            )
+        ctx = self.engine.gen.context_length
+        if ctx is None or tokens + max_new <= ctx:
+            return
+        if tokens >= ctx:
+            raise InvalidInput(
+                f"{what} is {tokens} tokens, more than the model's context of {ctx} tokens",
+                field=field,
+            )
+        raise InvalidInput(
+            f"{what} is {tokens} tokens and max_new_tokens is {max_new}: together more than "
+            f"the model's context of {ctx} tokens (at most {ctx - tokens} new tokens fit)",
+            field="max_new_tokens",
+        )
 
     # --- answering ------------------------------------------------------------------------
     def answer_batch(self, requests: Sequence[QueryRequest]) -> list[Answer]:
@@ -242,14 +294,16 @@ class Pipeline:
             r.adapter,
             r.max_new_tokens or self.settings.max_new_tokens,
             r.temperature or 0.0,
+            stop_at_newline=r.answer == "first_line",
         )
 
     def finish(self, p: Prepared, g: GenResult, started: float) -> Answer:
         """The Answer for a generated row (``started``: perf_counter when the request came)."""
         total = (time.perf_counter() - started) * 1000
-        return _answer(
-            p, clean_answer(g.text), g.prompt_tokens, g.completion_tokens, g.generate_ms, total
-        )
+        text = clean_answer(g.text) if p.request.answer == "first_line" else g.text.strip()
+        answer = _answer(p, text, g.prompt_tokens, g.completion_tokens, g.generate_ms, total)
+        answer.finish_reason = g.finish_reason
+        return answer
 
     def answer(self, request: QueryRequest) -> Answer:
         return self.answer_batch([request])[0]

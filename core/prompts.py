@@ -96,6 +96,64 @@ def render_prompt(
     return _apply(tokenizer, messages, True)
 
 
+def count_tokens(tokenizer: Any, text: str) -> int:
+    """Tokens the generator sees for ``text`` (as the generation engine tokenizes it)."""
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+@dataclass(frozen=True)
+class FittedPrompt:
+    """A serving prompt cut to a token budget."""
+
+    prompt: str
+    tokens: int
+    passages: int  # how many of the given passages it holds, best first (the last may be cut)
+
+
+def fit_passages(
+    tokenizer: Any,
+    question: str,
+    contexts: Sequence[str],
+    budget: int,
+    max_context_chars: int | None = None,
+    history: Sequence[tuple[str, str]] = (),
+) -> FittedPrompt | None:
+    """The serving prompt with as many passages as fit in ``budget`` tokens.
+
+    Passages are ranked best first, so the last ones go first; if not even the first fits
+    whole, it is cut shorter. None when not even a cut first passage fits (the question and
+    history alone nearly fill the budget)."""
+
+    def fit(k: int, chars: int | None = max_context_chars) -> FittedPrompt | None:
+        prompt = render_prompt(tokenizer, question, contexts[:k], chars, history)
+        n = count_tokens(tokenizer, prompt)
+        return FittedPrompt(prompt, n, k) if n <= budget else None
+
+    best = fit(len(contexts))
+    if best is not None or not contexts:
+        return best
+    lo, hi = 1, len(contexts) - 1  # binary search: tokens grow with every passage
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        found = fit(mid)
+        if found is not None:
+            best, lo = found, mid + 1
+        else:
+            hi = mid - 1
+    if best is not None:
+        return best
+    first = " ".join(contexts[0].split())
+    lo, hi = 1, min(len(first), max_context_chars or len(first)) - 1
+    while lo <= hi:  # the longest cut of the best passage that fits
+        mid = (lo + hi) // 2
+        found = fit(1, mid)
+        if found is not None:
+            best, lo = found, mid + 1
+        else:
+            hi = mid - 1
+    return best
+
+
 def render_training_example(
     tokenizer: Any,
     question: str,

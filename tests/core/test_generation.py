@@ -119,3 +119,70 @@ def test_pipeline_stream_ends_with_the_answer(tiny_settings):
     assert isinstance(final, Answer) and all(isinstance(p, str) for p in pieces)
     assert final.answer == pipe.answer(req).answer
     assert final.usage.completion_tokens == 5 and final.timings.total_ms > 0
+
+
+# --- token budgets ---------------------------------------------------------------------------
+WORDS = "the great wall of china was built over many centuries "  # 10 tokens for the tiny model
+
+
+def test_a_prompt_over_the_token_budget_is_refused_before_retrieval(tiny_settings):
+    """Counted in tokens on the rendered prompt, with both numbers and the field; before the
+    index is even opened (this one does not exist)."""
+    pipe = Pipeline(tiny_settings.model_copy(update={"max_prompt_tokens": 100}))
+    with pytest.raises(InvalidInput) as e:
+        pipe.prepare([QueryRequest(WORDS * 12, mode="rag", index="missing")])
+    assert e.value.field == "question"
+    assert "more than max_prompt_tokens (100)" in e.value.message
+    n = int(e.value.message.split(" is ")[1].split()[0])
+    assert n > 120  # the question's 120 tokens plus the template's
+    history = ((WORDS * 5, "an answer"),) * 2
+    with pytest.raises(InvalidInput) as e:
+        pipe.prepare([QueryRequest("who built it?", mode="base", history=history)])
+    assert e.value.field == "history" and "(100)" in e.value.message
+
+
+def test_the_models_context_bounds_prompt_plus_answer(tiny_settings):
+    """The tiny generator has 1024 positions (its config says so)."""
+    pipe = Pipeline(tiny_settings.model_copy(update={"max_prompt_tokens": 4096}))
+    assert pipe.engine.gen.context_length == 1024
+    with pytest.raises(InvalidInput) as e:  # the prompt alone is too long
+        pipe.prepare([QueryRequest(WORDS * 110, mode="base", max_new_tokens=4)])
+    assert e.value.field == "question" and "context of 1024 tokens" in e.value.message
+    with pytest.raises(InvalidInput) as e:  # the prompt fits, but not with the answer
+        pipe.prepare([QueryRequest(WORDS * 95, mode="base", max_new_tokens=200)])
+    assert e.value.field == "max_new_tokens"
+    assert "max_new_tokens is 200" in e.value.message and "1024" in e.value.message
+    ok = pipe.prepare([QueryRequest(WORDS * 95, mode="base", max_new_tokens=4)])
+    assert ok[0].request.max_new_tokens == 4
+
+
+def test_passages_are_trimmed_to_fit_lowest_ranked_first(tiny_settings):
+    from ragtune.core.prompts import count_tokens, render_prompt
+
+    settings = tiny_settings.model_copy(update={"max_prompt_tokens": 160})
+    pipe = Pipeline(settings)
+    tok = pipe.engine.tokenizer
+    passages = [f"passage {i} " + WORDS * 4 for i in range(5)]  # ~45 tokens each
+    req = QueryRequest("who built the wall?", mode="rag", contexts=passages, max_new_tokens=4)
+    p = pipe.prepare([req])[0]
+    kept = [h.text for h in p.hits]
+    assert 1 <= len(kept) < 5 and kept == passages[: len(kept)]  # best first
+    assert p.prompt == render_prompt(tok, req.question, kept, settings.max_context_chars)
+    assert count_tokens(tok, p.prompt) <= 160
+    # not even the best passage fits whole: it is cut, never the question
+    huge = [WORDS * 30]
+    p = pipe.prepare([QueryRequest("who built the wall?", mode="rag", contexts=huge)])[0]
+    assert len(p.hits) == 1 and " ..." in p.prompt and "who built the wall?" in p.prompt
+    assert count_tokens(tok, p.prompt) <= 160
+    # within the budget nothing changes
+    small = Pipeline(tiny_settings).prepare([req])[0]
+    assert small.prompt == render_prompt(tok, req.question, passages, settings.max_context_chars)
+
+
+def test_context_length_comes_from_the_model_config():
+    from transformers import GPT2Config, LlamaConfig
+
+    from ragtune.core.models import context_length
+
+    assert context_length(LlamaConfig(max_position_embeddings=8192)) == 8192
+    assert context_length(GPT2Config(n_positions=2048)) == 2048
