@@ -217,8 +217,10 @@ def rm_cmd(app: AppContext, name: str) -> None:
     """Remove an adapter (and any interrupted run of that name)."""
     from ragtune.tuner.api import remove_adapter
 
-    remove_adapter(app.settings(), name)
+    cleaned = remove_adapter(app.settings(), name)
     click.echo(f"removed adapter {name}")
+    if cleaned:
+        click.echo(f"cleaned {cleaned} leftover(s) of an interrupted run")
 
 
 @adapters.command("export")

@@ -10,8 +10,10 @@ Layout::
                                       hyperparameters, metrics, RAFT index version, created
                                       time, library versions
 
-The tuner trains into a staging folder and calls ``publish`` (atomic rename); readers (service,
-eval) call ``get_adapter``/``list_adapters``. A folder without a manifest is never listed, so a
+The tuner trains into a staging folder and calls ``publish`` (atomic rename) while it holds
+``registry_writer`` (one writer at a time, across processes), which first deletes what killed
+writes left behind (``.tmp-*`` folders); readers (service, eval) call
+``get_adapter``/``list_adapters``. A folder without a manifest is never listed, so a
 killed training run cannot leave an adapter that looks valid. A folder whose manifest cannot
 be read (corrupt, or from an unknown schema version) is left out of ``list_adapters`` with a
 logged warning, so one bad folder does not take the listing (or the service's /v1/models)
@@ -21,8 +23,11 @@ them (ManifestError).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +40,7 @@ from ragtune.core.manifests import MANIFEST, AdapterManifest
 log = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
+LOCK_FILE = ".lock"  # a dot name: never listed as an adapter
 
 
 @dataclass(frozen=True)
@@ -141,14 +147,37 @@ def publish(settings: Settings, staged: Path, name: str) -> AdapterInfo:
     return get_adapter(settings, name)
 
 
-def remove(settings: Settings, name: str) -> None:
-    """Delete an adapter folder; one with an unreadable manifest can be removed too."""
+def remove(settings: Settings, name: str) -> int:
+    """Delete an adapter folder; one with an unreadable manifest can be removed too.
+    Returns how many leftovers of interrupted writes were cleaned on the way."""
     path = adapter_dir(settings, name)
-    if not _is_complete(path):
-        raise UnknownAdapter(f"adapter {name!r} not found in the registry", field="adapter")
-    shutil.rmtree(path)
+    with registry_writer(settings) as cleaned:
+        if not _is_complete(path):
+            raise UnknownAdapter(f"adapter {name!r} not found in the registry", field="adapter")
+        shutil.rmtree(path)
+    return cleaned
+
+
+@contextlib.contextmanager
+def registry_writer(settings: Settings) -> Iterator[int]:
+    """Hold the registry's write lock (waiting for another writer), after deleting the
+    leftovers of killed writes (``.tmp-*``: staging folders, old copies being replaced);
+    yields how many were deleted. The OS drops the lock when its process dies (kill -9),
+    and no writer's own staging folder is ever deleted: it holds the lock meanwhile."""
+    root = settings.adapters_dir
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / LOCK_FILE).open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            cleaned = clean_stale(root)
+            if cleaned:
+                log.info("cleaned %d leftover(s) of interrupted writes in %s", cleaned, root)
+            yield cleaned
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def clean_registry(settings: Settings) -> int:
     """Delete leftovers of interrupted writes; returns how many were removed."""
-    return clean_stale(settings.adapters_dir)
+    with registry_writer(settings) as cleaned:
+        return cleaned

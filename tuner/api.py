@@ -40,7 +40,15 @@ from ragtune.core.manifests import (
     new_version_id,
 )
 from ragtune.core.qa import BadRecord, QARecord
-from ragtune.core.registry import AdapterInfo, adapter_dir, check_base, get_adapter, publish
+from ragtune.core.registry import (
+    AdapterInfo,
+    adapter_dir,
+    check_base,
+    clean_registry,
+    get_adapter,
+    publish,
+    registry_writer,
+)
 from ragtune.tuner.args import TuneArgs, parse_data_spec
 from ragtune.tuner.formats import MAX_REPORTED, load_examples
 
@@ -315,6 +323,8 @@ def train_adapter(
         InsufficientResources: too little disk.
     """
     run = setup(settings, args)  # every check that needs no data: fails in seconds
+    if cleaned := clean_registry(run.settings):  # what killed tunes left in the registry
+        _say(progress, f"cleaned {cleaned} leftover(s) of an interrupted run from the registry")
     data = prepare_data(run.settings, args, run.tokenizer, progress)
     counts = data.counts.model_dump(exclude_none=True)
     _say(progress, "data: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
@@ -522,8 +532,7 @@ def save_and_publish(
     """Save into a staging folder, manifest last (its presence marks the folder complete),
     and move it into the registry in one rename."""
     settings = run.settings
-    settings.adapters_dir.mkdir(parents=True, exist_ok=True)
-    with staging_dir(settings.adapters_dir, f"{args.name}-") as tmp:
+    with registry_writer(settings), staging_dir(settings.adapters_dir, f"{args.name}-") as tmp:
         if args.method == "full":
             model.save_pretrained(tmp, safe_serialization=True)
             run.tokenizer.save_pretrained(tmp)
@@ -620,8 +629,10 @@ def load_tuned(settings: Settings, name: str) -> tuple[Any, Any, AdapterInfo]:
     return tuned.eval(), gen.tokenizer, info
 
 
-def remove_adapter(settings: Settings, name: str) -> None:
+def remove_adapter(settings: Settings, name: str) -> int:
+    """Remove an adapter and its interrupted run; returns the leftovers cleaned meanwhile."""
     from ragtune.core.registry import remove
 
-    remove(settings, name)
+    cleaned = remove(settings, name)
     shutil.rmtree(run_dir(settings, name), ignore_errors=True)
+    return cleaned

@@ -61,3 +61,31 @@ def test_registry_lists_only_complete_adapters(tiny_settings):
 def test_unsafe_adapter_names_are_refused(tiny_settings, name):
     with pytest.raises(InvalidInput):
         get_adapter(tiny_settings, name)
+
+
+def test_cleaning_waits_for_a_writer_and_never_takes_its_staging_folder(tiny_settings):
+    """One registry writer at a time (across processes: flock): a clean that starts while
+    another writer stages its adapter waits, and then finds nothing of it to delete."""
+    import threading
+    import time
+
+    from ragtune.core.registry import registry_writer
+
+    root = tiny_settings.adapters_dir
+    staged, released = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with registry_writer(tiny_settings), staging_dir(root, "slow-") as tmp:
+            (tmp / "adapter_config.json").write_text("{}")
+            (tmp / "manifest.json").write_text(json.dumps({"base_model": "m", "method": "lora"}))
+            staged.set()
+            time.sleep(0.3)
+            publish(tiny_settings, tmp, "slow")
+        released.set()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    staged.wait(10)
+    assert clean_registry(tiny_settings) == 0  # waited for the writer: nothing stale left
+    assert released.is_set() and [a.name for a in list_adapters(tiny_settings)] == ["slow"]
+    thread.join()

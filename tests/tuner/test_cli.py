@@ -104,3 +104,30 @@ def test_cli_errors_are_one_clean_line(
         "--quiet",
     )
     assert rc == 2 and "validation split larger than the data" in err
+
+
+def test_tune_and_rm_clean_what_killed_writes_left_and_say_so(
+    tiny_settings: Settings, qa_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A tune killed while publishing leaves a staging folder (and perhaps the old copy it
+    was replacing) in the registry; the next tune or registry write removes them."""
+    root = tiny_settings.adapters_dir
+    for leftover in (".tmp-killed-1a2b3c4d", ".tmp-old-killed-5e6f7a8b"):
+        (root / leftover).mkdir(parents=True)
+        (root / leftover / "adapter_model.safetensors").write_bytes(b"half")
+    cfg = tmp_path / "tune.toml"
+    cfg.write_text(
+        f'[tune]\ndata = ["{qa_file}"]\nbatch-size = 2\nr = 4\nalpha = 8\nmax_steps = 2\n'
+    )
+    rc, _, err = _run(tiny_settings, capsys, "tune", "--config", str(cfg), "--name", "fresh")
+    assert rc == 0, err
+    assert "cleaned 2 leftover(s) of an interrupted run" in err
+    assert not [p.name for p in root.iterdir() if p.name.startswith(".tmp-")]
+    assert (root / "fresh" / "manifest.json").is_file()
+    (root / ".tmp-fresh-9f8e7d6c").mkdir()
+    rc, out, _ = _run(tiny_settings, capsys, "adapters", "rm", "fresh")
+    assert rc == 0 and out.splitlines() == [
+        "removed adapter fresh",
+        "cleaned 1 leftover(s) of an interrupted run",
+    ]
+    assert not [p.name for p in root.iterdir() if not p.name.startswith((".lock", ".runs"))]
