@@ -86,6 +86,7 @@ class DecodeState:
         self._mask: Any = None  # [rows, columns] 1 = real token, 0 = left padding
         self._next: Any = None  # [rows] the token each row feeds in at the next step
         self._pos: Any = None  # [rows] that token's position (real tokens before it)
+        self.prefilled_tokens = 0  # prompt positions run so far (padding included)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -165,6 +166,7 @@ class DecodeState:
             p.cache,
         )
         p.done = end
+        self.prefilled_tokens += (end - start) * len(p.rows)
         if end < width:
             return None
         first = _pick(out.logits[:, -1].float(), [r.request.temperature for r in p.rows])

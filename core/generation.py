@@ -237,6 +237,11 @@ class ContinuousBatch:
         """Rows whose long prompts are still being prefilled."""
         return sum(len(p.rows) for p in self._prefills)
 
+    @property
+    def prefilled_tokens(self) -> int:
+        """Prompt positions prefilled since the batch was made (padding included)."""
+        return self._state.prefilled_tokens
+
     def cache_bytes(self) -> int:
         """Memory held by the key/value caches of the running and prefilling rows."""
         return self._state.cache_bytes() + sum(cache_bytes(p.cache) for p in self._prefills)
