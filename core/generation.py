@@ -8,8 +8,9 @@ and an adapter can be loaded between two steps of a running batch.
 
 Batches are continuous (``core.decode``): rows join and leave between steps. An adapter
 that a running row uses is never evicted or unloaded under it. A prompt longer than
-``prefill_chunk_tokens`` is prefilled one chunk per step, so a short request that arrives
-meanwhile waits for one chunk at most, and a cancelled one stops within a chunk.
+``prefill_chunk_tokens`` is prefilled one chunk at a time between decode steps, so a short
+request that arrives meanwhile waits for one chunk at most, and a cancelled one stops
+within a chunk.
 """
 
 from __future__ import annotations
@@ -214,14 +215,16 @@ class ContinuousBatch:
 
     The engine lock is held for one prefill or one step at a time, never across steps.
     Prompts up to ``prefill_chunk_tokens`` (after the cached preamble) are prefilled in
-    ``add``, together; each longer one is prefilled one chunk per ``step``, oldest first,
-    between the decode steps of the running rows."""
+    ``add``, together; each longer one is prefilled one chunk at a time, oldest first,
+    between the decode steps of the running rows (see ``step``)."""
 
     def __init__(self, engine: GenerationEngine) -> None:
         self._engine = engine
         self._state = DecodeState(engine.tokenizer, engine._stops)
         self._chunk = engine.settings.prefill_chunk_tokens
         self._prefills: list[Prefill] = []  # long prompts being prefilled, oldest first
+        self._chunk_s = 0.0  # how long the last prefill chunk took
+        self._decode_s = 0.0  # time spent in decode steps since then
 
     def __len__(self) -> int:
         return len(self._state) + sum(len(p.rows) for p in self._prefills)
@@ -305,15 +308,24 @@ class ContinuousBatch:
             row.finish(e)
 
     def step(self) -> None:
-        """One chunk of the oldest long prompt being prefilled, then one token for every
-        running row; finished rows get their results."""
+        """One token for every running row, and (when it is its turn) one chunk of the
+        oldest long prompt being prefilled; finished rows get their results.
+
+        A chunk's turn comes when no row is decoding, or when the decode steps since the
+        last chunk took as long as that chunk did: running rows and long prompts share the
+        time equally, so a short request that arrives during a long prefill waits for the
+        chunk in progress, then decodes at full speed (its steps are far shorter than a
+        chunk), and a long prompt still advances under a steady stream of short ones."""
         eng = self._engine
         with eng._lock:
             left = self._state.drop_cancelled()
             left += self._drop_cancelled_prefills()
-            if self._prefills:
+            if self._prefills and (not len(self._state) or self._decode_s >= self._chunk_s):
+                t0 = time.perf_counter()
                 left += self._prefill_chunk(self._prefills[0])
+                self._chunk_s, self._decode_s = time.perf_counter() - t0, 0.0
             if len(self._state):
+                t0 = time.perf_counter()
                 model, extra = eng._model_and_names(self._state.adapters())
                 try:
                     left += self._state.step(model, extra)
@@ -322,6 +334,7 @@ class ContinuousBatch:
                     for row in failed:
                         row.finish(e)
                     left += failed
+                self._decode_s += time.perf_counter() - t0
             eng._use([r.adapter for r in left], -1)
 
     def _drop_cancelled_prefills(self) -> list[Row]:
