@@ -6,10 +6,6 @@ import click
 
 from ragtune.cli.context import AppContext, pass_app
 
-# After SIGTERM/Ctrl-C uvicorn stops accepting connections and waits for the requests in
-# flight; generation can take up to request_timeout_s, so wait that long plus a margin.
-SHUTDOWN_MARGIN_S = 5.0
-
 
 @click.command("serve")
 @click.option("--host", default=None, help="Bind address (setting host, default 127.0.0.1).")
@@ -25,26 +21,16 @@ SHUTDOWN_MARGIN_S = 5.0
 def serve(app: AppContext, host: str | None, port: int | None, log_level: str) -> None:
     """Serve the query, OpenAI-compatible and adapter APIs (docs at /schema).
 
-    Shutdown (SIGTERM or Ctrl-C) is graceful: new connections are refused, and requests
-    in flight and in the queue are answered before the process exits.
+    Shutdown (SIGTERM or Ctrl-C) is graceful: new requests get 503 at once, and those in
+    flight get shutdown_grace_s to finish (then 503) before the process exits.
     """
-    import uvicorn
-
     from ragtune.service.app import create_app
+    from ragtune.service.server import build_server
 
     settings = app.settings(host=host, port=port)
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=log_level,
-        lifespan="on",
-        timeout_graceful_shutdown=int(settings.request_timeout_s + SHUTDOWN_MARGIN_S),
-        # The app limits its own body size and concurrency; keep-alive idles briefly.
-        timeout_keep_alive=5,
-    )
+    server = build_server(create_app(settings), settings, log_level)
     click.echo(f"ragtune serving on http://{settings.host}:{settings.port} (docs: /schema)")
-    uvicorn.Server(config).run()
+    server.run()
 
 
 def register(cli: click.Group) -> None:

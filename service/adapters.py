@@ -7,16 +7,29 @@ loading one more evicts the least recently used (the response says which).
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import anyio
 from litestar import delete, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath
+from litestar.params import Parameter
 
 from ragtune.core.index_store import validate_name
 from ragtune.core.registry import get_adapter, list_adapters
 from ragtune.service.errors import problem_responses
-from ragtune.service.schemas import AdapterAction, AdapterList, AdapterOut, AdapterStatsOut
+from ragtune.service.schemas import (
+    NAME_PATTERN,
+    AdapterAction,
+    AdapterList,
+    AdapterOut,
+    AdapterStatsOut,
+)
 from ragtune.service.state import Services
+
+# The schema states the name rule, so a client learns it before sending (400 otherwise).
+AdapterName = Annotated[
+    str, Parameter(pattern=NAME_PATTERN, max_length=64, description="An adapter's name")
+]
 
 
 @get("/v1/adapters", tags=["adapters"], responses=problem_responses(401))
@@ -52,7 +65,7 @@ async def adapters_list(svc: NamedDependency[Services]) -> AdapterList:
     tags=["adapters"],
     responses=problem_responses(400, 401, 404, 409),
 )
-async def adapters_load(name: FromPath[str], svc: NamedDependency[Services]) -> AdapterAction:
+async def adapters_load(name: AdapterName, svc: NamedDependency[Services]) -> AdapterAction:
     """Load an adapter into memory now (its first request then skips the load). If the
     registry holds a newer version than the one in memory, the new one replaces it."""
     validate_name(name, "adapter")
@@ -83,7 +96,7 @@ async def adapters_load(name: FromPath[str], svc: NamedDependency[Services]) -> 
     tags=["adapters"],
     responses=problem_responses(400, 401, 404),
 )
-async def adapters_unload(name: FromPath[str], svc: NamedDependency[Services]) -> AdapterAction:
+async def adapters_unload(name: AdapterName, svc: NamedDependency[Services]) -> AdapterAction:
     """Drop an adapter from memory (it stays in the registry and loads again on use)."""
     validate_name(name, "adapter")
     engine = svc.pipeline.engine if svc.pipeline.models_loaded else None

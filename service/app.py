@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
 
 from litestar import Litestar
 from litestar.datastructures import State
@@ -23,8 +22,10 @@ from ragtune.core.config import Settings
 from ragtune.core.pipeline import Pipeline
 from ragtune.service import adapters, health, openai_compat, query
 from ragtune.service.auth import require_api_key
+from ragtune.service.bodies import StrictRequest
 from ragtune.service.errors import EXCEPTION_HANDLERS
 from ragtune.service.metrics import MetricsMiddleware, metrics_endpoint
+from ragtune.service.openapi import tighten_openapi
 from ragtune.service.state import Services
 
 OPENAPI_PATH = "/schema"  # the document is at /schema/openapi.json
@@ -61,6 +62,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> Litestar
             metrics_endpoint,
             query.query,
             openai_compat.list_models,
+            openai_compat.retrieve_model,
             openai_compat.chat_completions,
             openai_compat.completions,
             adapters.adapters_list,
@@ -73,6 +75,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> Litestar
         middleware=[DefineMiddleware(MetricsMiddleware)],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,
+        request_class=StrictRequest,
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(
             title="ragtune",
@@ -91,40 +94,3 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> Litestar
     )
     tighten_openapi(app, settings)
     return app
-
-
-def tighten_openapi(app: Litestar, settings: Settings) -> None:
-    """Show the running limits in the served schema, not only the hard caps in schemas.py.
-
-    A client (or schemathesis) that follows the schema then never meets a range error
-    that the schema did not announce.
-    """
-    schemas = app.openapi_schema.components.schemas or {}
-    limits: dict[str, dict[str, dict[str, Any]]] = {
-        "QueryBody": {
-            "question": {"max_length": settings.max_question_chars},
-            "max_new_tokens": {"maximum": settings.max_new_tokens_limit},
-            # Litestar drops a zero lower bound (falsy); say it.
-            "temperature": {"minimum": 0.0},
-        },
-        "ChatCompletionBody": {
-            "temperature": {"minimum": 0.0},
-            "max_tokens": {"maximum": settings.max_new_tokens_limit},
-            "max_completion_tokens": {"maximum": settings.max_new_tokens_limit},
-        },
-        "CompletionBody": {
-            "temperature": {"minimum": 0.0},
-            "max_tokens": {"maximum": settings.max_new_tokens_limit},
-        },
-    }
-    for name, fields in limits.items():
-        schema = schemas.get(name)
-        if schema is None or not schema.properties:
-            continue
-        for field, attrs in fields.items():
-            prop = schema.properties.get(field)
-            if prop is None:
-                continue
-            # Litestar puts the bounds of an optional field on the one_of wrapper.
-            for attr, value in attrs.items():
-                setattr(prop, attr, value)

@@ -38,7 +38,9 @@ def require_json(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHan
     if media_type != "application/json" and not (
         media_type.startswith("application/") and media_type.endswith("+json")
     ):
+        # The client's media type is not echoed: a message never rewrites client input.
         raise HTTPException(
             status_code=415,
-            detail=f"content type must be application/json, not {media_type or 'missing'!r}",
+            detail="content type must be application/json"
+            + ("" if media_type else " (the request has none)"),
         )

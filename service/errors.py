@@ -18,6 +18,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 
 from ragtune.core.errors import IndexNotFound, RagtuneError, UnknownAdapter
+from ragtune.service.bodies import is_plain, plain_only
 from ragtune.service.schemas import Problem
 
 log = logging.getLogger("ragtune.service")
@@ -31,6 +32,7 @@ _PATH_RE = re.compile(
     r"|workspace|private|Users|proc|sys|dev|run|nix|snap)(?=[/\s'\"]|$))[^\s'\"]*"
 )
 _UNKNOWN_FIELD_RE = re.compile(r"unknown field `([^`]+)`")
+CLIENT_GONE = "client disconnected prematurely"  # Litestar's detail for a body cut short
 
 TITLES = {
     400: "Invalid input",
@@ -38,13 +40,23 @@ TITLES = {
     403: "Forbidden",
     404: "Not found",
     405: "Method not allowed",
+    408: "Request timeout",
     409: "Conflict",
     413: "Request body too large",
     415: "Unsupported media type",
+    499: "Client closed request",
     500: "Internal error",
     503: "Service overloaded",
     504: "Generation timed out",
 }
+
+
+class ClientGone(RagtuneError):
+    """The client closed the connection before its answer was ready (its work stopped).
+    Nobody reads the response; the status (nginx's 499) is for logs and metrics."""
+
+    status = 499
+    title = "Client closed request"
 
 
 def scrub(message: str) -> str:
@@ -100,14 +112,17 @@ def _validation_field(exc: ValidationException) -> tuple[str | None, str]:
         key = item.get("key")
         unknown = _UNKNOWN_FIELD_RE.search(message)
         if unknown:
-            return unknown.group(1), f"unknown field {unknown.group(1)!r}"
+            name = unknown.group(1)
+            if not is_plain(name):  # never echo it rewritten: leave it out
+                return None, "the body has an unknown field"
+            return name, f"unknown field {name!r}"
         if key in (None, "data"):
             # The body as a whole: missing, not an object, or a required field absent.
             missing = re.search(r"missing required field `([^`]+)`", message)
             if missing:
                 return missing.group(1), f"{missing.group(1)} is required"
             return "body", "the request body must be a JSON object matching the schema"
-        return str(key), f"{key}: {message}"
+        return str(key), f"{key}: {plain_only(message)}"
     return None, exc.detail or "invalid request"
 
 
@@ -136,6 +151,11 @@ def handle_ragtune(request: Request[Any, Any, Any], exc: RagtuneError) -> Respon
 
 def handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
     status = exc.status_code
+    if status == 500 and exc.detail == CLIENT_GONE:
+        # The body never arrived whole (the client left, or the body read timed out);
+        # nobody reads this answer, but metrics should not count a server error.
+        log.info("%s %s: request body incomplete", request.method, request.url.path)
+        return problem_response(request, 408, "the request body did not arrive whole")
     if status >= 500:
         log.error("HTTP %s on %s: %s", status, request.url.path, exc.detail)
         return problem_response(request, status, TITLES.get(status, "Internal error"))
@@ -175,6 +195,7 @@ def problem_responses(*codes: int) -> dict[int, ResponseSpec]:
 __all__ = [
     "EXCEPTION_HANDLERS",
     "PROBLEM_MEDIA_TYPE",
+    "ClientGone",
     "problem_body",
     "problem_response",
     "problem_responses",

@@ -8,6 +8,11 @@ Exposed at ``GET /metrics``:
 - ``ragtune_generated_tokens_total{mode}``; ``ragtune_batch_size`` (rows per decode step);
   ``ragtune_prefill_rows`` (requests prefilled together when they join the batch);
 - ``ragtune_queue_depth`` (requests admitted and waiting for the model);
+  ``ragtune_batch_rows`` (requests in the batch, ``ragtune_prefilling_rows`` of them still
+  prefilling a long prompt) and ``ragtune_kv_cache_bytes`` (the memory their caches hold);
+  ``ragtune_prefill_tokens_total`` (prompt positions prefilled);
+- ``ragtune_connections_refused_total{reason}``: connections closed by the server's guards
+  (``header_timeout``, ``body_timeout``, ``too_many_connections``);
 - ``ragtune_adapter_cache_{hits,misses,evictions}_total`` and ``ragtune_adapters_loaded``,
   read from the generation engine's own counters at scrape time.
 """
@@ -16,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from litestar import Request, get
 from litestar.enums import ScopeType
@@ -61,8 +66,54 @@ class _AdapterCacheCollector(Collector):
         yield g
 
 
+class BatchStats(NamedTuple):
+    rows: int  # requests in the batch, prefilling included
+    prefilling: int  # requests whose long prompt is still being prefilled
+    cache_bytes: int  # memory held by their key/value caches
+    prefilled_tokens: int  # prompt positions prefilled so far (a counter)
+
+
+class _BatchCollector(Collector):
+    """Reads what the running batch holds when scraped."""
+
+    def __init__(self, batch: Callable[[], BatchStats]) -> None:
+        self.batch = batch
+
+    def collect(self) -> Iterator[Any]:
+        stats = self.batch()
+        for name, doc, value in (
+            (
+                "ragtune_batch_rows",
+                "Requests in the running batch (prefilling included)",
+                stats.rows,
+            ),
+            (
+                "ragtune_prefilling_rows",
+                "Requests whose long prompt is being prefilled",
+                stats.prefilling,
+            ),
+            (
+                "ragtune_kv_cache_bytes",
+                "Memory held by the batch's key/value caches",
+                stats.cache_bytes,
+            ),
+        ):
+            g = GaugeMetricFamily(name, doc)
+            g.add_metric([], float(value))
+            yield g
+        c = CounterMetricFamily("ragtune_prefill_tokens", "Prompt positions prefilled")
+        c.add_metric([], float(stats.prefilled_tokens))
+        yield c
+
+
 class Metrics:
-    def __init__(self, pipeline: Pipeline, queue_depth: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        queue_depth: Callable[[], float],
+        batch: Callable[[], BatchStats] = lambda: BatchStats(0, 0, 0, 0),
+    ) -> None:
+        """``batch``: what the running batch holds (read at scrape time)."""
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -99,6 +150,13 @@ class Metrics:
         self.queue_depth.set_function(queue_depth)
         self.rejected = Counter(
             "ragtune_rejected", "Requests refused because the queue was full", registry=r
+        )
+        r.register(_BatchCollector(batch))
+        self.refused = Counter(
+            "ragtune_connections_refused",
+            "Connections the server closed: slow headers or body, or too many connections",
+            ["reason"],
+            registry=r,
         )
         r.register(_AdapterCacheCollector(pipeline))
 

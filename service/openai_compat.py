@@ -13,20 +13,23 @@
   conversation turns; system and tool messages are not used (ragtune's own system prompt
   is the one adapters learned with). Retrieval searches with the last user message.
 - ``stream: true`` answers with SSE in the OpenAI chunk format, ending with ``data: [DONE]``.
+- Answers are the generation's first line (the QA span; generation stops there) or the whole
+  text: the ``openai_answer`` setting, or the request's ``"ragtune": {"answer": "full"}``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from litestar import get, post
+from litestar import Request, get, post
 from litestar.di import NamedDependency
-from litestar.params import JSONBody
+from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
 
 from ragtune.core.errors import InvalidInput, ModelNotFound, RagtuneError, UnknownAdapter
@@ -35,8 +38,10 @@ from ragtune.core.pipeline import QueryRequest
 from ragtune.core.registry import get_adapter, list_adapters
 from ragtune.core.types import Answer, Mode
 from ragtune.service.auth import require_json
+from ragtune.service.bodies import is_plain
 from ragtune.service.errors import log, problem_body, problem_responses
 from ragtune.service.schemas import (
+    NAME_PATTERN,
     AssistantMessage,
     ChatChoice,
     ChatCompletion,
@@ -59,6 +64,7 @@ from ragtune.service.state import Services
 ERRORS = problem_responses(400, 401, 404, 409, 413, 415, 503, 504)
 DONE = b"data: [DONE]\n\n"
 MAX_HISTORY_TURNS = 4  # earlier question/answer pairs of a chat that go into the prompt
+_HAS_TEXT = re.compile(r"\S")  # what /schema's pattern for a question says too
 # (retrieval on, adapter named) -> mode
 _MODES: dict[tuple[bool, bool], Mode] = {
     (False, False): "base",
@@ -82,9 +88,7 @@ def _created(created_at: str | None, fallback: float) -> int:
         return int(fallback)
 
 
-@get("/v1/models", tags=["openai"], responses=problem_responses(401))
-async def list_models(svc: NamedDependency[Services]) -> ModelList:
-    """The base model and every adapter in the registry (each usable as ``model``)."""
+def _cards(svc: Services) -> list[ModelCard]:
     base = base_model_id(svc)
     cards = [ModelCard(id=base, object="model", created=0, owned_by="ragtune")]
     for info in list_adapters(svc.settings):
@@ -97,10 +101,37 @@ async def list_models(svc: NamedDependency[Services]) -> ModelList:
                 parent=base,
             )
         )
-    return ModelList(object="list", data=cards)
+    return cards
+
+
+@get("/v1/models", tags=["openai"], responses=problem_responses(401))
+async def list_models(svc: NamedDependency[Services]) -> ModelList:
+    """The base model and every adapter in the registry (each usable as ``model``)."""
+    return ModelList(object="list", data=_cards(svc))
+
+
+@get("/v1/models/{model:path}", tags=["openai"], responses=problem_responses(401, 404))
+async def retrieve_model(model: FromPath[str], svc: NamedDependency[Services]) -> ModelCard:
+    """One model card: the base model or an adapter (404 for any other id)."""
+    model = model.lstrip("/")  # a path parameter keeps its leading slash
+    if model == svc.settings.generator:  # the spec in the settings also names the base model
+        model = base_model_id(svc)
+    card = next((c for c in _cards(svc) if c.id == model), None)
+    if card is None:
+        raise _model_not_found(model)
+    return card
 
 
 # --- request mapping ----------------------------------------------------------------------
+def _model_not_found(model: str) -> ModelNotFound:
+    """404 for a model id; an id that could not be an adapter name is not echoed (a message
+    never rewrites the client's input)."""
+    hint = "use the base model or an adapter from GET /v1/models"
+    if not is_plain(model) or not re.fullmatch(NAME_PATTERN, model):
+        return ModelNotFound(f"invalid model name: {hint}", field="model")
+    return ModelNotFound(f"model {model!r} not found: {hint}", field="model")
+
+
 def _resolve_model(svc: Services, model: str) -> str | None:
     """The adapter named by ``model``, or None for the base model."""
     if model in (base_model_id(svc), svc.settings.generator):
@@ -108,11 +139,21 @@ def _resolve_model(svc: Services, model: str) -> str | None:
     try:
         get_adapter(svc.settings, model)
     except (UnknownAdapter, InvalidInput):
-        raise ModelNotFound(
-            f"model {model!r} not found: use the base model or an adapter from GET /v1/models",
-            field="model",
-        ) from None
+        raise _model_not_found(model) from None
     return model
+
+
+# Options of the extra ``ragtune`` field that shape the answer, not retrieval.
+ANSWER_OPTIONS = ("answer",)
+
+
+def _wants_retrieval(opts: RagtuneOptions | None) -> bool:
+    """Retrieval is on when the request has a ``ragtune`` field (``{}`` included), unless it
+    says ``retrieval: none`` or holds answer options only."""
+    if opts is None or opts.retrieval == "none":
+        return False
+    given = {f for f in opts.__struct_fields__ if getattr(opts, f) is not None}
+    return opts.retrieval is not None or not given or bool(given - set(ANSWER_OPTIONS))
 
 
 def _to_request(
@@ -125,7 +166,7 @@ def _to_request(
     history: tuple[tuple[str, str], ...] = (),
 ) -> QueryRequest:
     adapter = _resolve_model(svc, model)
-    retrieval = opts is not None and opts.retrieval != "none"
+    retrieval = _wants_retrieval(opts)
     mode = _MODES[(retrieval, adapter is not None)]
     return QueryRequest(
         question=question,
@@ -137,18 +178,47 @@ def _to_request(
         max_new_tokens=max_tokens,
         temperature=temperature,
         history=history,
+        answer=(opts.answer if opts else None) or svc.settings.openai_answer,
     )
+
+
+def _check_lengths(svc: Services, messages: list[ChatMessage]) -> None:
+    """Every message text within ``max_question_chars`` (as /schema says), whatever its role."""
+    limit = svc.settings.max_question_chars
+    for i, m in enumerate(messages):
+        texts = [m.content] if isinstance(m.content, str) else []
+        if isinstance(m.content, list):
+            texts = [p.text for p in m.content if p.text is not None]
+        if any(len(t) > limit for t in texts):
+            raise InvalidInput(
+                f"messages[{i}]: a message text is longer than {limit} characters",
+                field=f"messages[{i}].content",
+            )
+
+
+def _check_max_tokens(svc: Services, **fields: int | None) -> None:
+    """Both max_tokens and max_completion_tokens within the running limit, when given."""
+    limit = svc.settings.max_new_tokens_limit
+    for name, value in fields.items():
+        if value is not None and value > limit:
+            raise InvalidInput(f"{name} must be between 1 and {limit}", field=name)
 
 
 @contextlib.contextmanager
 def _openai_fields(question_field: str) -> Iterator[None]:
     """Name the OpenAI field at fault, not the internal one."""
-    names = {"question": question_field, "max_new_tokens": "max_tokens", "adapter": "model"}
+    names = {
+        "question": question_field,
+        "history": "messages",
+        "max_new_tokens": "max_tokens",
+        "adapter": "model",
+    }
     try:
         yield
     except RagtuneError as e:
         if e.field in names:
             e.field = names[e.field]
+            e.message = e.message.replace("max_new_tokens", "max_tokens")
         raise
 
 
@@ -161,7 +231,10 @@ def _text(m: ChatMessage) -> str:
 def _conversation(messages: list[ChatMessage]) -> tuple[str, tuple[tuple[str, str], ...]]:
     """The last user message, and the (user, assistant) pairs before it, oldest first."""
     turns = [(m.role, _text(m)) for m in messages if m.role in ("user", "assistant")]
-    last = max((i for i, (role, text) in enumerate(turns) if role == "user" and text), default=-1)
+    last = max(
+        (i for i, (role, text) in enumerate(turns) if role == "user" and _HAS_TEXT.search(text)),
+        default=-1,
+    )
     if last < 0:
         raise InvalidInput("messages must contain a user message with text", field="messages")
     pairs = [
@@ -172,9 +245,8 @@ def _conversation(messages: list[ChatMessage]) -> tuple[str, tuple[tuple[str, st
     return turns[last][1], tuple(pairs[-MAX_HISTORY_TURNS:])
 
 
-def _finish(answer: Answer, svc: Services, max_tokens: int | None) -> str:
-    limit = max_tokens or svc.settings.max_new_tokens
-    return "length" if answer.usage.completion_tokens >= limit else "stop"
+def _finish(answer: Answer) -> str:
+    return answer.finish_reason
 
 
 def _info(answer: Answer) -> RagtuneInfo:
@@ -204,20 +276,26 @@ def _usage(answers: list[Answer]) -> Usage:
     tags=["openai"],
 )
 async def chat_completions(
-    data: JSONBody[ChatCompletionBody], svc: NamedDependency[Services]
+    data: JSONBody[ChatCompletionBody],
+    svc: NamedDependency[Services],
+    request: Request[Any, Any, Any],
 ) -> ChatCompletion:
     """OpenAI chat completion; ``model`` = base model or adapter; extra ``ragtune`` field
     switches retrieval on. ``stream: true`` answers with ``chat.completion.chunk`` events."""
     max_tokens = data.max_completion_tokens or data.max_tokens
     with _openai_fields("messages"):
+        _check_max_tokens(
+            svc, max_tokens=data.max_tokens, max_completion_tokens=data.max_completion_tokens
+        )
+        _check_lengths(svc, data.messages)
         question, history = _conversation(data.messages)
         req = _to_request(
             svc, data.model, question, max_tokens, data.temperature, data.ragtune, history
         )
         if data.stream:
             usage = bool(data.stream_options and data.stream_options.include_usage)
-            return await _stream(svc, req, data.model, max_tokens, usage, chat=True)  # type: ignore[return-value]
-        answer = await svc.answer(req)
+            return await _stream(svc, req, data.model, usage, request, chat=True)  # type: ignore[return-value]
+        answer = await svc.answer(req, request.receive)
     return ChatCompletion(
         id=f"chatcmpl-{uuid.uuid4().hex}",
         object="chat.completion",
@@ -227,7 +305,7 @@ async def chat_completions(
             ChatChoice(
                 index=0,
                 message=AssistantMessage(role="assistant", content=answer.answer),
-                finish_reason=_finish(answer, svc, max_tokens),  # type: ignore[arg-type]
+                finish_reason=_finish(answer),  # type: ignore[arg-type]
             )
         ],
         usage=_usage([answer]),
@@ -237,11 +315,15 @@ async def chat_completions(
 
 # --- completions --------------------------------------------------------------------------
 @post("/v1/completions", status_code=200, guards=[require_json], responses=ERRORS, tags=["openai"])
-async def completions(data: JSONBody[CompletionBody], svc: NamedDependency[Services]) -> Completion:
+async def completions(
+    data: JSONBody[CompletionBody], svc: NamedDependency[Services], request: Request[Any, Any, Any]
+) -> Completion:
     """OpenAI (legacy) completion: each prompt is answered as a question; a list of prompts
     is generated as one batch. ``stream: true`` takes a single prompt."""
     prompts = [data.prompt] if isinstance(data.prompt, str) else list(data.prompt)
     with _openai_fields("prompt"):
+        for p in prompts:
+            svc.check_chars(p, "prompt")
         reqs = [
             _to_request(svc, data.model, p, data.max_tokens, data.temperature, data.ragtune)
             for p in prompts
@@ -250,15 +332,15 @@ async def completions(data: JSONBody[CompletionBody], svc: NamedDependency[Servi
             if len(reqs) != 1:
                 raise InvalidInput("stream takes a single prompt", field="prompt")
             usage = bool(data.stream_options and data.stream_options.include_usage)
-            return await _stream(svc, reqs[0], data.model, data.max_tokens, usage, chat=False)  # type: ignore[return-value]
-        answers = await svc.answer_many(reqs)
+            return await _stream(svc, reqs[0], data.model, usage, request, chat=False)  # type: ignore[return-value]
+        answers = await svc.answer_many(reqs, request.receive)
     return Completion(
         id=f"cmpl-{uuid.uuid4().hex}",
         object="text_completion",
         created=int(time.time()),
         model=data.model,
         choices=[
-            CompletionChoice(index=i, text=a.answer, finish_reason=_finish(a, svc, data.max_tokens))  # type: ignore[arg-type]
+            CompletionChoice(index=i, text=a.answer, finish_reason=_finish(a))  # type: ignore[arg-type]
             for i, a in enumerate(answers)
         ],
         usage=_usage(answers),
@@ -271,12 +353,12 @@ async def _stream(
     svc: Services,
     req: QueryRequest,
     model: str,
-    max_tokens: int | None,
     include_usage: bool,
+    request: Request[Any, Any, Any],
     *,
     chat: bool,
 ) -> Stream:
-    items = await svc.stream(req)  # errors before the first token become statuses
+    items = await svc.stream(req, request.receive)  # errors before the first token: statuses
     cid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
     created = int(time.time())
     kind = "chat.completion.chunk" if chat else "text_completion"
@@ -294,7 +376,7 @@ async def _stream(
         }
 
     async def events() -> AsyncIterator[bytes]:
-        text = VisibleText()
+        text = VisibleText(first_line=req.answer == "first_line")
         if chat:
             first = chunk("")
             first["choices"][0]["delta"]["role"] = "assistant"
@@ -302,7 +384,7 @@ async def _stream(
         try:
             async for item in items:
                 if isinstance(item, Answer):
-                    yield event(chunk(None, _finish(item, svc, max_tokens), ragtune=_info(item)))
+                    yield event(chunk(None, _finish(item), ragtune=_info(item)))
                     if include_usage:
                         usage = chunk(None) | {"choices": [], "usage": _usage([item])}
                         yield event(usage)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import msgspec
-from litestar import post
+from litestar import Request, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from litestar.response import Stream
@@ -48,7 +49,9 @@ def to_response(answer: Answer) -> QueryResponse:
     tags=["query"],
     summary="Answer a question",
 )
-async def query(data: JSONBody[QueryBody], svc: NamedDependency[Services]) -> QueryResponse:
+async def query(
+    data: JSONBody[QueryBody], svc: NamedDependency[Services], request: Request[Any, Any, Any]
+) -> QueryResponse:
     """Answer one question: retrieve (modes rag, hybrid), then generate with the base
     model (base, rag) or a named adapter (finetune, hybrid).
 
@@ -56,14 +59,15 @@ async def query(data: JSONBody[QueryBody], svc: NamedDependency[Services]) -> Qu
     events (``{"text": ...}``) as it is generated, then one ``answer`` event with the full
     response body above (sources included), or an ``error`` event with a problem body.
     """
+    svc.check_chars(data.question, "question")
     req = to_request(data)
     if data.stream:
-        return await _stream(req, svc)  # type: ignore[return-value]
-    return to_response(await svc.answer(req))
+        return await _stream(req, svc, request)  # type: ignore[return-value]
+    return to_response(await svc.answer(req, request.receive))
 
 
-async def _stream(req: QueryRequest, svc: Services) -> Stream:
-    items = await svc.stream(req)  # errors before the first token become statuses
+async def _stream(req: QueryRequest, svc: Services, request: Request[Any, Any, Any]) -> Stream:
+    items = await svc.stream(req, request.receive)  # errors before the first token: statuses
 
     async def events() -> AsyncIterator[bytes]:
         text = VisibleText()

@@ -12,9 +12,13 @@ and a short answer frees its slot at once. When nothing runs, the worker waits
 
 The waiting queue is bounded (``queue_size``): a full queue raises ``Overloaded`` (503 with
 Retry-After) instead of piling up. Each request has a deadline (``request_timeout_s``, 504);
-a request that times out, or whose client goes away, leaves the batch at the next step.
+a request that times out, or whose client goes away, leaves the batch at the next step (a
+long prompt is prefilled in chunks, so that is within one chunk), and its cache is freed.
 Streams (SSE) are rows like the others, with a callback that relays each piece of text as
 it is decoded.
+
+``drain(grace_s)`` (on SIGTERM) refuses new requests at once and gives those admitted
+``grace_s`` to finish; whatever still runs then gets 503 and leaves the batch.
 """
 
 from __future__ import annotations
@@ -50,6 +54,11 @@ class _Job:
     items: asyncio.Queue[tuple[str, Any]] | None = None  # a stream
     enqueued: float = field(default_factory=time.monotonic)
     cancelled: bool = False
+
+    def fail(self, err: BaseException) -> None:
+        """Give up on this request with ``err`` (its row leaves at the next step)."""
+        self.cancelled = True
+        self.deliver("error", err)
 
     @property
     def adapter(self) -> str | None:
@@ -101,12 +110,26 @@ class BatchScheduler:
         self._closing = False
         self._preparing = 0  # admitted and still retrieving (event loop only)
         self._answer_s = 2.0  # running average of one answer's generation time
+        self._running: set[_Job] = set()  # in the batch (worker thread only)
+        self._drain_at: float | None = None  # monotonic time when running work is cut
+        # What the batch holds, for /metrics (written by the worker after every step).
+        self.rows = 0
+        self.prefilling = 0
+        self.cache_bytes = 0
+        self.prefilled_tokens = 0
 
     # --- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
         self._closing = False
         self._thread = threading.Thread(target=self._work, name="ragtune-generate", daemon=True)
         self._thread.start()
+
+    def drain(self, grace_s: float) -> None:
+        """Begin a shutdown: refuse new requests now, and cut the admitted ones that are
+        not done within ``grace_s`` (503). Safe to call from a signal handler: it only sets
+        two fields, which the worker reads before every step."""
+        self._closing = True
+        self._drain_at = time.monotonic() + grace_s
 
     async def stop(self) -> None:
         """Finish every admitted request, then stop the worker (graceful shutdown)."""
@@ -246,6 +269,7 @@ class BatchScheduler:
             with self._cond:
                 if not self._wait_for_work(len(batch) if batch else 0):
                     return
+                self._cut_if_draining()
                 new = self._take(batch)
             if new:
                 try:
@@ -254,14 +278,34 @@ class BatchScheduler:
                     for job in new:
                         job.deliver("error", e)
                     continue
+                self._running.update(new)
                 batch.add([self._row(job) for job in new])
                 if self.on_join is not None:
                     self.on_join(len(new))
             if batch is not None and len(batch):
-                rows, t0 = len(batch), time.perf_counter()
+                rows, t0 = len(batch) - batch.prefilling, time.perf_counter()
                 batch.step()
-                if self.on_step is not None:
+                if self.on_step is not None and rows:
                     self.on_step(rows, time.perf_counter() - t0)
+            self._observe(batch)
+
+    def _observe(self, batch: ContinuousBatch | None) -> None:
+        self._running = {j for j in self._running if not j.cancelled}
+        self.rows = len(batch) if batch else 0
+        self.prefilling = batch.prefilling if batch else 0
+        self.cache_bytes = batch.cache_bytes() if batch else 0
+        self.prefilled_tokens = batch.prefilled_tokens if batch else 0
+
+    def _cut_if_draining(self) -> None:
+        """Under the lock: past the drain deadline, everything admitted gets 503."""
+        if self._drain_at is None or time.monotonic() < self._drain_at:
+            return
+        err = Overloaded("the service is shutting down; retry on another instance")
+        err.retry_after = 1  # type: ignore[attr-defined]
+        for job in [*self._pending, *self._running]:
+            if not job.cancelled:
+                job.fail(err)
+        self._pending.clear()
 
     def _wait_for_work(self, running: int) -> bool:
         """Under the lock: wait until there is something to do; False means stop.
@@ -275,7 +319,8 @@ class BatchScheduler:
                 break
             if self._closing and not self._preparing:  # retrieving requests will queue soon
                 return False
-            self._cond.wait()
+            # While draining, wake up by the deadline to cut what is still retrieving.
+            self._cond.wait(None if self._drain_at is None else 0.1)
         if not running:
             close_at = self._pending[0].enqueued + self.window_s
             hard_stop = close_at + 4 * self.window_s
@@ -310,6 +355,7 @@ class BatchScheduler:
 
     def _row(self, job: _Job) -> Row:
         def done(result: GenResult | BaseException) -> None:
+            self._running.discard(job)
             if isinstance(result, BaseException):
                 job.deliver("error", result)
                 return

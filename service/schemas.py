@@ -1,8 +1,9 @@
 """Request and response bodies (msgspec Structs), with the ranges the OpenAPI schema shows.
 
-The static bounds here are the hard caps; ``tighten_openapi`` in ``service.app`` narrows the
-served schema to the running settings (``max_question_chars``, ``max_new_tokens_limit``), and
-``Pipeline.validate`` enforces those with a 400 that names the field.
+The static bounds here are the hard caps, enforced when a body is decoded (strictly:
+``service.bodies``); ``tighten_openapi`` in ``service.openapi`` narrows the served schema to
+the running settings (``max_question_chars``, ``max_new_tokens_limit``) and states the rules
+across fields, which the routes and ``Pipeline.validate`` enforce with a 400 naming the field.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # the same rule as core validate_name
+# The same rule as core validate_name: a folder name, no "..".
+NAME_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 MAX_QUESTION_CHARS = 100_000  # hard cap; the settings' max_question_chars is usually lower
 MAX_NEW_TOKENS = 4096  # Settings.max_new_tokens' own upper bound
 
@@ -71,6 +73,8 @@ class QueryResponse(msgspec.Struct):
     sources: list[Source]
     usage: UsageOut
     timings: TimingsOut
+    # "stop": the answer ended (end of turn, or its first line); "length": max_new_tokens
+    finish_reason: Literal["stop", "length"]
 
 
 # --- errors ---------------------------------------------------------------------------------
@@ -140,6 +144,18 @@ class RagtuneOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     retrieval: Literal["dense", "bm25", "hybrid", "none"] | None = None
     index: Name | None = None
     top_k: TopK | None = None
+    # Not a retrieval option: {"ragtune": {"answer": "full"}} alone leaves retrieval off.
+    answer: (
+        Annotated[
+            Literal["first_line", "full"],
+            Meta(
+                description="first_line: the answer's first line (the QA span; generation "
+                "stops there); full: the whole generated text. Default: the openai_answer "
+                "setting"
+            ),
+        ]
+        | None
+    ) = None
 
 
 class ContentPart(msgspec.Struct, kw_only=True):

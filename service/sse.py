@@ -35,12 +35,14 @@ class VisibleText:
     """Turns raw generated pieces into the deltas of the answer the pipeline returns.
 
     ``clean_answer`` keeps the first line of the stripped text; streaming the same rule
-    means the joined deltas equal the non-streamed answer (up to trailing spaces).
+    means the joined deltas equal the non-streamed answer (up to trailing spaces). With
+    ``first_line=False`` (whole answers) only the leading whitespace is dropped.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, first_line: bool = True) -> None:
         self._raw = ""
         self._sent = ""
+        self.first_line = first_line
         self.done = False
 
     def feed(self, piece: str) -> str:
@@ -48,7 +50,7 @@ class VisibleText:
             return ""
         self._raw += piece
         visible = self._raw.lstrip()
-        if "\n" in visible:
+        if self.first_line and "\n" in visible:
             visible = visible.split("\n", 1)[0]
             self.done = True
         delta = visible[len(self._sent) :]

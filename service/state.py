@@ -11,22 +11,51 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
 from ragtune.core.config import Settings
-from ragtune.core.errors import RagtuneError
+from ragtune.core.errors import InvalidInput, RagtuneError
 from ragtune.core.index_store import current_version
 from ragtune.core.pipeline import Pipeline, Prepared, QueryRequest
 from ragtune.core.registry import get_adapter
 from ragtune.core.types import Answer
-from ragtune.service.metrics import Metrics
+from ragtune.service.errors import ClientGone
+from ragtune.service.metrics import BatchStats, Metrics
 from ragtune.service.scheduler import BatchScheduler
 
 log = logging.getLogger("ragtune.service")
+T = TypeVar("T")
+Receive = Callable[[], Awaitable[Any]]  # a request's ASGI receive
+
+
+async def until_disconnected(receive: Receive) -> None:
+    """Return when the client has gone. Once the request body is read, ASGI's receive()
+    answers only ``http.disconnect``: when the client closes, or the response is done."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def unless_gone(work: Coroutine[Any, Any, T], receive: Receive | None) -> T:
+    """Await ``work``; if the client leaves first, cancel it (its rows leave the batch at the
+    next step, a long prompt within one prefill chunk) and raise ClientGone."""
+    if receive is None:
+        return await work
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(until_disconnected(receive))
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        task.cancel()
+        await asyncio.wait({task})  # its cancellation marks its jobs cancelled
+        raise ClientGone("the client closed the connection; its request was stopped")
+    finally:
+        watch.cancel()
+        task.cancel()
 
 
 @dataclass
@@ -46,7 +75,14 @@ class Services:
     def build(cls, settings: Settings, pipeline: Pipeline | None = None) -> Services:
         pipeline = pipeline or Pipeline(settings)
         holder: list[BatchScheduler] = []
-        metrics = Metrics(pipeline, lambda: float(holder[0].depth) if holder else 0.0)
+
+        def batch() -> BatchStats:
+            b = holder[0] if holder else None
+            if b is None:
+                return BatchStats(0, 0, 0, 0)
+            return BatchStats(b.rows, b.prefilling, b.cache_bytes, b.prefilled_tokens)
+
+        metrics = Metrics(pipeline, lambda: float(holder[0].depth) if holder else 0.0, batch)
         scheduler = BatchScheduler(
             pipeline,
             window_ms=settings.batch_window_ms,
@@ -66,6 +102,10 @@ class Services:
         await self.scheduler.start()
         # Load the models in the background: /healthz answers at once, /readyz when loaded.
         self._warmup = asyncio.create_task(self._warm_up(), name="ragtune-warmup")
+
+    def begin_shutdown(self) -> None:
+        """SIGTERM: refuse new requests, give those admitted ``shutdown_grace_s``."""
+        self.scheduler.drain(self.settings.shutdown_grace_s)
 
     async def stop(self) -> None:
         await self.scheduler.stop()
@@ -92,6 +132,12 @@ class Services:
     def deadline(self) -> float:
         return time.monotonic() + self.settings.request_timeout_s
 
+    def check_chars(self, text: str, field: str) -> None:
+        """A question in an HTTP body is at most ``max_question_chars`` long (400)."""
+        limit = self.settings.max_question_chars
+        if len(text) > limit:
+            raise InvalidInput(f"{field} is longer than {limit} characters", field=field)
+
     def validate(self, req: QueryRequest) -> QueryRequest:
         """Settings-dependent checks (400 naming the field), then the adapter exists (404)."""
         req = self.pipeline.validate(req)
@@ -99,10 +145,17 @@ class Services:
             get_adapter(self.settings, req.adapter)  # validate_name + registry lookup
         return req
 
-    async def answer_many(self, reqs: list[QueryRequest]) -> list[Answer]:
-        """Validate, retrieve and queue each request; each joins the running batch."""
+    async def answer_many(
+        self, reqs: list[QueryRequest], receive: Receive | None = None
+    ) -> list[Answer]:
+        """Validate, retrieve and queue each request; each joins the running batch.
+
+        ``receive``: the request's ASGI receive, to stop the work when the client leaves."""
         deadline = self.deadline()
         checked = [self.validate(r) for r in reqs]
+        return await unless_gone(self._answer_all(checked, deadline), receive)
+
+    async def _answer_all(self, checked: list[QueryRequest], deadline: float) -> list[Answer]:
 
         async def one(r: QueryRequest) -> Answer:
             started = time.perf_counter()
@@ -115,14 +168,23 @@ class Services:
             return [await one(checked[0])]
         return list(await asyncio.gather(*(one(r) for r in checked)))
 
-    async def answer(self, req: QueryRequest) -> Answer:
-        return (await self.answer_many([req]))[0]
+    async def answer(self, req: QueryRequest, receive: Receive | None = None) -> Answer:
+        return (await self.answer_many([req], receive))[0]
 
-    async def stream(self, req: QueryRequest) -> AsyncIterator[str | Answer]:
+    async def stream(
+        self, req: QueryRequest, receive: Receive | None = None
+    ) -> AsyncIterator[str | Answer]:
         """Text pieces, then the final Answer; errors before the first piece raise here."""
         deadline, started = self.deadline(), time.perf_counter()
-        prepared = await self._prepare(self.validate(req))
-        items = await self.scheduler.stream(prepared, deadline, started=started)
+        checked = self.validate(req)
+
+        async def first() -> AsyncIterator[str | Answer]:
+            prepared = await self._prepare(checked)
+            return await self.scheduler.stream(prepared, deadline, started=started)
+
+        # Until the first token the client may leave unnoticed (nothing is sent); once the
+        # stream runs, a failed send ends it and frees the row.
+        items = await unless_gone(first(), receive)
         return self._count_tokens(items)
 
     async def _prepare(self, req: QueryRequest) -> Prepared:

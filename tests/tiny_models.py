@@ -42,8 +42,11 @@ def _tokenizer(corpus: list[str]):
     return tok
 
 
-def build_tiny_generator(dest: Path, corpus: list[str] | None = None, seed: int = 0) -> Path:
-    """A 2-layer LlamaForCausalLM (hidden 32) with a WordLevel tokenizer and chat template."""
+def build_tiny_generator(
+    dest: Path, corpus: list[str] | None = None, seed: int = 0, max_positions: int = 1024
+) -> Path:
+    """A 2-layer LlamaForCausalLM (hidden 32) with a WordLevel tokenizer and chat template;
+    ``max_positions`` is its context length."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -64,7 +67,7 @@ def build_tiny_generator(dest: Path, corpus: list[str] | None = None, seed: int 
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=1024,
+        max_position_embeddings=max_positions,
         pad_token_id=tok.pad_token_id,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,

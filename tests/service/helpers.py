@@ -41,12 +41,13 @@ def free_port() -> int:
 
 @contextmanager
 def live_server(app: Any) -> Iterator[str]:
-    """Serve ``app`` with uvicorn on a free local port in a thread; yield its base URL."""
-    import uvicorn
+    """Serve ``app`` on a free local port in a thread, with the uvicorn settings and guards
+    of ``ragtune serve`` (``service.server``); yield its base URL."""
+    from ragtune.service.server import build_server
 
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
+    settings = app.state.services.settings.model_copy(update={"host": "127.0.0.1", "port": port})
+    server = build_server(app, settings, log_level="warning")
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

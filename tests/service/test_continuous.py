@@ -5,6 +5,7 @@ and a client that leaves a stream frees its row."""
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import json
 import time
 
@@ -81,3 +82,115 @@ def test_a_client_leaving_a_stream_frees_its_row(server):
             assert time.monotonic() < deadline, "the abandoned stream kept generating"
         total = float(c.get("/metrics").text.split("ragtune_batch_size_count ")[1].split()[0])
     assert total < 512  # it never ran to its token limit
+
+
+# --- long prompts: chunked prefill, and work that stops with its request -----------------------
+# A 32k-position tiny generator and 16-token prefill chunks: a 12,000-token question is
+# prefilled in 750 chunks, long enough to watch it; its answer is a single token.
+LONG_Q = {"question": "a " * 12_000, "mode": "base", "max_new_tokens": 1}
+SHORT_Q = {"question": "python is", "mode": "base", "max_new_tokens": 3}
+
+
+@contextlib.contextmanager
+def long_prompt_server(tiny_settings, tmp_path, **update):
+    from ragtune.core.models import load_embedder
+    from ragtune.service.app import create_app
+    from tests.service.conftest import make_settings, wait_ready
+    from tests.service.helpers import live_server, write_index
+    from tests.tiny_models import build_tiny_generator
+
+    generator = build_tiny_generator(tmp_path / "long" / "generator", max_positions=32768)
+    settings = make_settings(
+        tiny_settings,
+        generator=str(generator),
+        prefill_chunk_tokens=16,
+        max_prompt_tokens=30_000,
+        max_question_chars=100_000,
+        max_body_bytes=200_000,
+        **update,
+    )
+    write_index(settings, load_embedder(settings))
+    with live_server(create_app(settings)) as url:
+        with httpx.Client(base_url=url) as c:
+            wait_ready(c)
+        yield url
+
+
+def gauge(c: httpx.Client, name: str) -> float:
+    return float(c.get("/metrics").text.split(f"\n{name} ")[1].split()[0])
+
+
+def prefilled(c: httpx.Client) -> float:
+    """Prompt positions the server has prefilled so far."""
+    return gauge(c, "ragtune_prefill_tokens_total")
+
+
+def wait_for(c: httpx.Client, name: str, value: float, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while gauge(c, name) != value:
+        assert time.monotonic() < deadline, f"{name} never became {value}"
+        time.sleep(0.01)
+
+
+def test_a_short_request_is_answered_while_a_long_prompt_is_prefilled(tiny_settings, tmp_path):
+    """The issue's starvation repro: a huge question, then a short one; the short one is
+    answered between two chunks of the long one's prefill."""
+    with (
+        long_prompt_server(tiny_settings, tmp_path) as url,
+        httpx.Client(base_url=url, timeout=120) as c,
+    ):
+        alone = c.post("/v1/query", json=SHORT_Q).json()
+        with cf.ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(httpx.post, url + "/v1/query", json=LONG_Q, timeout=120)
+            wait_for(c, "ragtune_prefilling_rows", 1.0)
+            short = c.post("/v1/query", json=SHORT_Q)
+            assert short.status_code == 200 and short.json()["answer"] == alone["answer"]
+            assert gauge(c, "ragtune_prefilling_rows") == 1.0, "the long prompt was not chunked"
+            assert not pending.done()
+            long = pending.result()
+        assert long.status_code == 200, long.text
+        assert long.json()["usage"]["prompt_tokens"] > 12_000
+
+
+def test_a_timed_out_long_prompt_frees_its_row_and_memory(tiny_settings, tmp_path):
+    with (
+        long_prompt_server(tiny_settings, tmp_path, request_timeout_s=0.2) as url,
+        httpx.Client(base_url=url, timeout=120) as c,
+    ):
+        r = c.post("/v1/query", json=LONG_Q)
+        assert r.status_code == 504 and r.json()["title"] == "Generation timed out"
+        wait_for(c, "ragtune_batch_rows", 0.0, timeout=10)  # within a chunk or so
+        assert gauge(c, "ragtune_kv_cache_bytes") == 0.0
+        stopped_at = prefilled(c)
+        assert stopped_at < 12_000  # the prompt was not prefilled to its end
+        time.sleep(0.2)
+        assert prefilled(c) == stopped_at  # and nothing more runs for it
+        assert c.post("/v1/query", json=SHORT_Q).status_code == 200
+
+
+def test_a_client_that_leaves_stops_its_long_prompt(tiny_settings, tmp_path):
+    import json
+    import socket
+    from urllib.parse import urlsplit
+
+    with (
+        long_prompt_server(tiny_settings, tmp_path) as url,
+        httpx.Client(base_url=url, timeout=120) as c,
+    ):
+        where = urlsplit(url)
+        for body in (LONG_Q, LONG_Q | {"stream": True}):
+            data = json.dumps(body).encode()
+            start = prefilled(c)
+            with socket.create_connection((where.hostname, where.port)) as s:
+                s.sendall(
+                    b"POST /v1/query HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                    + f"Content-Length: {len(data)}\r\n\r\n".encode()
+                    + data
+                )
+                wait_for(c, "ragtune_prefilling_rows", 1.0)
+            # the connection is closed mid-prefill: the row leaves within a chunk or so
+            wait_for(c, "ragtune_batch_rows", 0.0, timeout=10)
+            assert gauge(c, "ragtune_kv_cache_bytes") == 0.0
+            assert prefilled(c) - start < 12_000  # it stopped before its prompt's end
+        text = c.get("/metrics").text
+        assert 'route="/v1/query",status="499"} 2.0' in text

@@ -146,3 +146,100 @@ def test_conversation_pairs_questions_with_answers():
     assert q == "last" and len(hist) == MAX_HISTORY_TURNS and hist[-1] == ("q18", "a19")
     with pytest.raises(Exception, match="user message"):
         _conversation(msgs(("system", "s"), ("assistant", "a")))
+
+
+# --- parity: models.retrieve, input never rewritten, limits, where answers end --------------
+def test_models_retrieve_with_the_official_client(oai, svc_settings):
+    base = oai.models.retrieve(base_id(svc_settings))
+    assert (base.id, base.object, base.owned_by) == (base_id(svc_settings), "model", "ragtune")
+    adapter = oai.models.retrieve("alpha")
+    assert adapter.id == "alpha" and adapter.model_extra["parent"] == base.id
+    for unknown in ("no-such-model", "org/model", "../../etc/passwd"):
+        with pytest.raises(openai.NotFoundError) as e:
+            oai.models.retrieve(unknown)
+        assert e.value.body["param"] == "model"
+
+
+def test_error_messages_never_rewrite_the_clients_input(oai, server):
+    import httpx
+
+    with pytest.raises(openai.NotFoundError) as e:
+        oai.chat.completions.create(
+            model="../../etc/passwd", messages=[{"role": "user", "content": "hi"}]
+        )
+    message = e.value.body["message"]
+    assert message.startswith("invalid model name") and "<path>" not in message
+    assert "etc" not in message
+    with pytest.raises(openai.NotFoundError) as e:  # a plain name is echoed exactly
+        oai.chat.completions.create(
+            model="no-such.model", messages=[{"role": "user", "content": "q"}]
+        )
+    assert "'no-such.model' not found" in e.value.body["message"]
+    with httpx.Client(base_url=server) as c:
+        r = c.post("/v1/query", content=b'{"question": "q"}', headers={"content-type": "text/etc"})
+        assert r.status_code == 415 and "<path>" not in r.text and "etc" not in r.json()["detail"]
+        r = c.post("/v1/query", json={"question": "q", "/etc/passwd": 1})
+        assert r.status_code == 400 and "<path>" not in r.text
+        assert r.json()["detail"] == "the body has an unknown field"
+        r = c.post("/v1/query", json={"question": "q", "surprise": 1})
+        assert r.json()["detail"] == "unknown field 'surprise'"
+
+
+def test_every_message_and_token_limit_is_checked(oai, svc_settings):
+    limit = svc_settings.max_question_chars
+    too_long = {"role": "system", "content": "x" * (limit + 1)}
+    with pytest.raises(openai.BadRequestError) as e:  # whatever the role
+        oai.chat.completions.create(
+            model="alpha", messages=[too_long, {"role": "user", "content": "q"}]
+        )
+    assert e.value.body["param"] == "messages[0].content"
+    parts = [{"type": "text", "text": "x" * (limit + 1)}]
+    with pytest.raises(openai.BadRequestError) as e:
+        oai.chat.completions.create(model="alpha", messages=[{"role": "user", "content": parts}])
+    assert e.value.body["param"] == "messages[0].content"
+    with pytest.raises(openai.BadRequestError) as e:  # both token fields, not just the one used
+        oai.chat.completions.create(
+            model="alpha",
+            messages=[{"role": "user", "content": "q"}],
+            max_completion_tokens=4,
+            max_tokens=svc_settings.max_new_tokens_limit + 1,
+        )
+    assert e.value.body["param"] == "max_tokens"
+    with pytest.raises(openai.BadRequestError) as e:
+        oai.completions.create(model="alpha", prompt=["q", "x" * (limit + 1)])
+    assert e.value.body["param"] == "prompt"
+
+
+def test_a_chat_history_over_the_token_budget_is_400_on_messages(oai, svc_settings):
+    turn = "a " * 1500  # within max_question_chars (4000); 1500 tokens each
+    messages = [
+        {"role": "user", "content": turn},
+        {"role": "assistant", "content": "yes"},
+        {"role": "user", "content": "and then?"},
+    ]
+    with pytest.raises(openai.BadRequestError) as e:
+        oai.chat.completions.create(model="alpha", messages=messages, max_tokens=4)
+    assert e.value.body["param"] == "messages" and "tokens" in e.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as e:  # the field names are OpenAI's
+        oai.chat.completions.create(
+            model="alpha", messages=[{"role": "user", "content": "a " * 900}], max_tokens=300
+        )
+    assert e.value.body["param"] == "max_tokens" and "max_tokens is 300" in e.value.body["message"]
+
+
+def test_finish_reason_and_the_answer_option(oai, svc_settings):
+    """The tiny model never ends a turn by itself: every answer runs to max_tokens."""
+    q = [{"role": "user", "content": "Where is the Nile?"}]
+    r = oai.chat.completions.create(model="alpha", messages=q, max_tokens=5)
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 5
+    # ragtune.answer alone leaves retrieval off; whole answers are the stripped text
+    full = oai.chat.completions.create(
+        model="alpha", messages=q, max_tokens=5, extra_body={"ragtune": {"answer": "full"}}
+    )
+    assert full.model_extra["ragtune"]["mode"] == "finetune"
+    assert full.choices[0].message.content == r.choices[0].message.content
+    with pytest.raises(openai.BadRequestError) as e:
+        oai.chat.completions.create(
+            model="alpha", messages=q, extra_body={"ragtune": {"answer": "everything"}}
+        )
+    assert e.value.body["param"] == "ragtune.answer"

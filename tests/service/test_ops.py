@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import os
 import signal
 import subprocess
@@ -141,20 +142,21 @@ def test_request_timeout_is_504(svc_settings):
         assert c.get("/metrics").text.count("ragtune_batch_size_count 0.0") == 1
 
 
-@pytest.mark.timeout(180)
-def test_ragtune_serve_finishes_requests_in_flight_on_sigterm(svc_settings, tmp_path):
+@contextlib.contextmanager
+def ragtune_serve(settings, cwd, **env: str):
+    """``ragtune serve`` in a child process on a free port (settings through RAGTUNE_*);
+    yields (process, base URL) once /readyz answers 200."""
     port = free_port()
-    env = os.environ | {"RAGTUNE_BATCH_WINDOW_MS": "1500", "RAGTUNE_MAX_NEW_TOKENS": "4"}
     cmd = [
         sys.executable,
         "-m",
         "ragtune",
         "--data-dir",
-        str(svc_settings.data_dir),
+        str(settings.data_dir),
         "--embedder",
-        svc_settings.embedder,
+        settings.embedder,
         "--generator",
-        svc_settings.generator,
+        settings.generator,
         "--threads",
         "1",
         "serve",
@@ -164,9 +166,8 @@ def test_ragtune_serve_finishes_requests_in_flight_on_sigterm(svc_settings, tmp_
         "warning",
     ]
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    proc = subprocess.Popen(
-        cmd, cwd=tmp_path, env=env | {"PYTHONPATH": repo}, stderr=subprocess.PIPE, text=True
-    )
+    env = os.environ | {f"RAGTUNE_{k.upper()}": v for k, v in env.items()} | {"PYTHONPATH": repo}
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -178,6 +179,17 @@ def test_ragtune_serve_finishes_requests_in_flight_on_sigterm(svc_settings, tmp_
                 pass
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
             time.sleep(0.2)
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.timeout(180)
+def test_ragtune_serve_finishes_requests_in_flight_on_sigterm(svc_settings, tmp_path):
+    env = {"batch_window_ms": "1500", "max_new_tokens": "4"}
+    with ragtune_serve(svc_settings, tmp_path, **env) as (proc, url):
         with cf.ThreadPoolExecutor(1) as pool:
             pending = pool.submit(httpx.post, url + "/v1/query", json={"question": "q"}, timeout=60)
             time.sleep(0.5)  # the request now waits in its batch window
@@ -187,7 +199,37 @@ def test_ragtune_serve_finishes_requests_in_flight_on_sigterm(svc_settings, tmp_
         # uvicorn re-raises the signal once shut down cleanly, so the exit is "by SIGTERM"
         assert proc.wait(60) in (0, -signal.SIGTERM)
         assert "Traceback" not in proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+
+
+@pytest.mark.timeout(180)
+def test_sigterm_cuts_a_long_prompt_after_the_grace_period(tiny_settings, tmp_path):
+    """A prompt whose prefill outlasts shutdown_grace_s is stopped (503) and the process
+    exits, instead of the shutdown waiting for the whole prompt."""
+    from ragtune.core.models import load_embedder
+    from tests.service.helpers import write_index
+    from tests.tiny_models import build_tiny_generator
+
+    generator = build_tiny_generator(tmp_path / "long" / "generator", max_positions=32768)
+    settings = make_settings(tiny_settings, generator=str(generator))
+    write_index(settings, load_embedder(settings))
+    env = {
+        "prefill_chunk_tokens": "16",
+        "max_prompt_tokens": "30000",
+        "max_question_chars": "100000",
+        "max_body_bytes": "200000",
+        "shutdown_grace_s": "0.3",
+    }
+    long_q = {"question": "a " * 12_000, "mode": "base", "max_new_tokens": 1}
+    with ragtune_serve(settings, tmp_path, **env) as (proc, url):
+        with cf.ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(httpx.post, url + "/v1/query", json=long_q, timeout=120)
+            deadline = time.monotonic() + 60
+            while "ragtune_prefilling_rows 1.0" not in httpx.get(url + "/metrics").text:
+                assert time.monotonic() < deadline, "the long prompt never started"
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGTERM)
+            r = pending.result()
+        assert r.status_code == 503, r.text
+        assert "shutting down" in r.json()["detail"] and r.headers["retry-after"]
+        assert proc.wait(60) in (0, -signal.SIGTERM)
+        assert "Traceback" not in proc.stderr.read()

@@ -39,7 +39,9 @@ def test_rag_query_returns_answer_with_sources(client):
         "sources",
         "usage",
         "timings",
+        "finish_reason",
     }
+    assert body["finish_reason"] in ("stop", "length")
     assert body["mode"] == "rag" and body["index"] == "default" and body["index_version"]
     assert len(body["sources"]) == 2
     assert set(body["sources"][0]) == {"chunk_id", "document", "score", "text"}
@@ -233,3 +235,73 @@ def test_query_over_real_http(server):
         assert sse_events(body)[-1][0] == "answer"
         r = c.post("/v1/query", json={"question": "q", "top_k": -1})
         assert r.status_code == 400 and r.json()["field"] == "top_k"
+
+
+# --- strict bodies, deep nesting, token budgets ------------------------------------------------
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("max_new_tokens", "2", "Expected `int | null`, got `str`"),
+        ("stream", "true", "Expected `bool`, got `str`"),
+        ("top_k", 1.0, "Expected `int | null`, got `float`"),
+        ("temperature", "0", "Expected `float | null`, got `str`"),
+        ("contexts", "one passage", "Expected `array | null`, got `str`"),
+    ],
+)
+def test_values_of_the_wrong_type_are_400_with_the_expected_type(client, field, value, expected):
+    r = client.post("/v1/query", json={"question": "q", "mode": "base", field: value})
+    assert r.status_code == 400, r.text
+    assert r.json()["field"] == field and r.json()["detail"] == f"{field}: {expected}"
+
+
+NESTED = "[" * 1000 + "]" * 1000
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"question": ' + NESTED + "}",
+        NESTED,
+        '{"model": "m", "messages": [{"role": "user", "content": "hi"}], "junk": ' + NESTED + "}",
+    ],
+)
+@pytest.mark.parametrize("path", ["/v1/query", "/v1/chat/completions", "/v1/completions"])
+def test_deeply_nested_json_is_a_400_on_every_json_route(server, path, body):
+    with httpx.Client(base_url=server, timeout=60) as c:
+        r = c.post(path, content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert r.json()["detail"] == "malformed JSON body (nested too deeply)"
+
+
+def test_a_prompt_over_the_token_budget_is_400_naming_the_field_and_numbers(svc_settings):
+    """The issue's repro: 4,000 emoji (well within max_question_chars) as a question. The
+    tiny word-level tokenizer reads a run of emoji as one token, so spaces between them
+    make one token each, as SmolLM2's 3 per emoji would."""
+    from litestar.testing import TestClient
+
+    from ragtune.service.app import create_app
+    from tests.service.conftest import wait_ready
+
+    settings = svc_settings.model_copy(update={"max_prompt_tokens": 1000})
+    with TestClient(create_app(settings)) as c:
+        wait_ready(c)
+        question = "😀 " * 1999  # 3,998 characters
+        r = c.post("/v1/query", json={"question": question, "mode": "base", "max_new_tokens": 1})
+        assert r.status_code == 400
+        body = r.json()
+        assert body["field"] == "question"
+        assert "more than max_prompt_tokens (1000)" in body["detail"]
+        assert int(body["detail"].split(" is ")[1].split()[0]) > 1999
+        # the model's context (1024 positions) bounds the prompt plus the answer
+        r = c.post(
+            "/v1/query", json={"question": "a " * 900, "mode": "base", "max_new_tokens": 200}
+        )
+        assert r.status_code == 400 and r.json()["field"] == "max_new_tokens"
+        assert "context of 1024 tokens" in r.json()["detail"]
+        # retrieved passages are trimmed to fit rather than refused
+        long = ["the eiffel tower is in paris " * 40] * 6  # ~200 tokens each, once cut
+        r = c.post("/v1/query", json={"question": "where?", "contexts": long})
+        assert r.status_code == 200 and 1 <= len(r.json()["sources"]) < 6
+        assert r.json()["usage"]["prompt_tokens"] <= 1000
+        # the refused requests never reached the model: one request joined the batch
+        assert "ragtune_prefill_rows_count 1.0" in c.get("/metrics").text
