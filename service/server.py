@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 # After the grace period, the 503s and the last bytes of streams need a moment to go out.
 SHUTDOWN_MARGIN_S = 5.0
 KEEP_ALIVE_S = 5
+MAX_HEAD_BYTES = 16 * 1024  # a bigger request head is a 400 (h11's own default, stated)
 
 
 def raw_problem(status: int, reason: str, detail: str) -> bytes:
@@ -156,6 +157,7 @@ def uvicorn_config(app: Litestar, settings: Settings, log_level: str = "info") -
         http=guarded_protocol(settings, lambda reason: metrics.refused.labels(reason).inc()),
         timeout_graceful_shutdown=int(settings.shutdown_grace_s + SHUTDOWN_MARGIN_S),
         timeout_keep_alive=KEEP_ALIVE_S,
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
     )
 
 

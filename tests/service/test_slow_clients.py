@@ -109,3 +109,9 @@ def test_connections_past_the_cap_are_503_and_closed(guarded):
         while (r := c.get("/metrics")).status_code != 200:
             assert time.monotonic() < deadline
         assert 'ragtune_connections_refused_total{reason="too_many_connections"} 1.0' in r.text
+
+
+def test_an_oversized_request_head_is_400_and_closed(guarded):
+    with connect(guarded) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: ragtune\r\nX-Big: " + b"x" * 20_000)
+        assert read_until_closed(s).startswith(b"HTTP/1.1 400 ")
