@@ -72,7 +72,7 @@ def test_cleaning_waits_for_a_writer_and_never_takes_its_staging_folder(tiny_set
     from ragtune.core.registry import registry_writer
 
     root = tiny_settings.adapters_dir
-    staged, released = threading.Event(), threading.Event()
+    staged, published = threading.Event(), threading.Event()
 
     def writer() -> None:
         with registry_writer(tiny_settings), staging_dir(root, "slow-") as tmp:
@@ -81,11 +81,11 @@ def test_cleaning_waits_for_a_writer_and_never_takes_its_staging_folder(tiny_set
             staged.set()
             time.sleep(0.3)
             publish(tiny_settings, tmp, "slow")
-        released.set()
+            published.set()  # still holding the lock
 
     thread = threading.Thread(target=writer)
     thread.start()
     staged.wait(10)
     assert clean_registry(tiny_settings) == 0  # waited for the writer: nothing stale left
-    assert released.is_set() and [a.name for a in list_adapters(tiny_settings)] == ["slow"]
+    assert published.is_set() and [a.name for a in list_adapters(tiny_settings)] == ["slow"]
     thread.join()

@@ -22,11 +22,14 @@ TIMEOUT_S = 0.5
 
 
 @pytest.fixture
-def guarded(svc_settings: Settings) -> Iterator[str]:
+def guarded(svc_settings: Settings, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A server with short read timeouts (``TIMEOUT_S``, or the test's ``timeout`` param)
+    and room for 3 connections."""
+    timeout = getattr(request, "param", TIMEOUT_S)
     settings = make_settings(
         svc_settings,
-        http_header_timeout_s=TIMEOUT_S,
-        http_body_timeout_s=TIMEOUT_S,
+        http_header_timeout_s=timeout,
+        http_body_timeout_s=timeout,
         max_connections=3,
     )
     with live_server(create_app(settings)) as url:
@@ -95,6 +98,7 @@ def test_a_request_sent_in_pieces_within_the_timeouts_is_served(guarded):
         assert read_until_closed(s).startswith(b"HTTP/1.1 200 ")
 
 
+@pytest.mark.parametrize("guarded", [30.0], indirect=True)  # the held ones stay open
 def test_connections_past_the_cap_are_503_and_closed(guarded):
     with ExitStack() as stack:
         held = [stack.enter_context(connect(guarded)) for _ in range(3)]
