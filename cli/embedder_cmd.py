@@ -133,7 +133,9 @@ def list_cmd(app: AppContext, as_json: bool) -> None:
         click.echo(json.dumps(rows, indent=2))
         return
     if not rows and not problems:
-        click.echo("no tuned embedders (train one with: ragtune tune-embedder --data FILE --name NAME)")
+        click.echo(
+            "no tuned embedders (train one with: ragtune tune-embedder --data FILE --name NAME)"
+        )
         return
     for r in rows:
         click.echo(

@@ -132,7 +132,9 @@ def train_embedder(
     return info
 
 
-def _open_index(settings: Settings, args: EmbedTuneArgs, embedder: Embedder | None) -> LoadedIndex | None:
+def _open_index(
+    settings: Settings, args: EmbedTuneArgs, embedder: Embedder | None
+) -> LoadedIndex | None:
     """The index to mine negatives from and validate in; None when none is needed or there."""
     from ragtune.core.index_store import current_version, open_index
 

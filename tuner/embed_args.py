@@ -65,8 +65,9 @@ class EmbedTuneArgs:
     """AdamW weight decay."""
     scale: float = 20.0
     """Similarity scale of the ranking loss (1 / temperature)."""
-    max_seq_length: int = 256
-    """Tokens per text while training (0: the model's own limit); longer texts are cut."""
+    max_seq_length: int = 128
+    """Tokens per text while training (0: the model's own limit); longer passages are cut.
+    Indexing still embeds whole chunks; 128 trains ~4x faster than 256 on a CPU."""
     grad_clip: float = 1.0
     """Clip the gradient norm to this value (0 = no clipping)."""
     seed: int = 42

@@ -100,7 +100,8 @@ class Schedule:
                 "too few distinct training pairs for one batch (need at least 2)", field="data"
             )
         total = args.max_steps or max(1, round(args.epochs * per_epoch))
-        batches, epochs = [], []
+        batches: list[list[int]] = []
+        epochs: list[int] = []
         e = 0
         while len(batches) < total:
             part = first if e == 0 else epoch_batches(pairs, args.batch_size, args.seed, e)
@@ -225,7 +226,7 @@ def train_embedder_loop(
     no_decay = ("bias", "LayerNorm.weight", "layer_norm")
     params = [p for p in model.parameters() if p.requires_grad]
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    groups = [
+    groups: list[dict[str, Any]] = [
         {"params": [p for n, p in named if not any(x in n for x in no_decay)]},
         {"params": [p for n, p in named if any(x in n for x in no_decay)], "weight_decay": 0.0},
     ]
@@ -274,7 +275,7 @@ def train_embedder_loop(
             cols += [[p.negatives[j] for p in batch] for j in range(loss_neg)]
             # one forward per column: questions stay short (no padding to passage length)
             embs = [model(model.preprocess(col))["sentence_embedding"] for col in cols]
-            loss = loss_fn.compute_loss_from_embeddings(embs, None)
+            loss = loss_fn.compute_loss_from_embeddings(embs, None)  # type: ignore[arg-type]  # labels unused
             loss.backward()
             if args.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
@@ -291,9 +292,9 @@ def train_embedder_loop(
             bar.set_postfix_str(f"loss {value:.3f}", refresh=False)
             if on_step is not None:
                 on_step(state.step, value)
-            due = (
-                args.eval_every and state.step % args.eval_every == 0
-            ) or schedule.epoch_ends_at(state.step)
+            due = (args.eval_every and state.step % args.eval_every == 0) or schedule.epoch_ends_at(
+                state.step
+            )
             if val and due:
                 validate()
             if due or state.step % args.save_every == 0:
@@ -307,7 +308,9 @@ def train_embedder_loop(
     return EmbedTrainResult(state, schedule, resumed_from, ks, len(corpus))
 
 
-def _load_checkpoint(workdir: Path, model: Any, optimizer: Any, scheduler: Any) -> EmbedState | None:
+def _load_checkpoint(
+    workdir: Path, model: Any, optimizer: Any, scheduler: Any
+) -> EmbedState | None:
     import torch
 
     ck = workdir / LAST
