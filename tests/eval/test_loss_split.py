@@ -180,3 +180,20 @@ def test_reports_show_both_tables(tmp_path: Path) -> None:
     page = html.read_text()
     assert 'id="loss-split"' in page and 'id="retrievers"' in page
     assert "hybrid:raft@tuned" in page
+
+
+def test_cli_retriever_flag() -> None:
+    from ragtune.cli.eval_cmd import build_run_config
+
+    flags = {
+        "dataset": "x.json",
+        "modes": "rag,hybrid:a",
+        "retrievers": ("tuned=kb-tuned,tuned:kb-emb",),
+        "oracle_with_hybrid": False,
+    }
+    cfg = build_run_config(None, flags)
+    assert cfg.retrievers["tuned"].index == "kb-tuned"
+    assert cfg.retrievers["tuned"].embedder == "tuned:kb-emb"
+    assert [v.name for v in cfg.variants()] == ["rag", "rag@tuned", "hybrid:a", "hybrid:a@tuned"]
+    with pytest.raises(InvalidInput, match="LABEL=INDEX,EMBEDDER"):
+        build_run_config(None, {**flags, "retrievers": ("tuned=kb-tuned",)})
