@@ -17,7 +17,6 @@ from ragtune.eval.runner import read_results
 from ragtune.workflows.demo import serve_hint
 from ragtune.workflows.experiment import ExperimentOutcome, run_experiment
 from ragtune.workflows.experiment_config import load_experiment
-from tests.eval.conftest import tiny_squad_file  # noqa: F401 (a fixture, used by name)
 from tests.workflows.conftest import write_experiment
 
 EMBEDDER = "[embedder]\n[embedder.tune]\nmax_steps = {steps}\nbatch_size = 2\nval_fraction = 0.0\n"
@@ -40,7 +39,7 @@ def _run(settings: Settings, config: Path, said: list[str] | None = None) -> Exp
 
 def test_tuned_retriever_side_by_side(
     tiny_settings: Settings, tmp_path: Path, tiny_squad_file
-) -> None:  # noqa: F811
+) -> None:
     out = _run(tiny_settings, _config(tmp_path, tiny_squad_file))
     s = out.state
     assert s.embedder is not None and s.tuned_index is not None and s.index is not None
@@ -96,7 +95,7 @@ def test_tuned_retriever_side_by_side(
 def test_rerun_reuses_and_a_retuned_embedder_rebuilds_its_index(
     tiny_settings: Settings,
     tmp_path: Path,
-    tiny_squad_file,  # noqa: F811
+    tiny_squad_file,
 ) -> None:
     config = _config(tmp_path, tiny_squad_file)
     first = _run(tiny_settings, config)
@@ -125,7 +124,7 @@ def test_rerun_reuses_and_a_retuned_embedder_rebuilds_its_index(
     assert versions == {manifest.version}  # no answer from the old index is kept
 
 
-def test_embedder_section_is_checked(tmp_path: Path, tiny_squad_file) -> None:  # noqa: F811
+def test_embedder_section_is_checked(tmp_path: Path, tiny_squad_file) -> None:
     from ragtune.core.errors import InvalidInput
 
     config = _config(tmp_path, tiny_squad_file)
