@@ -83,9 +83,13 @@ def locate_embedder(spec: str, settings: Settings | None = None) -> ModelLocatio
         return ModelLocation(spec, "tuned", info.path, info.model_id)
     loc = _locate_generic(spec)
     if loc.kind == "folder" and loc.path is not None and (loc.path / "manifest.json").is_file():
+        from ragtune.core.errors import ManifestError
         from ragtune.core.manifests import EmbedderManifest
 
-        manifest = EmbedderManifest.read(loc.path / "manifest.json")
+        try:  # a tuned embedder's folder: its own NAME@VERSION, as via tuned:NAME
+            manifest = EmbedderManifest.read(loc.path / "manifest.json")
+        except ManifestError:  # some other manifest.json: a plain model folder
+            return loc
         return ModelLocation(spec, "folder", loc.path, manifest.model_id)
     return loc
 
