@@ -130,11 +130,11 @@ def sweep(
 
 
 def bench_recall(a: argparse.Namespace) -> list[str]:
-    from ragtune.core.index_store import open_index
+    from ragtune.core.index_store import current_version, open_index
     from ragtune.core.models import load_embedder
     from ragtune.core.qa import read_squad
     from ragtune.eval.stats import bootstrap_ci, paired_bootstrap
-    from ragtune.indexer.api import build_index
+    from ragtune.indexer.api import build_index, remove_index
     from ragtune.tuner.embed_api import train_embedder
     from ragtune.tuner.embed_args import EmbedTuneArgs
 
@@ -188,6 +188,8 @@ def bench_recall(a: argparse.Namespace) -> list[str]:
     )
 
     tuned = base.model_copy(update={"embedder": info.spec})
+    if current_version(tuned, "squad-tuned") is not None:  # an earlier run's embedder built it
+        remove_index(tuned, "squad-tuned")
     t0 = time.perf_counter()
     s = build_index(tuned, [Path(a.squad)], "squad-tuned", progress=True)
     lines.append(f"tuned index: {s.total_chunks} chunks ({time.perf_counter() - t0:.0f} s)")
