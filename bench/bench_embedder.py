@@ -294,8 +294,8 @@ def bench_e2e(a: argparse.Namespace) -> list[str]:
     for r, block in (summ.get("retrievers") or {}).items():
         cells = {k: v["mean"] for k, v in block.items() if isinstance(v, dict) and "mean" in v}
         lines.append(f"retrieval {r}: " + json.dumps({k: round(x, 3) for k, x in cells.items()}))
-    for p in summ["pairs"]:
-        if "@" in p["a"] + p["b"]:
+    for p in summ["pairs"]:  # each variant with the tuned retriever vs its base twin
+        if p["a"] + "@tuned" == p["b"] or p["b"] + "@tuned" == p["a"]:
             f = p["f1"]
             lines.append(
                 f"{p['b']} - {p['a']}: F1 {f['diff']:+.3f} (95% CI {f['lo']:+.3f} to "
