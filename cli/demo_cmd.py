@@ -36,9 +36,10 @@ def demo(app: AppContext, config: Path | None, out: Path | None, fresh: bool, qu
     from ragtune.workflows.demo import load_demo, serve_hint
 
     outcome = run_experiment_cmd(app, load_demo(config), out, fresh, quiet)
+    hint = serve_hint(outcome)
     click.echo("")
-    click.echo("Serve the winner:  ragtune serve")
-    click.echo(f"  {serve_hint(outcome).curl()}")
+    click.echo(f"Serve the winner:  {hint.serve}")
+    click.echo(f"  {hint.curl()}")
 
 
 def register(cli: click.Group) -> None:

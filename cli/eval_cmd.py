@@ -36,7 +36,23 @@ RUN_FLAGS = (
     "batch_size",
     "n_boot",
     "url",
+    "retrievers",
+    "oracle_with_hybrid",
 )
+
+
+def parse_retriever(spec: str) -> tuple[str, dict[str, str]]:
+    """``LABEL=INDEX,EMBEDDER`` (e.g. ``tuned=kb-tuned,tuned:kb-emb``) -> (label, retriever)."""
+    from ragtune.core.errors import InvalidInput
+
+    label, _, rest = spec.partition("=")
+    index, _, embedder = rest.partition(",")
+    if not (label.strip() and index.strip() and embedder.strip()):
+        raise InvalidInput(
+            f"--retriever {spec!r}: use LABEL=INDEX,EMBEDDER (e.g. tuned=kb-tuned,tuned:kb-emb)",
+            field="retrievers",
+        )
+    return label.strip(), {"index": index.strip(), "embedder": embedder.strip()}
 
 
 class RunOption(click.Option):
@@ -99,6 +115,8 @@ def build_run_config(config_file: Path | None, flags: dict[str, Any]) -> Any:
             continue
         if k == "modes":
             v = [m for m in v.split(",") if m.strip()]
+        elif k == "retrievers":
+            v = {**values.get("retrievers", {}), **dict(parse_retriever(r) for r in v)}
         elif k == "dataset":
             v = str(Path(v).resolve())
         elif isinstance(v, tuple):
@@ -180,6 +198,21 @@ def _print_end(out: Path, verdict: str) -> None:
     "--batch-size", cls=RunOption, type=int, default=None, help="Questions generated together."
 )
 @click.option("--n-boot", cls=RunOption, type=int, default=None, help="Bootstrap resamples.")
+@click.option(
+    "--retriever",
+    "retrievers",
+    multiple=True,
+    metavar="LABEL=INDEX,EMBEDDER",
+    help="An extra retriever: every rag/hybrid mode also runs on INDEX searched with EMBEDDER "
+    "(e.g. tuned=kb-tuned,tuned:kb-emb gives rag@tuned); repeatable.",
+)
+@click.option(
+    "--oracle-with-hybrid/--no-oracle-with-hybrid",
+    "oracle_with_hybrid",
+    default=None,
+    help="Run oracle:A beside every hybrid:A, to split its F1 gap into retrieval and reading "
+    "loss (default: on).",
+)
 @click.option("--url", default=None, help="Evaluate a running service instead (http://host:port).")
 @click.option(
     "--api-key",

@@ -51,7 +51,14 @@ def _register() -> None:
     cli.add_command(config_cmd.config)
     cli.add_command(models_cmd.models)
     # Commands of the four packages register themselves when their CLI module exists.
-    for mod_name in ("index_cmd", "tune_cmd", "serve_cmd", "eval_cmd", "demo_cmd"):
+    for mod_name in (
+        "index_cmd",
+        "tune_cmd",
+        "embedder_cmd",
+        "serve_cmd",
+        "eval_cmd",
+        "demo_cmd",
+    ):
         try:
             mod = __import__(f"ragtune.cli.{mod_name}", fromlist=["register"])
         except ModuleNotFoundError as e:

@@ -23,11 +23,10 @@ def models(ctx: click.Context, as_json: bool) -> None:
     assert app is not None  # the root command always sets it
     settings = app.settings()
     rows = []
-    for role, spec, locate in (
-        ("embedder", settings.embedder, locate_embedder),
-        ("generator", settings.generator, locate_generator),
+    for role, spec, loc in (
+        ("embedder", settings.embedder, locate_embedder(settings.embedder, settings)),
+        ("generator", settings.generator, locate_generator(settings.generator)),
     ):
-        loc = locate(spec)
         row: dict[str, str | None] = {
             "role": role,
             "spec": spec,
@@ -37,6 +36,8 @@ def models(ctx: click.Context, as_json: bool) -> None:
         if loc.path is not None and loc.path.suffix == ".gguf":
             mdir = materialized_dir(loc.path, settings.models_cache_dir)
             row["materialized"] = str(mdir) if (mdir / "config.json").is_file() else None
+        if loc.kind == "tuned":
+            row["model_id"] = loc.model_id  # name@version: what its indexes record
         rows.append(row)
     if as_json:
         click.echo(json.dumps(rows, indent=2))

@@ -23,6 +23,7 @@ DEFAULT_CONFIG_FILE = "ragtune.toml"
 
 PACKAGED_EMBEDDER = "packaged:all-MiniLM-L6-v2"
 PACKAGED_GENERATOR = "packaged:SmolLM2-135M-Instruct"
+TUNED_EMBEDDER_PREFIX = "tuned:"  # embedder spec of a tuned embedder: tuned:NAME (core.embedders)
 
 
 def _default_cache_dir() -> Path:
@@ -44,7 +45,8 @@ class Settings(BaseSettings):
     # --- models ---
     embedder: str = Field(
         PACKAGED_EMBEDDER,
-        description="Embedding model: 'packaged:all-MiniLM-L6-v2', a HF model id or a local folder",
+        description="Embedding model: 'packaged:all-MiniLM-L6-v2', 'tuned:NAME' (a tuned embedder "
+        "in the data dir), a HF model id or a local folder",
     )
     generator: str = Field(
         PACKAGED_GENERATOR,
@@ -139,6 +141,10 @@ class Settings(BaseSettings):
     @property
     def adapters_dir(self) -> Path:
         return self.data_dir / "adapters"
+
+    @property
+    def embedders_dir(self) -> Path:
+        return self.data_dir / "embedders"
 
     @property
     def runs_dir(self) -> Path:

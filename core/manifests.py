@@ -1,6 +1,8 @@
-"""The artifact formats: an index version's and an adapter's ``manifest.json``, typed.
+"""The artifact formats: an index version's, an adapter's and a tuned embedder's
+``manifest.json``, typed.
 
-The indexer writes ``IndexManifest`` and the tuner ``AdapterManifest``; everything else reads
+The indexer writes ``IndexManifest``, the tuner ``AdapterManifest`` and ``EmbedderManifest``;
+everything else reads
 them through the same classes, so a key is spelled in one place. The JSON keys are the ones
 ragtune has always written: data folders made before these types existed read as they are.
 
@@ -31,6 +33,7 @@ from ragtune.core.errors import ManifestError
 MANIFEST = "manifest.json"
 INDEX_SCHEMA_VERSION: Final = 1
 ADAPTER_SCHEMA_VERSION: Final = 1
+EMBEDDER_SCHEMA_VERSION: Final = 1
 
 
 def new_version_id() -> str:
@@ -321,3 +324,100 @@ class AdapterManifest(_Manifest):
     # Identifies one training of a name (None in manifests written before it existed).
     version: str | None = None
     versions: dict[str, str] = {}  # python and library versions it was trained with
+
+
+# ---- tuned embedder ----------------------------------------------------------------------
+
+
+class EmbedderCounts(_Model):
+    """Examples at each step of preparing (question, gold passage) pairs."""
+
+    records: int
+    bad: int
+    loaded: int
+    duplicates: int | None = None  # with --dedup
+    no_passage: int  # examples whose gold passage is neither in the index nor in the data
+    val_capped_to: int | None = None  # when --max-val-examples cut the validation split
+    train: int  # training pairs
+    val: int  # validation questions
+    train_groups: int
+    val_groups: int
+
+
+class EmbedderData(_Model):
+    hash: str  # over every file's sha256, format, weight and template
+    files: list[DataFile]
+    counts: EmbedderCounts
+    bad_examples: list[str] = []
+
+
+class MiningInfo(_Model):
+    """Where the hard negatives came from: the live index (its version pins them)."""
+
+    index: str
+    index_version: str
+    embedding_model: str  # the embedder that built (and searched) that index
+    retrieval: str  # dense, bm25 or hybrid
+    depth: int  # hits searched per question
+    per_pair: int  # hard negatives per training pair
+    mined: int  # negatives taken from the hits
+    filled: int  # pairs short of hits, filled with random passages of the index
+    skipped_answer: int  # hits left out because they contain the answer (likely positives)
+    gold_in_depth: float  # share of training questions whose gold passage was in the hits
+
+
+class RetrievalPoint(_Model):
+    """Validation retrieval of one checkpoint (step 0 = the base model)."""
+
+    step: int
+    epoch: float
+    recall: dict[str, float]  # "k" -> recall@k over the validation questions
+    mrr: float  # MRR@10
+    train_loss: float | None = None  # mean loss since the previous validation
+
+
+class EmbedderMetrics(_Model):
+    k: int  # the checkpoint is chosen on recall@k (then MRR@10)
+    val_questions: int
+    val_corpus: int  # passages the validation questions were searched in
+    base: RetrievalPoint | None = None  # None without a validation split
+    best: RetrievalPoint | None = None
+    improved: bool  # the best checkpoint beats the base (else the base weights are kept)
+    history: list[RetrievalPoint] = []
+    steps: int
+    total_steps: int
+    steps_per_epoch: int
+    stopped_early: bool
+    pairs_per_s: float
+    train_seconds: float
+    wall_seconds: float
+    resumed_from_step: int | None = None
+    peak_rss_mb: float
+
+
+class EmbedderManifest(_Manifest):
+    """``embedders/<name>/manifest.json``, written last: its presence marks the folder complete.
+
+    ``model_id`` (``name@version``) is what an index built with this embedder records, so an
+    index is never searched with another training of the same name.
+    """
+
+    KIND: ClassVar[str] = "embedder"
+    SCHEMA_VERSION: ClassVar[int] = EMBEDDER_SCHEMA_VERSION
+
+    schema_version: Literal[1] = EMBEDDER_SCHEMA_VERSION
+    name: str
+    version: str
+    model_id: str
+    method: Literal["full"] = "full"
+    base_model: str  # the model id of the embedder it was trained from
+    base_spec: str  # the embedder spec it was trained from
+    base_fingerprint: str  # content hash of the base weights
+    dim: int
+    max_seq_length: int
+    data: EmbedderData
+    mining: MiningInfo | None = None  # None when trained with in-batch negatives only
+    hyperparameters: dict[str, Any] = {}
+    metrics: EmbedderMetrics
+    created_at: str
+    versions: dict[str, str] = {}

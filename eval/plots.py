@@ -81,7 +81,15 @@ def recall_chart(summary: dict[str, Any], path: Path) -> Path | None:
     lo = [m - r[f"recall@{k}"]["lo"] for m, k in zip(means, ks, strict=True)]
     hi = [r[f"recall@{k}"]["hi"] - m for m, k in zip(means, ks, strict=True)]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
-    ax.errorbar(ks, means, yerr=[lo, hi], marker="o", capsize=3, label="recall@k (gold doc)")
+    others = {lb: o for lb, o in (summary.get("retrievers") or {}).items() if o}
+    label = "recall@k (gold doc)" + (", base index" if others else "")
+    ax.errorbar(ks, means, yerr=[lo, hi], marker="o", capsize=3, label=label)
+    for name, o in others.items():  # extra retrievers (a tuned embedder's index)
+        oks = [k for k in ks if f"recall@{k}" in o]
+        if oks:
+            ax.plot(
+                oks, [o[f"recall@{k}"]["mean"] for k in oks], marker="^", label=f"recall@k, {name}"
+            )
     aic = r.get("answer_in_context") or {}
     if aic:
         ak = sorted(int(k) for k in aic)

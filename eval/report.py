@@ -78,6 +78,54 @@ def retrieval_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def retriever_table(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """Base index vs each extra retriever: one row per metric, with the paired difference."""
+    others = summary.get("retrievers") or {}
+    base = summary.get("retrieval") or {}
+    if not others:
+        return None
+    labels = list(others)
+    pairs = {p["b"]: p for p in summary.get("retrieval_pairs") or []}
+    metrics = [k for k, v in base.items() if isinstance(v, dict) and "mean" in v]
+    rows = []
+    for m in metrics:
+        cells, diffs = [], []
+        for label in labels:
+            cells.append(_ci((others[label] or {}).get(m)))
+            d = (pairs.get(label) or {}).get(m)
+            diffs.append(
+                {
+                    "text": f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]",
+                    "sig": d["significant"],
+                    "cls": "good" if d["lo"] > 0 else "bad" if d["hi"] < 0 else "",
+                }
+                if d
+                else {"text": "-", "sig": False, "cls": ""}
+            )
+        rows.append({"metric": m, "base": _ci(base.get(m)), "cells": cells, "diffs": diffs})
+    return {"labels": labels, "rows": rows}
+
+
+def loss_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Where each hybrid variant loses F1: retrieval loss vs reading loss."""
+    rows = []
+    for ls in summary.get("loss_split") or []:
+        r, g = ls["retrieval_loss"], ls["reading_loss"]
+        rows.append(
+            {
+                "variant": ls["variant"],
+                "oracle": ls["oracle"],
+                "n": ls["n"],
+                "hybrid_f1": f"{ls['hybrid_f1']:.3f}",
+                "oracle_f1": f"{ls['oracle_f1']:.3f}",
+                "retrieval": f"{r['mean']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}]",
+                "reading": _ci(g),
+                "bigger": ls["bigger"] + ("" if ls["clear"] else " (not clear)"),
+            }
+        )
+    return rows
+
+
 def pair_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for p in summary.get("pairs", []):
@@ -168,6 +216,44 @@ def render_markdown(ctx: dict[str, Any]) -> str:
     if ctx["retrieval_rows"]:
         lines += ["", "## Retrieval", "", "| metric | value (95% CI) |", "|---|---:|"]
         lines += [f"| {k} | {v} |" for k, v in ctx["retrieval_rows"]]
+    table = ctx["retriever_table"]
+    if table:
+        labels = table["labels"]
+        lines += [
+            "",
+            "## Retrievers side by side",
+            "",
+            "The same questions searched in the run's index (base) and in each extra "
+            "retriever's; differences paired by question (bold: the CI excludes zero).",
+            "",
+            "| metric | base | "
+            + " | ".join(f"{lb} | {lb} - base (95% CI)" for lb in labels)
+            + " |",
+            "|---|---:|" + "---:|---:|" * len(labels),
+        ]
+        for row in table["rows"]:
+            cells = " | ".join(
+                f"{c} | " + (f"**{d['text']}**" if d["sig"] else d["text"])
+                for c, d in zip(row["cells"], row["diffs"], strict=True)
+            )
+            lines.append(f"| {row['metric']} | {row['base']} | {cells} |")
+    if ctx["loss_rows"]:
+        lines += [
+            "",
+            "## Where answers are lost",
+            "",
+            "Retrieval loss = F1(oracle with the adapter) - F1(hybrid): what better retrieval "
+            "could still give. Reading loss = 1 - F1(oracle with the adapter): what the model "
+            "loses with the gold passage in hand. 95% bootstrap CIs over questions.",
+            "",
+            "| hybrid variant | oracle | n | hybrid F1 | oracle F1 | retrieval loss | reading loss | bigger |",
+            "|---|---|---:|---:|---:|---:|---:|---|",
+        ]
+        for r in ctx["loss_rows"]:
+            lines.append(
+                f"| {r['variant']} | {r['oracle']} | {r['n']} | {r['hybrid_f1']} | "
+                f"{r['oracle_f1']} | {r['retrieval']} | {r['reading']} | {r['bigger']} |"
+            )
     if ctx["pair_rows"]:
         lines += [
             "",
@@ -241,6 +327,8 @@ def write_report(
         "verdict": summary["verdict"]["text"],
         "metric_rows": metric_rows(summary),
         "retrieval_rows": retrieval_rows(summary),
+        "retriever_table": retriever_table(summary),
+        "loss_rows": loss_rows(summary),
         "pair_rows": pair_rows(summary),
         "disagreements": disagreements(records, items, names),
         "variant_names": names,

@@ -38,7 +38,26 @@ SUMMARY = "summary.json"
 RETRIEVAL = "retrieval"  # the pseudo-variant of retrieval-only records
 
 # Config fields that may change between an interrupted run and its continuation.
-_RESUMABLE_CHANGES = {"modes", "adapters", "finetune_adapters", "hybrid_adapters", "limit"}
+_RESUMABLE_CHANGES = {
+    "modes",
+    "adapters",
+    "finetune_adapters",
+    "hybrid_adapters",
+    "limit",
+    "oracle_with_hybrid",
+}
+
+
+@dataclass(frozen=True)
+class Retriever:
+    """An extra retriever of a run: another index, searched with the embedder that built it.
+
+    Variants ``rag@LABEL`` / ``hybrid:A@LABEL`` retrieve from it (the experiment declares
+    one for a tuned embedder: ``index`` built with ``embedder = "tuned:NAME"``).
+    """
+
+    index: str
+    embedder: str
 
 
 @dataclass
@@ -65,6 +84,8 @@ class RunConfig:
     recall_ks: list[int] = field(default_factory=lambda: [1, 2, 3, 5, 10])
     n_boot: int = 10_000
     url: str | None = None
+    retrievers: dict[str, Retriever] = field(default_factory=dict)
+    oracle_with_hybrid: bool = True  # oracle:A runs whenever hybrid:A does (the loss split)
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any], base_dir: Path | None = None) -> RunConfig:
@@ -91,8 +112,19 @@ class RunConfig:
 
     def variants(self) -> list[Variant]:
         return expand_variants(
-            self.modes, self.adapters, self.finetune_adapters, self.hybrid_adapters
+            self.modes,
+            self.adapters,
+            self.finetune_adapters,
+            self.hybrid_adapters,
+            retrievers=list(self.retrievers),
+            oracle_with_hybrid=self.oracle_with_hybrid,
         )
+
+    def index_of(self, v: Variant) -> str | None:
+        """The index a variant retrieves from (None: the target's default index)."""
+        if v.retriever is not None:
+            return self.retrievers[v.retriever].index
+        return self.index
 
     def split_spec(self) -> SplitSpec:
         groups = tuple(self.test_groups) if self.test_groups is not None else None
@@ -105,6 +137,17 @@ class RunConfig:
             raise InvalidInput("limit must be at least 1", field="limit")
         if self.retrieve_k < 1:
             raise InvalidInput("retrieve_k must be at least 1", field="retrieve_k")
+        from ragtune.core.index_store import validate_name
+
+        for label, r in self.retrievers.items():
+            validate_name(label, "retriever")
+            validate_name(r.index, "index")
+            if self.url:
+                raise InvalidInput(
+                    f"retriever {label!r}: extra retrievers need the in-process pipeline "
+                    "(the service searches with its one configured embedder); drop --url",
+                    field="retrievers",
+                )
         self.variants()
         self.split_spec()
         return self
@@ -217,11 +260,19 @@ def answer_record(
     return rec
 
 
-def retrieval_record(item: QARecord, hits: Sequence[Hit], ks: Sequence[int]) -> dict[str, Any]:
+def retrieval_variant(retriever: str | None) -> str:
+    """The pseudo-variant of a retriever's retrieval records: ``retrieval[@LABEL]``."""
+    return f"{RETRIEVAL}@{retriever}" if retriever else RETRIEVAL
+
+
+def retrieval_record(
+    item: QARecord, hits: Sequence[Hit], ks: Sequence[int], retriever: str | None = None
+) -> dict[str, Any]:
     ranked = _doc_ids(hits)
     rec: dict[str, Any] = {
         "kind": "retrieval",
-        "variant": RETRIEVAL,
+        "variant": retrieval_variant(retriever),
+        "retriever": retriever,
         "qid": item.id,
         "ranked": ranked,
         "answer_in_context": {
@@ -247,7 +298,7 @@ def _request(v: Variant, item: QARecord, c: RunConfig) -> QueryRequest:
         question=item.question,
         mode=v.pipeline_mode,  # type: ignore[arg-type]
         adapter=v.adapter,
-        index=c.index if v.retrieves else None,
+        index=c.index_of(v) if v.retrieves else None,
         top_k=c.top_k,
         retrieval=c.retrieval,  # type: ignore[arg-type]
         max_new_tokens=c.max_new_tokens,
@@ -311,6 +362,11 @@ class EvalPlan:
     def retrieves(self) -> bool:
         return any(v.retrieves for v in self.variants)
 
+    @property
+    def retrievers(self) -> list[str | None]:
+        """The retrievers the variants use (None: the run's index), in order."""
+        return list(dict.fromkeys(v.retriever for v in self.variants if v.retrieves))
+
 
 def plan_run(config: RunConfig) -> EvalPlan:
     """Check the config and pick the questions; the oracle needs every gold passage."""
@@ -335,12 +391,20 @@ def start_run_folder(out_dir: Path, plan: EvalPlan, target: Target) -> None:
     """
     config = plan.config
     index = (config.index or getattr(target, "default_index", None)) if plan.retrieves else None
+    if config.retrievers:
+        target.add_retrievers({r.index: r.embedder for r in config.retrievers.values()})
+    versions = target.fingerprint([v.adapter for v in plan.variants if v.adapter], index)
+    if config.retrievers:
+        versions["retrievers"] = {
+            label: target.fingerprint([], r.index).get("index_version")
+            for label, r in config.retrievers.items()
+        }
     meta = {
         **config.to_dict(),
         "dataset_sha256": file_sha256(Path(config.dataset)),
         "variants": [v.name for v in plan.variants],
         "target": target.describe(),
-        "versions": target.fingerprint([v.adapter for v in plan.variants if v.adapter], index),
+        "versions": versions,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_resume(out_dir, meta)
@@ -379,8 +443,8 @@ def answer_all(
     written = 0
     try:
         for chunk in _chunks(items, config.batch_size):
-            if plan.retrieves:
-                writer.write(_retrieval_records(config, target, chunk, done))
+            for retriever in plan.retrievers:
+                writer.write(_retrieval_records(config, target, chunk, done, retriever))
             for v in variants:
                 pending = [it for it in chunk if (v.name, it.id) not in done]
                 if not pending:
@@ -400,16 +464,22 @@ def answer_all(
 
 
 def _retrieval_records(
-    config: RunConfig, target: Target, chunk: Sequence[QARecord], done: set[tuple[Any, Any]]
+    config: RunConfig,
+    target: Target,
+    chunk: Sequence[QARecord],
+    done: set[tuple[Any, Any]],
+    retriever: str | None = None,
 ) -> list[dict[str, Any]]:
     """The top-``retrieve_k`` ranking of each new question (for the recall@k curve)."""
     recs = []
+    name = retrieval_variant(retriever)
+    index = config.retrievers[retriever].index if retriever else config.index
     for it in chunk:
-        if (RETRIEVAL, it.id) in done:
+        if (name, it.id) in done:
             continue
-        hits = target.retrieve(it.question, config.index, config.retrieve_k, config.retrieval or "")
+        hits = target.retrieve(it.question, index, config.retrieve_k, config.retrieval or "")
         if hits is not None:  # a target that cannot retrieve on its own (a service) gives None
-            recs.append(retrieval_record(it, hits, config.recall_ks))
+            recs.append(retrieval_record(it, hits, config.recall_ks, retriever))
     return recs
 
 
@@ -450,14 +520,20 @@ def _check_resume(out_dir: Path, config: dict[str, Any]) -> None:
     except (OSError, json.JSONDecodeError):
         return
     skip = _RESUMABLE_CHANGES | {"variants", "started", "versions"}
+    # a key a run folder of an older ragtune lacks reads as its default
+    defaults: dict[str, Any] = {"retrievers": {}}
     diff = sorted(
-        k for k in set(old) | set(config) if k not in skip and old.get(k) != config.get(k)
+        k
+        for k in set(old) | set(config)
+        if k not in skip and old.get(k, defaults.get(k)) != config.get(k, defaults.get(k))
     )
     ov, nv = old.get("versions") or {}, config.get("versions") or {}
     if ov.get("index_version") and ov.get("index_version") != nv.get("index_version"):
         diff.append("index version")
     oa, na = ov.get("adapters") or {}, nv.get("adapters") or {}
     diff += [f"adapter {a} (retrained)" for a in sorted(set(oa) & set(na)) if oa[a] != na[a]]
+    orr, nr = ov.get("retrievers") or {}, nv.get("retrievers") or {}
+    diff += [f"retriever {r} index version" for r in sorted(set(orr) & set(nr)) if orr[r] != nr[r]]
     if diff:
         raise InvalidInput(
             f"{out_dir.name} holds a run with other settings ({', '.join(diff)}): "

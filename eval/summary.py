@@ -2,6 +2,19 @@
 
 Paired tests use only questions every compared variant answered, so an interrupted run
 still compares like with like. The oracle is an upper bound, not a contender: it never wins.
+
+With extra retrievers (``rag@tuned``), ``retrievers`` holds each one's retrieval metrics
+and ``retrieval_pairs`` tests them against the run's own index question by question.
+
+The loss split (``loss_split``): for every hybrid variant with adapter A, and ``oracle:A``
+(the same adapter given the gold passage) on the same questions,
+
+- retrieval loss = F1(oracle:A) - F1(hybrid:A): what better retrieval could still give;
+- reading loss = 1 - F1(oracle:A): what the reader (generator + adapter) loses even with the
+  right passage in hand;
+
+each with a bootstrap CI over questions, and a CI of their difference (reading - retrieval),
+so the verdict can name the bigger one and say whether that is clear.
 """
 
 from __future__ import annotations
@@ -130,6 +143,19 @@ def summarize(
         if rag_like:
             retrieval = _retrieval_from_sources(per[rag_like], gold, ks, n_boot)
     summary["retrieval"] = retrieval
+    labels = list(dict.fromkeys(v.retriever for v in variants if v.retriever))
+    if labels:
+        summary["retrievers"] = {}
+        summary["retrieval_pairs"] = []
+        for label in labels:
+            name = f"retrieval@{label}"
+            recs = [by_key[(name, q)] for q in qids if (name, q) in by_key]
+            summary["retrievers"][label] = _retrieval_summary(recs, ks, n_boot)
+            summary["retrieval_pairs"].append(
+                _retrieval_pair(
+                    by_key, qids, label, [*(f"recall@{k}" for k in ks), "mrr@10"], n_boot
+                )
+            )
 
     pairs = []
     for a, b in itertools.combinations(names, 2):
@@ -148,8 +174,84 @@ def summarize(
         ).to_dict()
         pairs.append(entry)
     summary["pairs"] = pairs
+    summary["loss_split"] = loss_split(by_key, qids, variants, n_boot)
     summary["verdict"] = verdict(summary, variants)
     return summary
+
+
+def _retrieval_pair(
+    by_key: dict[tuple[str, str], dict[str, Any]],
+    qids: Sequence[str],
+    label: str,
+    metrics: Sequence[str],
+    n_boot: int,
+) -> dict[str, Any]:
+    """Retriever ``label`` minus the run's index, question by question, on each metric."""
+    b_name = f"retrieval@{label}"
+    common = [
+        q
+        for q in qids
+        if ("retrieval", q) in by_key
+        and (b_name, q) in by_key
+        and metrics[0] in by_key[("retrieval", q)]
+        and metrics[0] in by_key[(b_name, q)]
+    ]
+    out: dict[str, Any] = {"a": "base", "b": label, "n": len(common)}
+    for m in metrics:
+        out[m] = paired_bootstrap(
+            [by_key[("retrieval", q)][m] for q in common],
+            [by_key[(b_name, q)][m] for q in common],
+            names=("base", label),
+            metric=m,
+            n_boot=n_boot,
+        ).to_dict()
+    return out
+
+
+def loss_split(
+    by_key: dict[tuple[str, str], dict[str, Any]],
+    qids: Sequence[str],
+    variants: Sequence[Variant],
+    n_boot: int,
+) -> list[dict[str, Any]]:
+    """Retrieval loss and reading loss of every hybrid variant whose oracle ran too."""
+    names = {v.name for v in variants}
+    out = []
+    for v in variants:
+        oracle = f"oracle:{v.adapter}"
+        if v.kind != "hybrid" or not v.adapter or oracle not in names:
+            continue
+        common = [q for q in qids if (v.name, q) in by_key and (oracle, q) in by_key]
+        if not common:
+            continue
+        h = [by_key[(v.name, q)]["f1"] for q in common]
+        o = [by_key[(oracle, q)]["f1"] for q in common]
+        retrieval = paired_bootstrap(h, o, names=(v.name, oracle), n_boot=n_boot)
+        reading = bootstrap_ci([1.0 - x for x in o], n_boot=n_boot)
+        # per question: reading - retrieval = (1 - o) - (o - h)
+        gap = bootstrap_ci([(1.0 - y) - (y - x) for x, y in zip(h, o, strict=True)], n_boot=n_boot)
+        bigger = "reading" if reading.mean >= retrieval.diff else "retrieval"
+        out.append(
+            {
+                "variant": v.name,
+                "oracle": oracle,
+                "n": len(common),
+                "hybrid_f1": sum(h) / len(h),
+                "oracle_f1": sum(o) / len(o),
+                "retrieval_loss": {
+                    "mean": retrieval.diff,
+                    "lo": retrieval.lo,
+                    "hi": retrieval.hi,
+                    "p_value": retrieval.p_value,
+                    "n": retrieval.n,
+                },
+                "reading_loss": reading.to_dict(),
+                "reading_minus_retrieval": gap.to_dict(),
+                "bigger": bigger,
+                "clear": gap.lo > 0 or gap.hi < 0,
+            }
+        )
+    return out
 
 
 def find_pair(summary: dict[str, Any], a: str, b: str) -> tuple[dict[str, Any], int] | None:
@@ -199,7 +301,7 @@ def verdict(summary: dict[str, Any], variants: Sequence[Variant]) -> dict[str, A
     rags = [n for n, v in names.items() if v.kind == "rag"]
     for rag in rags:
         for n, v in names.items():
-            if v.kind == "hybrid":
+            if v.kind == "hybrid" and v.retriever == names[rag].retriever:
                 d = _diff(summary, rag, n)
                 if d:
                     out["checks"].append({"claim": f"{n} beats {rag} on F1", **d})
@@ -208,6 +310,11 @@ def verdict(summary: dict[str, Any], variants: Sequence[Variant]) -> dict[str, A
                 d = _diff(summary, n, rag)
                 if d:
                     out["checks"].append({"claim": f"{rag} beats {n} on F1", **d})
+    for n, v in names.items():
+        if v.retriever is not None:
+            d = _diff(summary, v.without_retriever.name, n)
+            if d:
+                out["checks"].append({"claim": f"{n} beats {v.without_retriever.name} on F1", **d})
     oracles = [n for n, v in names.items() if v.kind == "oracle" and "f1" in vs[n]]
     out["upper_bound"] = {n: vs[n]["f1"]["mean"] for n in oracles}
     out["text"] = verdict_text(summary, out)
@@ -249,4 +356,31 @@ def verdict_text(summary: dict[str, Any], v: dict[str, Any]) -> str:
         lines.append(f"Check '{c['claim']}': {state}: {_signed(c)}.")
     for n, f1 in v["upper_bound"].items():
         lines.append(f"Upper bound {n} (gold passage given): F1 {f1:.3f}.")
+    for rp in summary.get("retrieval_pairs") or []:
+        m = next((k for k in rp if k.startswith("recall@")), None)
+        if m and rp["n"]:
+            d = rp[m]
+            lines.append(
+                f"Retriever {rp['b']} vs the base index: {m} {_s(d['diff'])} (95% CI "
+                f"{_s(d['lo'])} to {_s(d['hi'])}, paired bootstrap p={d['p_value']:.3g}, "
+                f"n={rp['n']})."
+            )
+    for ls in summary.get("loss_split") or []:
+        lines.append(loss_split_text(ls))
     return "\n".join(lines)
+
+
+def loss_split_text(ls: dict[str, Any]) -> str:
+    """One verdict line: where a hybrid variant loses F1, and which loss is bigger."""
+    r, g, d = ls["retrieval_loss"], ls["reading_loss"], ls["reading_minus_retrieval"]
+    clear = (
+        "clearly (the CI of the difference excludes zero)"
+        if ls["clear"]
+        else "not clearly (the CI of the difference includes zero)"
+    )
+    return (
+        f"Where {ls['variant']} loses F1: retrieval loss {_s(r['mean'])} [{_s(r['lo'])}, "
+        f"{_s(r['hi'])}] ({ls['oracle']} - {ls['variant']}), reading loss {_ci(g)} "
+        f"(1 - {ls['oracle']}); the bigger is {ls['bigger']} loss, {clear}: reading - "
+        f"retrieval {_s(d['mean'])} [{_s(d['lo'])}, {_s(d['hi'])}], n={ls['n']}."
+    )

@@ -8,7 +8,7 @@ target measures what users get, HTTP and the service's batching included.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -29,6 +29,10 @@ class Target(Protocol):
     def fingerprint(self, adapters: Sequence[str], index: str | None) -> dict[str, Any]:
         """What the answers depend on beyond the config (adapter and index versions); raises
         early when an adapter or the index does not exist."""
+        ...
+
+    def add_retrievers(self, index_embedders: Mapping[str, str]) -> None:
+        """Search each of these indexes with its own embedder spec (extra retrievers)."""
         ...
 
 
@@ -61,6 +65,9 @@ class PipelineTarget:
             "max_new_tokens": s.max_new_tokens,
             "temperature": s.temperature,
         }
+
+    def add_retrievers(self, index_embedders: Mapping[str, str]) -> None:
+        self.pipeline.index_embedders.update(index_embedders)
 
     def fingerprint(self, adapters: Sequence[str], index: str | None) -> dict[str, Any]:
         from ragtune.core.index_store import read_manifest
@@ -141,6 +148,12 @@ class HttpTarget:
 
     def fingerprint(self, adapters: Sequence[str], index: str | None) -> dict[str, Any]:
         return {}  # the service owns its adapters and indexes
+
+    def add_retrievers(self, index_embedders: Mapping[str, str]) -> None:
+        raise RagtuneError(
+            "extra retrievers need the in-process pipeline: the service searches every index "
+            "with its one configured embedder"
+        )
 
     def close(self) -> None:
         self.client.close()

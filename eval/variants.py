@@ -5,6 +5,12 @@ directly (``finetune:qa-closed``, ``hybrid:raft``, ``oracle:raft``); a bare ``fi
 ``hybrid`` takes the adapters given by ``--finetune-adapter`` / ``--hybrid-adapter``, else
 every ``--adapter``, making one variant per adapter. So one run can compare several adapters.
 
+A retrieving mode may name a retriever declared in the run (``rag@tuned``,
+``hybrid:raft@tuned``: another index, searched with its own embedder); with retrievers
+declared, every rag and hybrid variant also runs with each of them, side by side. A hybrid
+variant with adapter A brings ``oracle:A`` along (the same adapter given the gold passage),
+which splits its F1 gap into retrieval loss and reading loss (``eval.summary``).
+
 | variant kind | pipeline mode | passages in the prompt |
 |---|---|---|
 | base | base | none |
@@ -29,10 +35,16 @@ ADAPTER_KINDS = ("finetune", "hybrid")
 class Variant:
     kind: str
     adapter: str | None = None
+    retriever: str | None = None  # a declared retriever's label; None: the run's index
 
     @property
     def name(self) -> str:
-        return f"{self.kind}:{self.adapter}" if self.adapter else self.kind
+        name = f"{self.kind}:{self.adapter}" if self.adapter else self.kind
+        return f"{name}@{self.retriever}" if self.retriever else name
+
+    @property
+    def without_retriever(self) -> Variant:
+        return Variant(self.kind, self.adapter)
 
     @property
     def pipeline_mode(self) -> str:
@@ -50,7 +62,8 @@ class Variant:
 
     @classmethod
     def parse(cls, name: str) -> Variant:
-        kind, _, adapter = name.partition(":")
+        head, _, retriever = name.partition("@")
+        kind, _, adapter = head.partition(":")
         if kind not in KINDS:
             raise InvalidInput(
                 f"unknown mode {kind!r}: use {', '.join(KINDS)} (optionally kind:ADAPTER)",
@@ -58,7 +71,9 @@ class Variant:
             )
         if adapter and kind in ("base", "rag"):
             raise InvalidInput(f"mode {kind!r} takes no adapter", field="modes")
-        return cls(kind, adapter or None)
+        if retriever and kind not in ("rag", "hybrid"):
+            raise InvalidInput(f"mode {kind!r} retrieves nothing: @{retriever}", field="modes")
+        return cls(kind, adapter or None, retriever or None)
 
 
 def expand_variants(
@@ -66,14 +81,28 @@ def expand_variants(
     adapters: Sequence[str] = (),
     finetune_adapters: Sequence[str] = (),
     hybrid_adapters: Sequence[str] = (),
+    *,
+    retrievers: Sequence[str] = (),
+    oracle_with_hybrid: bool = False,
 ) -> list[Variant]:
-    """Turn the mode list and adapter flags into distinct variants, in the order given."""
+    """Turn the mode list and adapter flags into distinct variants, in the order given.
+
+    Args:
+        retrievers: the labels of the run's extra retrievers: every rag / hybrid variant
+            gets a twin per label right after it.
+        oracle_with_hybrid: add ``oracle:A`` (at the end) for every hybrid adapter A.
+    """
     out: list[Variant] = []
     for raw in modes:
         raw = raw.strip()
         if not raw:
             continue
         v = Variant.parse(raw)
+        if v.retriever is not None and v.retriever not in retrievers:
+            known = ", ".join(retrievers) or "none declared"
+            raise InvalidInput(
+                f"mode {raw!r}: unknown retriever {v.retriever!r} ({known})", field="modes"
+            )
         if v.kind in ADAPTER_KINDS and v.adapter is None:
             names = (finetune_adapters if v.kind == "finetune" else hybrid_adapters) or adapters
             if not names:
@@ -82,9 +111,15 @@ def expand_variants(
                     f"--{v.kind}-adapter NAME or {v.kind}:NAME",
                     field="adapter",
                 )
-            out.extend(Variant(v.kind, a) for a in names)
+            found = [Variant(v.kind, a, v.retriever) for a in names]
         else:
-            out.append(v)
+            found = [v]
+        for f in found:
+            out.append(f)
+            if f.retrieves and f.retriever is None:
+                out.extend(Variant(f.kind, f.adapter, r) for r in retrievers)
+    if oracle_with_hybrid:
+        out += [Variant("oracle", v.adapter) for v in out if v.kind == "hybrid" and v.adapter]
     if not out:
         raise InvalidInput("no modes to evaluate", field="modes")
     return list(dict.fromkeys(out))

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ragtune.core.atomic import staging_dir
 from ragtune.core.config import Settings
@@ -107,7 +107,15 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_data(args: TuneArgs, progress: bool = False) -> LoadedData:
+class DataArgs(Protocol):
+    """What reading the data needs of a run's arguments (TuneArgs, EmbedTuneArgs)."""
+
+    data: list[str]
+    format: str
+    template: str | None
+
+
+def load_data(args: DataArgs, progress: bool = False) -> LoadedData:
     """Read every --data file."""
     out = LoadedData([], [], [])
     for i, spec in enumerate(args.data):

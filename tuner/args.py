@@ -245,10 +245,15 @@ def parse_data_spec(spec: str) -> tuple[str, float]:
     return spec, 1.0
 
 
-@cache
 def field_docs() -> dict[str, str]:
     """Attribute docstrings of TuneArgs (the CLI shows them as flag help)."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(TuneArgs)))
+    return attribute_docs(TuneArgs)
+
+
+@cache
+def attribute_docs(cls: type) -> dict[str, str]:
+    """The attribute docstrings of a dataclass (the string under each field)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     body = tree.body[0].body  # type: ignore[attr-defined]
     docs: dict[str, str] = {}
     for prev, node in itertools.pairwise(body):

@@ -35,6 +35,12 @@ class ServeHint:
     mode: str
     index: str
     adapter: str | None
+    embedder: str | None = None  # the winner retrieves with a tuned embedder: serve with it
+
+    @property
+    def serve(self) -> str:
+        """The command that serves it."""
+        return f"ragtune --embedder {self.embedder} serve" if self.embedder else "ragtune serve"
 
     def curl(self, url: str = "localhost:8000") -> str:
         body = f'"question": "...", "mode": "{self.mode}", "index": "{self.index}"'
@@ -45,5 +51,11 @@ class ServeHint:
 
 def serve_hint(outcome: ExperimentOutcome) -> ServeHint:
     """How to query the winner (RAG when no variant could be scored)."""
-    kind, _, adapter = (outcome.winner or "rag").partition(":")
-    return ServeHint(kind, outcome.experiment.index, adapter or None)
+    from ragtune.core.embedders import tuned_spec
+
+    head, _, retriever = (outcome.winner or "rag").partition("@")
+    kind, _, adapter = head.partition(":")
+    exp = outcome.experiment
+    if retriever and exp.embedder is not None:
+        return ServeHint(kind, exp.embedder.index, adapter or None, tuned_spec(exp.embedder_name))
+    return ServeHint(kind, exp.index, adapter or None)

@@ -1,4 +1,5 @@
-"""The experiment, end to end: split -> index -> tune adapters -> evaluate -> report -> verdict.
+"""The experiment, end to end: split -> index -> tune adapters (and the embedder) -> evaluate
+-> report -> verdict.
 
 Driven by a TOML file (``examples/experiment-demo.toml`` is the demo; see
 ``workflows.experiment_config``). ``run_experiment`` reads top to bottom as its four steps.
@@ -11,6 +12,7 @@ Run folder (``<data>/runs/<name>`` unless ``out_dir``)::
     experiment.toml   the config as given       experiment.json  steps done, timings
     train.json        train split (SQuAD)       test.json        test split (SQuAD)
     train-<key>.json  each adapter's sample     config.json ... report.html   the eval run
+    train-embedder.json  the embedder's sample (with [embedder])
 """
 
 from __future__ import annotations
@@ -28,10 +30,16 @@ from ragtune.core.config import Settings
 from ragtune.core.qa import load_squad_json, squad_titles
 from ragtune.eval.datasets import file_sha256, subset_squad
 from ragtune.eval.split import split_groups
-from ragtune.workflows.experiment_config import AdapterSpec, Experiment, eval_run_config
+from ragtune.workflows.experiment_config import (
+    AdapterSpec,
+    EmbedderSpec,
+    Experiment,
+    eval_run_config,
+)
 from ragtune.workflows.experiment_state import (
     STATE_FILE,
     AdapterStep,
+    EmbedderStep,
     EvalInputs,
     EvalStep,
     ExperimentState,
@@ -107,6 +115,9 @@ def run_experiment(
     index_version = index_step(run)  # 2. one index over every article
     for spec in exp.adapters.values():  # 3. each adapter on a sample of the train split
         adapter_step(run, spec, train_raw, index_version)
+    if exp.embedder is not None:  # 3b. the retriever too, and a second index built with it
+        embedder_step(run, exp.embedder, train_raw, index_version)
+        tuned_index_step(run, exp.embedder)
     summary = eval_step(run, index_version)  # 4. every mode on the test split + report
     run.state.total_seconds_last_run = round(time.perf_counter() - started, 1)
     run.save()
@@ -258,6 +269,99 @@ def _manifest_facts(info: AdapterInfo) -> tuple[str | None, float | None, float 
     return info.version, met.tokens_per_s if met else None, met.val_loss if met else None
 
 
+# ---- 3b. the embedder ----------------------------------------------------------------------
+
+
+def embedder_step(
+    run: _Run, spec: EmbedderSpec, train_raw: dict[str, Any], index_version: str | None
+) -> None:
+    """Tune the embedder on its seeded sample of the train split (hard negatives mined from
+    the run's index; validation: held-out train articles), unless the run folder shows it was
+    already tuned with the same arguments, data and index."""
+    from ragtune.core.embedders import get_tuned_embedder
+    from ragtune.core.errors import ModelNotFound
+    from ragtune.tuner.embed_api import train_embedder
+    from ragtune.tuner.embed_args import EmbedTuneArgs
+
+    exp = run.exp
+    name = exp.embedder_name
+    data_path = run.folder / "train-embedder.json"
+    sample = sample_questions(train_raw, spec.questions, exp.split.seed)
+    _write_json(data_path, sample)
+    tune = {**spec.tune, "data": [str(data_path)], "name": name, "format": "squad"}
+    tune.setdefault("index", exp.index)
+    args = EmbedTuneArgs.from_dict(tune)
+    run_key = json.loads(
+        json.dumps(
+            {
+                "args": args.to_dict(),
+                "data_sha256": file_sha256(data_path),
+                "index_version": index_version,
+                "settings": {k: getattr(run.settings, k) for k in ("embedder", "top_k")},
+            },
+            default=str,
+        )
+    )
+    prev = run.state.embedder
+    if prev is not None and prev.key == run_key:
+        try:
+            if get_tuned_embedder(run.settings, name).version == prev.version:
+                run.say(f"embedder {name!r}: already tuned for this run, reused")
+                return
+        except ModelNotFound:
+            pass
+    args.overwrite = True  # the experiment owns the embedder named after it
+    run.say(f"embedder {name!r}: tuning the retriever on {count_questions(sample)} questions")
+    t0 = time.perf_counter()
+    info = train_embedder(run.settings, args, progress=run.progress)
+    met = info.manifest.metrics
+    k = str(met.k)
+    run.state.embedder = EmbedderStep(
+        name=name,
+        key=run_key,
+        version=info.version,
+        model_id=info.model_id,
+        seconds=round(time.perf_counter() - t0, 1),
+        val_recall={
+            "k": met.k,
+            "base": met.base.recall[k] if met.base else None,
+            "tuned": met.best.recall[k] if met.best else None,
+        },
+    )
+    run.save()
+
+
+def tuned_index_step(run: _Run, spec: EmbedderSpec) -> str | None:
+    """Index every article again with the tuned embedder, into the second index. An index
+    built by an earlier training of the embedder is rebuilt whole (never mixed)."""
+    from ragtune.core.embedders import tuned_spec
+    from ragtune.core.errors import IndexNotFound, ManifestError
+    from ragtune.core.index_store import read_manifest
+    from ragtune.indexer.api import build_index, remove_index
+
+    exp = run.exp
+    assert run.state.embedder is not None  # embedder_step ran
+    settings = run.settings.model_copy(update={"embedder": tuned_spec(exp.embedder_name)})
+    try:
+        built_with = read_manifest(settings, spec.index).embedding_model
+    except (IndexNotFound, ManifestError):
+        built_with = None
+    if built_with is not None and built_with != run.state.embedder.model_id:
+        run.say(f"index {spec.index!r}: built by another embedder ({built_with}), rebuilding")
+        remove_index(settings, spec.index)
+    t0 = time.perf_counter()
+    run.say(f"index {spec.index!r}: {exp.dataset.name} with {run.state.embedder.model_id}")
+    summary = build_index(settings, [exp.dataset], spec.index, progress=run.progress)
+    run.state.tuned_index = IndexStep(
+        name=spec.index,
+        version=summary.version,
+        chunks=summary.total_chunks,
+        seconds=round(time.perf_counter() - t0, 1),
+    )
+    run.save()
+    return summary.version
+
+
 # ---- 4. evaluate ---------------------------------------------------------------------------
 
 
@@ -269,14 +373,20 @@ def eval_step(run: _Run, index_version: str | None) -> dict[str, Any]:
 
     config = eval_run_config(run.exp, run.folder / "test.json")
     # Results answered by an older index or adapter would mix two experiments: start over.
+    emb, tuned = run.state.embedder, run.state.tuned_index
     inputs = EvalInputs(
         index_version=index_version,
         adapters={k: run.state.adapters[k].version for k in run.exp.adapters},
+        embedder=emb.model_id if run.exp.embedder and emb else None,
+        tuned_index_version=tuned.version if run.exp.embedder and tuned else None,
     )
     if run.state.eval is not None and run.state.eval.inputs != inputs:
         for stale in EVAL_FILES:
             (run.folder / stale).unlink(missing_ok=True)
-        run.say("eval: the index or an adapter changed since the last run; evaluating afresh")
+        run.say(
+            "eval: the index, an adapter or the embedder changed since the last run; "
+            "evaluating afresh"
+        )
     run.state.eval = EvalStep(inputs)
     run.save()
     t0 = time.perf_counter()

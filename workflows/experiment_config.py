@@ -2,8 +2,14 @@
 
 Sections: ``name``, ``description``, ``[settings]`` (ragtune settings for this experiment),
 ``[data]`` (the SQuAD file and its by-article split), ``[index]``, ``[adapters.<key>]`` (a
-sample size and any ``ragtune tune`` option) and ``[eval]`` (the eval options). An unknown
-key is an error naming its section, so a typo never silently falls back to a default.
+sample size and any ``ragtune tune`` option), ``[embedder]`` (optional: a sample size, the
+second index's name and any ``ragtune tune-embedder`` option under ``[embedder.tune]``) and
+``[eval]`` (the eval options). An unknown key is an error naming its section, so a typo never
+silently falls back to a default.
+
+With ``[embedder]``, the experiment tunes the embedder on its train split, builds a second
+index with it, and every rag / hybrid mode of ``[eval]`` also runs on that index
+(``rag@tuned``, ``hybrid:<adapter>@tuned``), side by side on the same held-out questions.
 """
 
 from __future__ import annotations
@@ -19,9 +25,11 @@ from ragtune.eval.split import SplitSpec
 if TYPE_CHECKING:
     from ragtune.eval.runner import RunConfig
 
-TOP_KEYS = {"name", "description", "settings", "data", "index", "adapters", "eval"}
+TOP_KEYS = {"name", "description", "settings", "data", "index", "adapters", "embedder", "eval"}
 DATA_KEYS = {"dataset", "test_fraction", "seed", "test_groups"}
 ADAPTER_KEYS = {"questions", "tune"}
+EMBEDDER_KEYS = {"questions", "tune", "index"}
+TUNED_RETRIEVER = "tuned"  # the eval label of the tuned embedder's index (rag@tuned)
 EVAL_KEYS = {
     "modes",
     "limit",
@@ -50,6 +58,15 @@ class AdapterSpec:
 
 
 @dataclass
+class EmbedderSpec:
+    """The ``[embedder]`` section: tune the retriever too."""
+
+    questions: int | None  # sampled from the train split (None = all)
+    tune: dict[str, Any]  # tuner.embed_args.EmbedTuneArgs fields
+    index: str  # the index its embeddings go into (the run's index stays the base one)
+
+
+@dataclass
 class Experiment:
     """A checked experiment config; paths are absolute."""
 
@@ -61,10 +78,16 @@ class Experiment:
     index: str
     adapters: dict[str, AdapterSpec]
     eval: dict[str, Any] = field(default_factory=dict)
+    embedder: EmbedderSpec | None = None
 
     def adapter_name(self, key: str) -> str:
         """The registry name of adapter ``key`` (the experiment owns adapters so named)."""
         return f"{self.name}-{key}"
+
+    @property
+    def embedder_name(self) -> str:
+        """The tuned-embedder registry name (the experiment owns the embedder so named)."""
+        return f"{self.name}-embedder"
 
 
 def _unknown(section: str, got: dict[str, Any], allowed: set[str]) -> None:
@@ -101,15 +124,28 @@ def load_experiment(path: Path) -> Experiment:
     _unknown("eval", ev, EVAL_KEYS)
     name = str(raw.get("name") or path.stem)
     validate_name(name, "experiment")
+    index = str((raw.get("index") or {}).get("name") or f"{name}-index")
+    embedder = None
+    if "embedder" in raw:
+        emb = raw["embedder"] or {}
+        _unknown("embedder", emb, EMBEDDER_KEYS)
+        embedder = EmbedderSpec(
+            emb.get("questions"),
+            dict(emb.get("tune") or {}),
+            validate_name(str(emb.get("index") or f"{index}-tuned"), "index"),
+        )
+        if embedder.index == index:
+            raise InvalidInput("experiment [embedder] index must differ from [index] name")
     return Experiment(
         name=name,
         source=path,
         settings=dict(raw.get("settings") or {}),
         dataset=dataset,
         split=split,
-        index=str((raw.get("index") or {}).get("name") or f"{name}-index"),
+        index=index,
         adapters=adapters,
         eval=ev,
+        embedder=embedder,
     )
 
 
@@ -141,8 +177,15 @@ def eval_modes(exp: Experiment) -> list[str]:
 def eval_run_config(exp: Experiment, test_file: Path) -> RunConfig:
     """The eval run of the experiment: every mode on all of ``test_file`` (the held-out
     articles; the split already happened, so the runner's own split is ``all``)."""
+    from ragtune.core.embedders import tuned_spec
     from ragtune.eval.runner import RunConfig
 
+    retrievers = {}
+    if exp.embedder is not None:  # rag@tuned, hybrid:A@tuned beside every rag / hybrid mode
+        retrievers[TUNED_RETRIEVER] = {
+            "index": exp.embedder.index,
+            "embedder": tuned_spec(exp.embedder_name),
+        }
     # [eval] values as given; everything else takes RunConfig's defaults (their one home).
     return RunConfig.from_mapping(
         {
@@ -151,5 +194,6 @@ def eval_run_config(exp: Experiment, test_file: Path) -> RunConfig:
             "modes": eval_modes(exp),
             "index": exp.index,
             "split": "all",
+            "retrievers": retrievers,
         }
     )

@@ -4,7 +4,8 @@ One typed record per step. The file is rewritten (atomically) after every step; 
 it back to decide whether an adapter can be reused and whether the eval results still belong
 to the current index and adapters. Layout (keys sorted on disk)::
 
-    {"steps": {"split": {...}, "index": {...}, "adapter:<key>": {...}, "eval": {...}},
+    {"steps": {"split": {...}, "index": {...}, "adapter:<key>": {...},
+               "embedder": {...}, "tuned_index": {...}, "eval": {...}},
      "total_seconds_last_run": 123.4}
 """
 
@@ -56,12 +57,26 @@ class AdapterStep:
     val_loss: float | None = None
 
 
+@dataclass
+class EmbedderStep:
+    """The tuned embedder; reused while ``key`` and the registry's ``version`` match."""
+
+    name: str
+    key: dict[str, Any]  # the training arguments, data hash, index version, settings (as JSON)
+    version: str | None = None
+    model_id: str | None = None  # name@version: what the tuned index records
+    seconds: float = 0.0
+    val_recall: dict[str, Any] = field(default_factory=dict)  # k, base, tuned (validation)
+
+
 @dataclass(frozen=True)
 class EvalInputs:
     """What the eval results were answered by: a change means they are stale."""
 
     index_version: str | None
     adapters: dict[str, str | None]  # adapter key -> adapter version
+    embedder: str | None = None  # the tuned embedder's model id (name@version)
+    tuned_index_version: str | None = None
 
 
 @dataclass
@@ -71,7 +86,13 @@ class EvalStep:
     n: int | None = None  # questions evaluated
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"inputs": asdict(self.inputs)}
+        # the tuned-embedder keys only when there is one (files of older runs round-trip)
+        inputs = {
+            k: v
+            for k, v in asdict(self.inputs).items()
+            if v is not None or k not in ("embedder", "tuned_index_version")
+        }
+        out: dict[str, Any] = {"inputs": inputs}
         if self.seconds is not None:
             out.update(seconds=self.seconds, n=self.n)
         return out
@@ -84,6 +105,8 @@ class ExperimentState:
     split: SplitStep | None = None
     index: IndexStep | None = None
     adapters: dict[str, AdapterStep] = field(default_factory=dict)  # by adapter key
+    embedder: EmbedderStep | None = None
+    tuned_index: IndexStep | None = None  # the index built with the tuned embedder
     eval: EvalStep | None = None
     total_seconds_last_run: float | None = None
 
@@ -114,6 +137,8 @@ class ExperimentState:
                 for k, v in steps.items()
                 if k.startswith(ADAPTER_PREFIX)
             },
+            embedder=_build(EmbedderStep, steps["embedder"]) if "embedder" in steps else None,
+            tuned_index=_build(IndexStep, steps["tuned_index"]) if "tuned_index" in steps else None,
             eval=EvalStep(EvalInputs(**ev["inputs"]), seconds=ev.get("seconds"), n=ev.get("n"))
             if ev
             else None,
@@ -128,6 +153,10 @@ class ExperimentState:
             steps["index"] = asdict(self.index)
         for key, step in self.adapters.items():
             steps[ADAPTER_PREFIX + key] = asdict(step)
+        if self.embedder is not None:
+            steps["embedder"] = asdict(self.embedder)
+        if self.tuned_index is not None:
+            steps["tuned_index"] = asdict(self.tuned_index)
         if self.eval is not None:
             steps["eval"] = self.eval.to_dict()
         out: dict[str, Any] = {"steps": steps}
@@ -142,6 +171,10 @@ class ExperimentState:
         """(step, seconds) of the index, each adapter and the eval, in run order."""
         out = [("index", self.index.seconds if self.index else 0.0)]
         out += [(key, step.seconds) for key, step in self.adapters.items()]
+        if self.embedder is not None:
+            out.append(("embedder", self.embedder.seconds))
+        if self.tuned_index is not None:
+            out.append(("tuned index", self.tuned_index.seconds))
         out.append(("eval", (self.eval.seconds if self.eval else None) or 0.0))
         return out
 

@@ -37,8 +37,12 @@ def test_run_all_modes_through_pipeline(tiny_env, tmp_path):
     recs = read_results(out / RESULTS)
     answers = [r for r in recs if r["kind"] == "answer"]
     retrieval = [r for r in recs if r["kind"] == "retrieval"]
-    assert len(answers) == 9 * 5 and len(retrieval) == 9
-    assert set(summary["variants"]) == {"base", "rag", "finetune:qa", "hybrid:qa", "oracle"}
+    # hybrid:qa brings oracle:qa along (the loss split)
+    assert len(answers) == 9 * 6 and len(retrieval) == 9
+    assert set(summary["variants"]) == {
+        "base", "rag", "finetune:qa", "hybrid:qa", "oracle", "oracle:qa",
+    }  # fmt: skip
+    assert [r["variant"] for r in summary["loss_split"]] == ["hybrid:qa"]
     for r in answers:
         assert 0.0 <= r["f1"] <= 1.0 and r["prompt_tokens"] > 0
         if r["mode"] in ("rag", "hybrid"):
@@ -49,7 +53,7 @@ def test_run_all_modes_through_pipeline(tiny_env, tmp_path):
     # 8 paragraphs, retrieve_k 10: every gold document is found within the top 10
     assert summary["retrieval"]["recall@10"]["mean"] == 1.0
     assert summary["verdict"]["winner"] in {"base", "rag", "finetune:qa", "hybrid:qa"}
-    assert len(summary["pairs"]) == 10
+    assert len(summary["pairs"]) == 15  # 6 variants, oracle:qa included
     for name in ("config.json", "summary.json", "report.md", "report.html"):
         assert (out / name).is_file()
     assert {p.name for p in (out / "plots").iterdir()} == {
@@ -58,7 +62,7 @@ def test_run_all_modes_through_pipeline(tiny_env, tmp_path):
         "recall_at_k.png",
     }
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["variants"] == ["base", "rag", "finetune:qa", "hybrid:qa", "oracle"]
+    assert cfg["variants"] == ["base", "rag", "finetune:qa", "hybrid:qa", "oracle", "oracle:qa"]
     assert len(cfg["dataset_sha256"]) == 64
 
 

@@ -21,8 +21,9 @@ def test_demo_runs_the_shipped_config(tiny_settings):
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["n_questions"] == 60
     assert set(summary["variants"]) == {
-        "base", "rag", "finetune:demo-closed", "hybrid:demo-raft", "oracle",
+        "base", "rag", "finetune:demo-closed", "hybrid:demo-raft", "oracle", "oracle:demo-raft",
     }  # fmt: skip
+    assert "Where hybrid:demo-raft loses F1" in summary["verdict"]["text"]
     state = json.loads((folder / "experiment.json").read_text())
     assert len(state["steps"]["split"]["test_articles"]) == 3
     mode, _, adapter = summary["verdict"]["winner"].partition(":")

@@ -30,7 +30,7 @@ def test_experiment_end_to_end_and_resume(tiny_settings, tiny_experiment):
     assert (conf["retrieve_k"], conf["recall_ks"]) == (defaults.retrieve_k, defaults.recall_ks)
     summary = json.loads((folder / "summary.json").read_text())
     assert set(summary["variants"]) == {
-        "base", "rag", "finetune:tiny-closed", "hybrid:tiny-raft", "oracle",
+        "base", "rag", "finetune:tiny-closed", "hybrid:tiny-raft", "oracle", "oracle:tiny-raft",
     }  # fmt: skip
     assert (tiny_settings.data_dir / "adapters" / "tiny-raft" / "manifest.json").is_file()
     # a rerun reuses the adapters and the results
