@@ -31,7 +31,8 @@ class IndexSummary:
     total_chunks: int = 0
     index_type: str = "flat"
     pruned: bool = True  # whether vanished documents were removed in this run
-    files: int = 0
+    files: int = 0  # files read
+    unchanged_files: int = 0  # files not read: size and modification time as last time
     skipped_files: int = 0
     cleaned: int = 0  # leftovers of interrupted runs removed
     seconds: float = 0.0
@@ -54,6 +55,7 @@ class IndexSummary:
             f"{c.unchanged} unchanged" + (f", {c.kept} kept" if c.kept else ""),
             f"  total:     {self.total_documents} documents, {self.total_chunks} chunks "
             f"({self.index_type} index); {self.files} files read"
+            + (f", {self.unchanged_files} unchanged (not read)" if self.unchanged_files else "")
             + (f", {self.skipped_files} skipped (unsupported type)" if self.skipped_files else ""),
             f"  time:      {self.seconds:.1f} s (embedding {self.embed_seconds:.1f} s)",
         ]
