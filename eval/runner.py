@@ -23,6 +23,7 @@ from typing import Any
 
 from ragtune.core.atomic import write_json_atomic
 from ragtune.core.errors import InvalidInput
+from ragtune.core.filters import parse_filter
 from ragtune.core.pipeline import QueryRequest
 from ragtune.core.qa import QARecord
 from ragtune.core.types import Answer, Hit
@@ -59,6 +60,7 @@ class RunConfig:
     sample_seed: int = 0
     top_k: int | None = None
     retrieval: str | None = None
+    filter: dict[str, Any] | None = None  # metadata filter on retrieval (core.filters)
     max_new_tokens: int | None = None
     batch_size: int = 8
     retrieve_k: int = 10
@@ -105,6 +107,8 @@ class RunConfig:
             raise InvalidInput("limit must be at least 1", field="limit")
         if self.retrieve_k < 1:
             raise InvalidInput("retrieve_k must be at least 1", field="retrieve_k")
+        flt = parse_filter(self.filter)  # names the problem; the fields are checked at search
+        self.filter = flt.to_json() if flt is not None else None
         self.variants()
         self.split_spec()
         return self
@@ -252,6 +256,7 @@ def _request(v: Variant, item: QARecord, c: RunConfig) -> QueryRequest:
         retrieval=c.retrieval,  # type: ignore[arg-type]
         max_new_tokens=c.max_new_tokens,
         contexts=contexts,
+        filter=c.filter if v.retrieves and contexts is None else None,
     )
 
 
@@ -407,7 +412,9 @@ def _retrieval_records(
     for it in chunk:
         if (RETRIEVAL, it.id) in done:
             continue
-        hits = target.retrieve(it.question, config.index, config.retrieve_k, config.retrieval or "")
+        hits = target.retrieve(
+            it.question, config.index, config.retrieve_k, config.retrieval or "", config.filter
+        )
         if hits is not None:  # a target that cannot retrieve on its own (a service) gives None
             recs.append(retrieval_record(it, hits, config.recall_ks))
     return recs
