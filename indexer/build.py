@@ -74,7 +74,7 @@ from ragtune.indexer.store_write import (
     StoreWriter,
     disk_full_is_clear,
 )
-from ragtune.indexer.summary import IndexSummary
+from ragtune.indexer.summary import IndexSummary, timed
 
 LOCK_FILE = ".lock"
 # A test hook: called with each stage's name as a run reaches it (the kill tests stop there).
@@ -225,10 +225,12 @@ def _run(
     progress: bool,
     stage: StageHook,
 ) -> IndexSummary:
+    t0 = time.perf_counter()
     old_files = _old_files(live, store)
     skip = settings.skip_unchanged_files and live.manifest is not None
     known = {s: f.fingerprint for s, f in old_files.items()} if skip else None
     loaded = load_paths(paths, known)
+    t_load = time.perf_counter() - t0
     if not loaded.documents and not loaded.unchanged_sources:
         detail = "; ".join(str(i) for i in loaded.issues[:10]) or "no supported files found"
         raise DataError(f"nothing to index: {detail}")
@@ -242,18 +244,23 @@ def _run(
     )
     cfg = chunker.config(embedder.model_id)
     rechunk_all = live.chunker is not None and live.chunker != cfg
+    t0 = time.perf_counter()
     if rechunk_all and loaded.unchanged_sources:  # every document is needed again
         loaded = load_paths(paths, None)
+        t_load += time.perf_counter() - t0
+        t0 = time.perf_counter()
     old_docs = _old_docs(live, store, loaded, old_files)
     p = plan(loaded, old_docs, old_files, prune, rechunk_all)
     summary = planned_summary(name, loaded, live, p, prune)
+    summary.timings = {"load": round(t_load, 3), "plan": round(time.perf_counter() - t0, 3)}
     stage("planned")
     if live.manifest is not None and not p.changes and live.built_as(settings):
         _refresh_fingerprints(store, p, old_files)
         summary.version = live.version
         return _totals(summary, live.manifest)  # no new version
 
-    edit = chunk_changes(chunker, p, live, summary)
+    with timed(summary, "chunk"):
+        edit = chunk_changes(chunker, p, live, summary)
     _check_disk(index_dir(settings, name), live, edit, embedder.dim)
     manifest = write_version(
         settings, name, live, p, edit, cfg, embedder, store, progress, summary, stage
@@ -261,8 +268,9 @@ def _run(
     # The swap: from here on readers see the new version.
     stage("swap")
     idir = index_dir(settings, name)
-    write_text_atomic(idir / CURRENT_FILE, manifest.version)
-    collect_garbage(idir / VERSIONS_DIR, store, manifest, live)
+    with timed(summary, "swap+gc"):
+        write_text_atomic(idir / CURRENT_FILE, manifest.version)
+        collect_garbage(idir / VERSIONS_DIR, store, manifest, live)
     summary.changed = True
     summary.version = manifest.version
     return _totals(summary, manifest)
@@ -434,19 +442,26 @@ def write_version(
                 embedder, texts, [len(t) for t in texts], settings.embed_batch_size, progress
             )
             summary.embed_seconds = round(time.perf_counter() - t_embed, 3)
+            summary.timings["embed"] = summary.embed_seconds
 
-            carried = _write_rows(live, p, edit, vecs, store, seq, stage)
+            with timed(summary, "store"):
+                carried = _write_rows(live, p, edit, vecs, store, seq, stage)
             stage("store-committed")
 
             old_ids = live.old_ids()
             keep = ~np.isin(old_ids, edit.drop)
             ids = np.concatenate([old_ids[keep], edit.ids])
-            index, kind = update_vectors(settings, live, old_ids, edit, vecs, embedder.dim, store)
-            faiss.write_index(index, str(tmp / FAISS_FILE))
-            del index
+            with timed(summary, "faiss"):
+                index, kind = update_vectors(
+                    settings, live, old_ids, edit, vecs, embedder.dim, store
+                )
+                faiss.write_index(index, str(tmp / FAISS_FILE))
+                del index
             np.save(tmp / IDS_FILE, ids)
-            bm25 = _write_bm25(tmp / BM25_DIR, live, keep, old_ids, carried, edit)
-            fields = _write_fields(tmp / FIELDS_DIR, live, keep, old_ids, carried, edit)
+            with timed(summary, "bm25"):
+                bm25 = _write_bm25(tmp / BM25_DIR, live, keep, old_ids, carried, edit)
+            with timed(summary, "fields"):
+                fields = _write_fields(tmp / FIELDS_DIR, live, keep, old_ids, carried, edit)
             (tmp / READERS_FILE).touch()
             now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             old = live.manifest or (live.legacy.manifest if live.legacy else None)
@@ -469,7 +484,8 @@ def write_version(
                 fields=fields,
             )
             manifest.write(tmp / MANIFEST)  # fsynced by the atomic write
-            _fsync_tree(tmp)
+            with timed(summary, "fsync"):
+                _fsync_tree(tmp)
             stage("files-written")
             os.rename(tmp, vroot / version)
             fsync_dir(vroot)

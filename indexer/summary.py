@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -38,6 +41,7 @@ class IndexSummary:
     seconds: float = 0.0
     embed_seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per step of the run
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,3 +69,13 @@ class IndexSummary:
             lines.append(f"  problems ({len(self.errors)}):")
             lines.extend(f"    {e}" for e in self.errors)
         return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def timed(summary: IndexSummary, step: str) -> Iterator[None]:
+    """Add the time spent in the block to ``summary.timings[step]``."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        summary.timings[step] = round(summary.timings.get(step, 0.0) + time.perf_counter() - t0, 3)
