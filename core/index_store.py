@@ -257,8 +257,13 @@ class LoadedIndex:
         return len(self.ids)
 
     def close(self) -> None:
-        """Release the store connection (the version lock goes when the object does)."""
+        """Release the store connection and the version's reader lock (both also go when the
+        object is garbage-collected)."""
         self.store.close()
+        self.release()
+
+    def release(self) -> None:
+        """Replaced by open_index with the release of the version's reader lock."""
 
     # --- filters ----------------------------------------------------------------------------
     def filter_mask(self, flt: MetadataFilter | dict[str, Any] | None) -> np.ndarray | None:
@@ -543,7 +548,7 @@ def _open_version(
             os.close(fd)
         raise
     if fd is not None:
-        weakref.finalize(index, _release, fd)
+        index.release = weakref.finalize(index, _release, fd)  # type: ignore[method-assign]
     return index
 
 

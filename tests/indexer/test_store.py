@@ -4,7 +4,6 @@ before the top-k in every method, BM25 is persisted and updated to what a rebuil
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import sqlite3
@@ -134,8 +133,7 @@ def test_a_reader_keeps_its_version_across_swaps(tiny_settings, tiny_embedder, c
     hits = old.search("Eiffel Tower Paris", 1, "hybrid")
     assert hits[0].text == "The Eiffel Tower is in Paris. Paris is the capital of France."
     assert old.search("Counter", 3, "bm25") == []  # its own view: no later document
-    del old, hits
-    gc.collect()
+    old.close()  # (or drop it: the lock goes when the object is collected)
     (corpus / "counter.txt").write_text("Counter document, last run.")
     build(tiny_settings, [corpus], tiny_embedder)
     assert not version_dir(tiny_settings, "kb", first.version).exists()
