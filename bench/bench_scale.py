@@ -160,11 +160,15 @@ def make_data(work: Path, n: int, dim: int, per_file: int, n_queries: int) -> di
     # Queries: close to one ticket each (its vector plus noise), its words as the text.
     qrows = rng.choice(n, size=n_queries, replace=False)
     qvecs = unit(np.asarray(vecs[qrows]) + 0.4 * unit(rng.standard_normal((n_queries, dim))))
-    queries = []
-    for j, r in enumerate(qrows):
+    queries: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for r in qrows:  # distinct texts: the lookup "embedder" maps a query's text to its vector
         ws = texts[r].split(": ", 1)[1].rstrip(".").split()
-        picked = rng.choice(ws, size=4, replace=False)
-        queries.append({"q": f"{' '.join(picked)} #{j}", "row": int(r)})
+        q = " ".join(rng.choice(ws, size=4, replace=False))
+        while q in seen:
+            q = " ".join(rng.choice(ws, size=4, replace=False))
+        seen.add(q)
+        queries.append({"q": q, "row": int(r)})
     np.save(work / "queries.npy", qvecs)
     (work / "queries.json").write_text(json.dumps(queries))
     return {"files": (n + per_file - 1) // per_file}
