@@ -43,7 +43,13 @@ import numpy as np
 from ragtune.core.bm25_index import BM25_DIR, STOPWORDS, Bm25Model, bm25_text, bm25_tokenize
 from ragtune.core.chunk_store import STORE_FILE, ChunkStore
 from ragtune.core.config import Settings
-from ragtune.core.errors import IndexFormatOutdated, IndexMismatch, IndexNotFound, InvalidInput
+from ragtune.core.errors import (
+    IndexFormatOutdated,
+    IndexMismatch,
+    IndexNotFound,
+    InvalidInput,
+    ManifestError,
+)
 from ragtune.core.fields import FIELDS_DIR, FieldColumns
 from ragtune.core.filters import MetadataFilter, parse_filter
 from ragtune.core.manifests import (
@@ -143,6 +149,20 @@ def read_documents(
         return store.documents(m.seq)
     finally:
         store.close()
+
+
+def check_store(settings: Settings, name: str) -> Path:
+    """The index's chunk store, which must exist next to a schema-2 version."""
+    path = store_path(settings, name)
+    if not path.is_file():
+        problem = "has no chunk store"
+        raise ManifestError(
+            f"index {name!r} {problem} ({path} is missing); remove the index with "
+            f"`ragtune index rm {name}` and build it again",
+            path=str(path),
+            problem=problem,
+        )
+    return path
 
 
 def outdated(name: str, path: Path) -> IndexFormatOutdated:
@@ -527,6 +547,7 @@ def _open_version(
     fd = hold_version(vdir)
     try:
         manifest = read_manifest(settings, name, version)
+        check_store(settings, name)
         if embedder is not None:
             check_compatible(manifest, embedder.model_id, embedder.dim)
         mmap = settings.index_mmap

@@ -63,11 +63,21 @@ class Postings:
         )
 
     def append(self, other: Postings) -> Postings:
-        return Postings(
-            np.concatenate([self.tokens, other.tokens]),
-            np.concatenate([self.tf, other.tf]),
-            np.concatenate([self.ptr, other.ptr[1:] + self.ptr[-1]]),
-            np.concatenate([self.length, other.length]),
+        return Postings.concat([self, other])
+
+    @classmethod
+    def concat(cls, parts: Sequence[Postings]) -> Postings:
+        """The rows of ``parts``, one after the other (one copy of each array)."""
+        if not parts:
+            return cls.empty()
+        offsets = np.cumsum([0] + [int(p.ptr[-1]) for p in parts[:-1]])
+        return cls(
+            np.concatenate([p.tokens for p in parts]),
+            np.concatenate([p.tf for p in parts]),
+            np.concatenate(
+                [parts[0].ptr[:1]] + [p.ptr[1:] + o for p, o in zip(parts, offsets, strict=True)]
+            ),
+            np.concatenate([p.length for p in parts]),
         )
 
     def save(self, folder: Path) -> None:
@@ -80,29 +90,33 @@ class Postings:
         return cls(**arrays)
 
 
-def tokenize(texts: Sequence[str], vocab: dict[str, int]) -> Postings:
-    """Postings of ``texts``; unseen tokens are appended to ``vocab``."""
-    flat: list[int] = []
+def tokenize(texts: Sequence[str], vocab: dict[str, int], block: int = 50_000) -> Postings:
+    """Postings of ``texts``; unseen tokens are appended to ``vocab``.
+
+    Done ``block`` texts at a time, so that a million texts never become one Python list of
+    token ids (Python ints cost 28 bytes each).
+    """
+    parts = [_tokenize_block(texts[a : a + block], vocab) for a in range(0, len(texts), block)]
+    return Postings.concat(parts)
+
+
+def _tokenize_block(texts: Sequence[str], vocab: dict[str, int]) -> Postings:
     lengths = np.zeros(len(texts), dtype=np.int32)
+    flat: list[int] = []
     for r, text in enumerate(texts):
         toks = bm25_tokenize(text)
         lengths[r] = len(toks)
-        flat.extend(vocab.setdefault(t, len(vocab)) for t in toks)
-    if not flat:
-        return Postings(
-            np.zeros(0, np.int32),
-            np.zeros(0, np.int32),
-            np.zeros(len(texts) + 1, np.int64),
-            lengths,
-        )
-    # Distinct (row, token) pairs and their counts, sorted by row then token.
-    rows = np.repeat(np.arange(len(texts), dtype=np.int64), lengths)
-    key = rows * len(vocab) + np.asarray(flat, dtype=np.int64)
-    uniq, tf = np.unique(key, return_counts=True)
-    row_of = uniq // len(vocab)
+        flat.extend([vocab.setdefault(t, len(vocab)) for t in toks])
     ptr = np.zeros(len(texts) + 1, dtype=np.int64)
-    np.cumsum(np.bincount(row_of, minlength=len(texts)), out=ptr[1:])
-    return Postings((uniq % len(vocab)).astype(np.int32), tf.astype(np.int32), ptr, lengths)
+    if not flat:
+        z = np.zeros(0, dtype=np.int32)
+        return Postings(z, z.copy(), ptr, lengths)
+    # Distinct (row, token) pairs and their counts, sorted by row then token.
+    width = len(vocab)
+    rows = np.repeat(np.arange(len(texts), dtype=np.int64), lengths)
+    uniq, tf = np.unique(rows * width + np.asarray(flat, dtype=np.int64), return_counts=True)
+    np.cumsum(np.bincount(uniq // width, minlength=len(texts)), out=ptr[1:])
+    return Postings((uniq % width).astype(np.int32), tf.astype(np.int32), ptr, lengths)
 
 
 def score_matrix(

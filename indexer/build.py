@@ -45,6 +45,7 @@ from ragtune.core.index_store import (
     READERS_FILE,
     VERSIONS_DIR,
     check_compatible,
+    check_store,
     current_version,
     index_dir,
     version_dir,
@@ -203,6 +204,8 @@ def update_index(
         cleaned = clean_stale(idir) + clean_stale(vroot) + clean_stale(settings.indexes_dir)
         live = read_live(settings, name)
         fresh = live.manifest is None  # no store to build on: start a new file
+        if not fresh:
+            check_store(settings, name)
         store = StoreWriter(idir / STORE_FILE, fresh=fresh)
         try:
             if not fresh and store.cleanup_orphans(live.seq, live.next_int_id):

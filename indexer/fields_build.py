@@ -127,7 +127,9 @@ def encode_documents(
     """
     names = list(known)
     index = {n: j for j, n in enumerate(names)}
-    cells: list[tuple[int, int, int, int, float]] = []  # (document, column, type, hash, number)
+    docs = len(metadatas)
+    # One set of arrays per field, made when the field first shows up (no per-cell objects).
+    cols: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     cache: dict[Any, tuple[int, int, float]] = {}
     for d, meta in enumerate(metadatas):
         for key, value in meta.items():
@@ -143,12 +145,21 @@ def encode_documents(
                 continue
             except KeyError:
                 enc = cache[(type(value), value)] = encode_value(value)
-            if enc[0] != MISSING:
-                cells.append((d, j, *enc))
-    doc_cols = Columns.empty(len(metadatas), names)
-    if cells:
-        d_, j_, t_, h_, x_ = (np.asarray(c) for c in zip(*cells, strict=True))
-        doc_cols.types[d_, j_], doc_cols.hashes[d_, j_], doc_cols.numbers[d_, j_] = t_, h_, x_
+            if enc[0] == MISSING:
+                continue
+            col = cols.get(j)
+            if col is None:
+                col = cols[j] = (
+                    np.zeros(docs, dtype=np.int8),
+                    np.zeros(docs, dtype=np.int64),
+                    np.full(docs, np.nan, dtype=np.float64),
+                )
+            col[0][d], col[1][d], col[2][d] = enc
+        if len(cache) > 100_000:  # mostly unique values (paths, titles): do not hoard them
+            cache.clear()
+    doc_cols = Columns.empty(docs, names)
+    for j, (t, h, x) in cols.items():
+        doc_cols.types[:, j], doc_cols.hashes[:, j], doc_cols.numbers[:, j] = t, h, x
     counts = np.asarray(chunk_counts, dtype=np.int64)
     return Columns(
         names,

@@ -181,19 +181,34 @@ class StoreWriter:
         first_doc = int(
             self.con.execute("SELECT coalesce(max(doc), -1) + 1 FROM documents").fetchone()[0]
         )
-        docs, rows = [], {}
-        for i, nd in enumerate(new):
-            d = nd.doc
-            row = DocRow(first_doc + i, d.id, d.sha256, d.source, nd.first_chunk, len(nd.chunks))
-            rows[d.id] = row
-            meta = json.dumps(nd.metadata, ensure_ascii=False, default=str)
-            docs.append(
-                (row.doc, d.id, d.sha256, d.source, meta, row.first_chunk, row.n_chunks, seq)
+        rows = {
+            nd.doc.id: DocRow(
+                first_doc + i,
+                nd.doc.id,
+                nd.doc.sha256,
+                nd.doc.source,
+                nd.first_chunk,
+                len(nd.chunks),
             )
+            for i, nd in enumerate(new)
+        }
         self.con.executemany(
             "INSERT INTO documents(doc, doc_id, sha256, source, metadata, first_chunk, n_chunks, "
             "born) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            docs,
+            (
+                (
+                    r.doc,
+                    r.doc_id,
+                    r.sha256,
+                    r.source,
+                    json.dumps(nd.metadata, ensure_ascii=False, default=str),
+                    r.first_chunk,
+                    r.n_chunks,
+                    seq,
+                )
+                for nd in new
+                for r in (rows[nd.doc.id],)
+            ),
         )
         self.con.executemany(
             "INSERT INTO chunks(int_id, doc, chunk_id, text, start, end) VALUES (?, ?, ?, ?, ?, ?)",
@@ -203,11 +218,11 @@ class StoreWriter:
                 for j, c in enumerate(nd.chunks)
             ),
         )
-        half = np.asarray(vecs, dtype=np.float16)
         ids = (nd.first_chunk + j for nd in new for j in range(len(nd.chunks)))
         self.con.executemany(
             "INSERT INTO vectors(int_id, vec) VALUES (?, ?)",
-            ((i, half[r].tobytes()) for r, i in enumerate(ids)),
+            # float16, one row at a time: no second copy of every vector
+            ((i, vecs[r].astype(np.float16).tobytes()) for r, i in enumerate(ids)),
         )
         return rows
 
@@ -229,10 +244,9 @@ class StoreWriter:
             )
 
     def add_vectors(self, int_ids: np.ndarray, vecs: np.ndarray) -> None:
-        half = np.asarray(vecs, dtype=np.float16)
         self.con.executemany(
             "INSERT INTO vectors(int_id, vec) VALUES (?, ?)",
-            ((int(i), half[r].tobytes()) for r, i in enumerate(int_ids)),
+            ((int(i), vecs[r].astype(np.float16).tobytes()) for r, i in enumerate(int_ids)),
         )
 
     def retire(self, docs: Iterable[int], seq: int) -> None:

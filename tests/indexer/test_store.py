@@ -314,3 +314,16 @@ def test_index_show_reads_the_store(tiny_settings, tiny_embedder, corpus):
     over = index_overview(tiny_settings, "kb")
     assert over.store_bytes > 0 and over.bytes > over.faiss_bytes > 0
     assert "file_type" in over.fields
+
+
+def test_a_missing_chunk_store_is_one_clear_error(tiny_settings, tiny_embedder, corpus):
+    from ragtune.core.errors import ManifestError
+
+    build(tiny_settings, [corpus], tiny_embedder)
+    (tiny_settings.indexes_dir / "kb" / "store.sqlite").unlink()
+    for action in (
+        lambda: open_index(tiny_settings, "kb", tiny_embedder),
+        lambda: build(tiny_settings, [corpus], tiny_embedder),
+    ):
+        with pytest.raises(ManifestError, match=r"index 'kb' has no chunk store .*index rm kb"):
+            action()
