@@ -447,6 +447,7 @@ def write_version(
             summary.embed_seconds = round(time.perf_counter() - t_embed, 3)
             summary.timings["embed"] = summary.embed_seconds
 
+            note(progress, f"writing {len(edit.chunks):,} chunks to the chunk store")
             with timed(summary, "store"):
                 carried = _write_rows(live, p, edit, vecs, store, seq, stage)
             stage("store-committed")
@@ -461,6 +462,7 @@ def write_version(
                 faiss.write_index(index, str(tmp / FAISS_FILE))
                 del index
             np.save(tmp / IDS_FILE, ids)
+            note(progress, "updating the BM25 model and the metadata columns")
             with timed(summary, "bm25"):
                 bm25 = _write_bm25(tmp / BM25_DIR, live, keep, old_ids, carried, edit)
             with timed(summary, "fields"):
@@ -499,6 +501,12 @@ def write_version(
             ) from e
         raise
     return manifest
+
+
+def note(progress: bool, message: str) -> None:
+    """One line on stderr for a step that has no progress bar (with --quiet: nothing)."""
+    if progress:
+        print(f"{message} ...", file=sys.stderr, flush=True)
 
 
 def _documents_after(live: Live, p: Plan) -> int:
