@@ -490,19 +490,18 @@ def hold_version(vdir: Path) -> int | None:
     return fd
 
 
-def read_faiss(path: Path, mmap: bool) -> Any:
-    """Read an index file; memory-mapped (shared between processes, never to be modified)."""
+def read_faiss(path: Path, mmap: bool, flat: bool) -> Any:
+    """Read an index file; memory-mapped, it is shared between processes (never modify it).
+
+    In faiss-cpu 1.15, IO_FLAG_MMAP maps the inverted lists of the IVF kinds but still copies
+    a flat index into memory; IO_FLAG_MMAP_IFC maps a flat index's vectors in place.
+    """
     import faiss
 
     if not mmap:
         return faiss.read_index(str(path))
-    try:  # IVF kinds map their inverted lists; the flag does nothing for a flat index ...
-        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
-        faiss.extract_index_ivf(index)
-        return index
-    except RuntimeError:
-        # ... which IO_FLAG_MMAP_IFC maps instead (its codes in place in the file).
-        return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
+    flags = faiss.IO_FLAG_MMAP_IFC if flat else faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY
+    return faiss.read_index(str(path), flags)
 
 
 def open_index(
@@ -556,7 +555,7 @@ def _open_version(
             version,
             manifest,
             vdir,
-            read_faiss(vdir / FAISS_FILE, mmap),
+            read_faiss(vdir / FAISS_FILE, mmap, flat=manifest.index_type == "flat"),
             ChunkStore(store_path(settings, name)),
             np.load(vdir / IDS_FILE, mmap_mode="r" if mmap else None),
             _no_embedder if embedder is None else _encoder(embedder, settings.embed_batch_size),
