@@ -153,7 +153,13 @@ def show_cmd(app: AppContext, name: str, as_json: bool) -> None:
     ch = info.chunker
     click.echo(f"{'chunker':<17} {ch.chunk_size} tokens, overlap {ch.chunk_overlap}")
     click.echo(f"{'updated':<17} {info.updated} (created {info.created})")
-    click.echo(f"{'size':<17} {info.bytes / 1e6:.1f} MB")
+    click.echo(
+        f"{'size':<17} {info.bytes / 1e6:.1f} MB this version "
+        f"(FAISS {info.faiss_bytes / 1e6:.1f} MB) + {info.store_bytes / 1e6:.1f} MB chunk store"
+    )
+    if info.fields:
+        fields = ", ".join(f"{k} ({f.kind})" for k, f in info.fields.items())
+        click.echo(f"{'filter fields':<17} {fields}")
     click.echo("sources:")
     for src, n in info.sources.items():
         click.echo(f"  {src}  ({n} document{'s' if n != 1 else ''})")

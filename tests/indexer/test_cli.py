@@ -55,6 +55,7 @@ def test_index_list_show_rm(run, corpus: Path) -> None:
     assert "kb" in out and "flat" in out
     rc, out, _ = run("index", "show", "kb")
     assert rc == 0 and "docs/people.jsonl  (2 documents)" in out
+    assert "MB chunk store" in out and "modified (date)" in out
     rc, out, _ = run("index", "show", "kb", "--json")
     assert json.loads(out)["documents"] == 5
     rc, out, _ = run("index", "rm", "kb")
