@@ -95,6 +95,7 @@ SYLLABLES = [
     "sta",
     "tri",
 ]
+# About 7% and 0.25% of the chunks pass (the report prints the measured share).
 FILTER_WIDE = {"tenant": {"in": [f"tenant{i}" for i in (3, 7, 11, 19, 29)]}, "year": {"gte": 2014}}
 FILTER_NARROW = {"tenant": "tenant3", "year": 2015}
 
@@ -321,19 +322,31 @@ def stage_serve(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     # Everything since the process started: interpreter, imports, open, first queries.
     out["since_start_s"] = time.time() - psutil.Process().create_time()
     out["lookup_embedder_s"] = t_emb
+    shares = {}
+    for name, flt in (("wide", FILTER_WIDE), ("narrow", FILTER_NARROW)):
+        mask = idx.filter_mask(flt)
+        assert mask is not None
+        shares[name] = f"{mask.mean():.2%}"
+    out["filter_share"] = shares
     lat: dict[str, list[float]] = {}
+    variants = [
+        ("", None, 16),
+        (f" +filter {shares['wide']}", FILTER_WIDE, 16),
+        (f" +filter {shares['narrow']}", FILTER_NARROW, 16),
+        # The mask of a filter is cached per index version; a filter seen for the first time
+        # pays for evaluating it over every chunk:
+        (f" +filter {shares['wide']}, uncached", FILTER_WIDE, 0),
+    ]
     for method in ("dense", "bm25", "hybrid"):
-        for label, flt in (
-            ("", None),
-            (" +filter 7%", FILTER_WIDE),
-            (" +filter 0.1%", FILTER_NARROW),
-        ):
+        for label, flt, cache in variants:
+            idx.mask_cache_size = cache
             times = []
             for q in qs:
                 t0 = time.perf_counter()
                 idx.search(q, 10, method, flt)  # type: ignore[arg-type]
                 times.append((time.perf_counter() - t0) * 1000)
             lat[method + label] = list(_percentiles(times))
+    idx.mask_cache_size = 16
     out["latency_ms"] = lat
     # Recall of the dense index against exact top-10, at several nprobe.
     exact = np.load(work / "exact.npy")
@@ -595,7 +608,7 @@ def main() -> None:
         )
     say("  latency p50 / p95 (ms), top 10, hits with text and metadata read from the store:")
     for k, (p50, p95) in s["latency_ms"].items():
-        say(f"    {k:<22} {p50:7.2f} {p95:8.2f}")
+        say(f"    {k:<34} {p50:7.2f} {p95:8.2f}")
     say(f"  filtered hits all pass the filter: {s['filter_ok']}")
     base = result(child("baseline", work, args))
     say(

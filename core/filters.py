@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ragtune.core.errors import InvalidInput
-from ragtune.core.fields import BOOL, DATE, NUMBER, TEXT, FieldColumns, parse_date, text_hash
+from ragtune.core.fields import BOOL, DATE, NUMBER, FieldColumns, parse_date, text_hash
 
 OPERATORS = ("eq", "in", "gt", "gte", "lt", "lte")
 RANGES = {"gt": np.greater, "gte": np.greater_equal, "lt": np.less, "lte": np.less_equal}
@@ -71,7 +71,7 @@ class MetadataFilter:
     def mask(self, columns: FieldColumns, index: str) -> np.ndarray:
         """Which rows (the version's positions) pass; InvalidInput names a field the index
         does not have or a comparison its values cannot take."""
-        keep = np.ones(columns.rows, dtype=bool)
+        keep: np.ndarray | None = None
         for c in self.conditions:
             col = columns.column(c.field)
             if col is None:
@@ -80,10 +80,12 @@ class MetadataFilter:
                     f"field {c.field!r} is not a metadata field of index {index!r} "
                     f"(its fields: {have})"
                 )
-            keep &= _condition_mask(c, col.types, col.hashes, col.numbers, index)
-            if not keep.any():
-                break
-        return keep
+            m = _condition_mask(c, col.types, col.hashes, col.numbers, index)
+            if keep is None:
+                keep = m
+            else:
+                keep &= m
+        return np.asarray(keep) if keep is not None else np.ones(columns.rows, dtype=bool)
 
     def matches(self, metadata: dict[str, Any]) -> bool:
         """The same test on one chunk's metadata (the check on a filtered search's hits)."""
@@ -126,13 +128,12 @@ def _condition_mask(
         texts = [text_hash(v) for v in c.values if isinstance(v, str)]
         nums = [float(v) for v in c.values if not isinstance(v, str | bool)]
         bools = [float(v) for v in c.values if isinstance(v, bool)]
-        out = np.zeros(len(types), dtype=bool)
-        if texts:
-            out |= ((types == TEXT) | (types == DATE)) & np.isin(hashes, texts)
-        if nums:
-            out |= (types == NUMBER) & np.isin(numbers, nums)
-        if bools:
-            out |= (types == BOOL) & np.isin(numbers, bools)
+        # Only text and date values have a hash (never 0), so a hash match needs no type
+        # check; a number column also holds dates and booleans, so those matches do.
+        out = _any_equal(hashes, texts) if texts else np.zeros(len(types), dtype=bool)
+        for values, kind in ((nums, NUMBER), (bools, BOOL)):
+            if values:
+                out |= _any_equal(numbers, values) & (types == kind)
         return out
     bound = c.values[0]
     want = DATE if isinstance(bound, str) else NUMBER
@@ -147,6 +148,16 @@ def _condition_mask(
     assert b is not None  # a date bound was checked by parse_filter
     with np.errstate(invalid="ignore"):
         return of_type & RANGES[c.op](numbers, b)
+
+
+def _any_equal(column: np.ndarray, values: list[Any]) -> np.ndarray:
+    """column == any of values: a few comparisons (np.isin sorts the whole column)."""
+    if len(values) > 16:
+        return np.isin(column, values)
+    out = column == values[0]
+    for v in values[1:]:
+        out |= column == v
+    return out
 
 
 def _scalar(field: str, value: Any, op: str) -> Scalar:

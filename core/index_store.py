@@ -34,6 +34,7 @@ import os
 import re
 import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -266,6 +267,7 @@ class LoadedIndex:
         self.fields = FieldColumns(folder / FIELDS_DIR, list(manifest.fields), len(ids), mmap)
         self._mmap = mmap
         self._bm25: Bm25Model | None = None
+        self._masks: OrderedDict[str, list[Any]] = OrderedDict()
         self._lock = threading.Lock()
         try:
             self._ivf: Any = faiss.extract_index_ivf(faiss_index)
@@ -286,11 +288,46 @@ class LoadedIndex:
         """Replaced by open_index with the release of the version's reader lock."""
 
     # --- filters ----------------------------------------------------------------------------
+    # Masks of the last few distinct filters (a tenant's filter repeats): 1 byte a chunk each.
+    mask_cache_size: int = 16
+
     def filter_mask(self, flt: MetadataFilter | dict[str, Any] | None) -> np.ndarray | None:
         """Rows (positions) that pass ``flt``; None for no filter. InvalidInput names a
         field this index does not have or a comparison its values cannot take."""
+        entry = self._filter_entry(flt)
+        return None if entry is None else entry[0]
+
+    def _filter_entry(self, flt: MetadataFilter | dict[str, Any] | None) -> list[Any] | None:
+        """[mask, FAISS id bitmap or None until dense search needs it], cached by filter."""
         parsed = parse_filter(flt)
-        return None if parsed is None else parsed.mask(self.fields, self.name)
+        if parsed is None:
+            return None
+        key = parsed.key()
+        with self._lock:
+            entry = self._masks.get(key)
+            if entry is not None:
+                self._masks.move_to_end(key)
+                return entry
+        mask = parsed.mask(self.fields, self.name)
+        mask.flags.writeable = False  # shared by every search that uses this filter
+        entry = [mask, None]
+        with self._lock:
+            self._masks[key] = entry
+            while len(self._masks) > self.mask_cache_size:
+                self._masks.popitem(last=False)
+        return entry
+
+    def _bits(self, entry: list[Any] | None) -> np.ndarray | None:
+        return None if entry is None else self._id_bitmap(entry)
+
+    def _id_bitmap(self, entry: list[Any]) -> np.ndarray:
+        """The filter's passing chunk ids as a bitmap over chunk ids (FAISS IDSelectorBitmap)."""
+        if entry[1] is None:
+            flags = np.zeros(max(self.manifest.next_int_id, 1), dtype=bool)
+            flags[self.ids[entry[0]]] = True
+            entry[1] = np.packbits(flags, bitorder="little")
+        bits: np.ndarray = entry[1]
+        return bits
 
     # --- dense ------------------------------------------------------------------------------
     def _search(self, vecs: np.ndarray, k: int, nprobe: int, sel: Any) -> tuple[Any, Any]:
@@ -314,30 +351,33 @@ class LoadedIndex:
         return self.faiss_index.search(vecs, k, params=inner)
 
     def dense_ids(
-        self, queries: list[str], k: int, mask: np.ndarray | None = None
+        self,
+        queries: list[str],
+        k: int,
+        mask: np.ndarray | None = None,
+        bitmap: np.ndarray | None = None,
     ) -> list[list[tuple[int, float]]]:
         """Top-k (chunk id, cosine) per query; with ``mask``, only passing rows compete.
 
-        The mask becomes a FAISS ``IDSelectorBitmap`` over chunk ids, applied inside the
-        search (before the top-k). IVF kinds probe ``nprobe / fraction passing`` cells (as
-        many passing vectors as an unfiltered search scans), and every cell for a query that
-        still finds fewer than k.
+        The mask becomes a FAISS ``IDSelectorBitmap`` over chunk ids (``bitmap``, when the
+        caller has it already), applied inside the search (before the top-k). IVF kinds
+        probe ``nprobe / fraction passing`` cells (as many passing vectors as an unfiltered
+        search scans), and every cell for a query that still finds fewer than k.
         """
         import faiss
 
         n = self.size
-        passing = n if mask is None else int(mask.sum())
+        passing = n if mask is None else int(np.count_nonzero(mask))
         if not passing or not queries:
             return [[] for _ in queries]
         vecs = np.ascontiguousarray(self.embed(queries), dtype=np.float32)
         k = min(k, passing)
-        sel = bits = None
+        sel = None
         nprobe = self.nprobe
         if mask is not None:
-            flags = np.zeros(max(self.manifest.next_int_id, 1), dtype=bool)
-            flags[self.ids[mask]] = True
-            bits = np.packbits(flags, bitorder="little")
-            sel = faiss.IDSelectorBitmap(len(flags), faiss.swig_ptr(bits))
+            if bitmap is None:
+                bitmap = self._id_bitmap([mask, None])
+            sel = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))  # n: bytes
             if self._ivf is not None:
                 nprobe = filtered_nprobe(self.nprobe, self._ivf.nlist, passing, n)
         scores, ids = self._search(vecs, k, nprobe, sel)
@@ -346,7 +386,7 @@ class LoadedIndex:
             if short and mask is not None:
                 s2, i2 = self._search(vecs[short], k, self._ivf.nlist, sel)
                 scores[short], ids[short] = s2, i2
-        del bits  # the selector pointed into it until here
+        del bitmap  # the selector pointed into it until here
         return [
             [(int(i), float(s)) for i, s in zip(row_ids, row_sc, strict=True) if i >= 0]
             for row_ids, row_sc in zip(ids, scores, strict=True)
@@ -388,15 +428,16 @@ class LoadedIndex:
         if method not in ("dense", "bm25", "hybrid"):
             raise InvalidInput(f"unknown retrieval method {method!r}", field="retrieval")
         flt = parse_filter(filter)
-        mask = None if flt is None else flt.mask(self.fields, self.name)
+        entry = self._filter_entry(flt)
+        mask = None if entry is None else entry[0]
         if method == "dense":
-            ranked = self.dense_ids(queries, k, mask)
+            ranked = self.dense_ids(queries, k, mask, self._bits(entry))
         elif method == "bm25":
             ranked = self.bm25_ids(queries, k, mask)
         else:
             # Fuse deeper lists than k so that RRF can promote what both rankers agree on.
             depth = max(self.fusion_depth, 4 * k)
-            dense = self.dense_ids(queries, depth, mask)
+            dense = self.dense_ids(queries, depth, mask, self._bits(entry))
             sparse = self.bm25_ids(queries, depth, mask)
             ranked = [
                 rrf_fuse(
