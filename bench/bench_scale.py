@@ -138,11 +138,15 @@ def make_data(work: Path, n: int, dim: int, per_file: int, n_queries: int) -> di
     vecs.flush()
     priorities = ["low", "medium", "high"]
     texts: list[str] = []
+    # Word numbers for every ticket at once: 6 of its topic's 280 words, 4 of the common ones.
+    topic_pick = rng.integers(0, 280, size=(n, 6)).tolist()
+    common_pick = rng.integers(0, len(common), size=(n, 4)).tolist()
     for f in range(0, n, per_file):
         lines = []
         for i in range(f, min(n, f + per_file)):
             t = int(t_of[i])
-            body = list(rng.choice(topic_words[t], size=6)) + list(rng.choice(common, size=4))
+            tw = topic_words[t]
+            body = [tw[j] for j in topic_pick[i]] + [common[j] for j in common_pick[i]]
             text = f"ticket {i}: " + " ".join(body) + "."
             texts.append(text)
             rec = {

@@ -11,6 +11,7 @@ between full builds, so kept token ids stay valid.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,10 @@ from ragtune.core.bm25_index import (
 from ragtune.core.manifests import Bm25Info
 
 VOCAB_FILE, PARAMS_FILE = "vocab.index.json", "params.index.json"
+# The vocabulary again, one token a line in id order: the next update reads it about twice as
+# fast as the JSON (which bm25s's loader reads).
+TOKENS_FILE = "vocab.tokens.txt"
+_PLAIN = re.compile(r"[a-z0-9]+")
 MATRIX_FILES = ("data.csc.index.npy", "indices.csc.index.npy", "indptr.csc.index.npy")
 
 
@@ -165,7 +170,7 @@ def save_model(
     data, indices, indptr = score_matrix(postings, len(vocab), k1, b)
     for name, arr in zip(MATRIX_FILES, (data, indices, indptr), strict=True):
         np.save(folder / name, arr)
-    (folder / VOCAB_FILE).write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    write_vocab(folder, vocab)
     params = {
         "k1": k1,
         "b": b,
@@ -184,6 +189,25 @@ def save_model(
     return Bm25Info(k1=k1, b=b, method=BM25_METHOD, vocabulary=len(vocab), avg_length=round(avg, 3))
 
 
+def write_vocab(folder: Path, vocab: dict[str, int]) -> None:
+    """bm25s's ``vocab.index.json`` and our token list. Tokens are [a-z0-9]+ (bm25_tokenize),
+    so the JSON is written without an encoder (json.dumps takes a second at 1M tokens)."""
+    tokens = sorted(vocab, key=vocab.__getitem__)
+    assert [vocab[t] for t in tokens[:1]] in ([], [0]) and len(tokens) == len(vocab)
+    parts = (
+        f'"{t}":{i}' if _PLAIN.fullmatch(t) else f"{json.dumps(t)}:{i}"
+        for i, t in enumerate(tokens)
+    )
+    (folder / VOCAB_FILE).write_text("{" + ",".join(parts) + "}", encoding="utf-8")
+    (folder / TOKENS_FILE).write_text("\n".join(tokens), encoding="utf-8")
+
+
 def read_vocab(folder: Path) -> dict[str, int]:
+    """The vocabulary of a saved model, token -> id."""
+    tokens_file = folder / TOKENS_FILE
+    if tokens_file.is_file():
+        text = tokens_file.read_text(encoding="utf-8")
+        tokens = text.split("\n") if text else []
+        return dict(zip(tokens, range(len(tokens)), strict=True))
     vocab: dict[str, int] = json.loads((folder / VOCAB_FILE).read_text(encoding="utf-8"))
     return vocab
