@@ -32,6 +32,7 @@ RUN_FLAGS = (
     "sample_seed",
     "top_k",
     "retrieval",
+    "filter",
     "max_new_tokens",
     "batch_size",
     "n_boot",
@@ -119,6 +120,11 @@ def build_run_config(config_file: Path | None, flags: dict[str, Any]) -> Any:
             v = {**values.get("retrievers", {}), **dict(parse_retriever(r) for r in v)}
         elif k == "dataset":
             v = str(Path(v).resolve())
+        elif k == "filter":
+            from ragtune.core.filters import parse_filter_text
+
+            flt = parse_filter_text(v)
+            v = flt.to_json() if flt is not None else None
         elif isinstance(v, tuple):
             v = list(v)
         values[k] = v
@@ -192,6 +198,11 @@ def _print_end(out: Path, verdict: str) -> None:
     type=click.Choice(["dense", "bm25", "hybrid"]),
     default=None,
     help="Retrieval method (setting retrieval).",
+)
+@click.option(
+    "--filter",
+    default=None,
+    help='Metadata filter on retrieval, JSON: \'{"file_type": "pdf", "year": {"gte": 2020}}\'.',
 )
 @click.option("--max-new-tokens", type=int, default=None, help="Answer length limit.")
 @click.option(

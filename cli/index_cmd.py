@@ -16,6 +16,7 @@ from ragtune.cli.context import AppContext, pass_app
 
 if TYPE_CHECKING:
     from ragtune.core.config import Settings
+    from ragtune.core.filters import MetadataFilter
     from ragtune.core.index_store import LoadedIndex
     from ragtune.core.types import RetrievalMethod
 
@@ -65,7 +66,19 @@ def index() -> None:
 @click.option("--chunk-size", type=int, default=None, help="Chunk size in tokens.")
 @click.option("--chunk-overlap", type=int, default=None, help="Chunk overlap in tokens.")
 @click.option("--batch-size", "embed_batch_size", type=int, default=None, help="Embedding batch.")
-@click.option("--index-type", type=click.Choice(["flat", "ivf"]), default=None, help="flat|ivf.")
+@click.option(
+    "--index-type",
+    type=click.Choice(["flat", "ivf", "ivf_sq8", "ivf_pq"]),
+    default=None,
+    help="flat (exact) | ivf | ivf_sq8 | ivf_pq (compressed, for big corpora).",
+)
+@click.option(
+    "--rescan",
+    "skip_unchanged_files",
+    flag_value=False,
+    default=None,
+    help="Read every file, even those whose size and time are unchanged.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @pass_app
@@ -140,7 +153,13 @@ def show_cmd(app: AppContext, name: str, as_json: bool) -> None:
     ch = info.chunker
     click.echo(f"{'chunker':<17} {ch.chunk_size} tokens, overlap {ch.chunk_overlap}")
     click.echo(f"{'updated':<17} {info.updated} (created {info.created})")
-    click.echo(f"{'size':<17} {info.bytes / 1e6:.1f} MB")
+    click.echo(
+        f"{'size':<17} {info.bytes / 1e6:.1f} MB this version "
+        f"(FAISS {info.faiss_bytes / 1e6:.1f} MB) + {info.store_bytes / 1e6:.1f} MB chunk store"
+    )
+    if info.fields:
+        fields = ", ".join(f"{k} ({f.kind})" for k, f in info.fields.items())
+        click.echo(f"{'filter fields':<17} {fields}")
     click.echo("sources:")
     for src, n in info.sources.items():
         click.echo(f"  {src}  ({n} document{'s' if n != 1 else ''})")
@@ -213,6 +232,12 @@ def _open_index(settings: Settings, name: str, method: RetrievalMethod) -> Loade
 @click.option(
     "--out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Batch output."
 )
+@click.option(
+    "--filter",
+    "filter_json",
+    default=None,
+    help='Metadata filter, JSON: \'{"file_type": "pdf", "modified": {"gte": "2026-01-01"}}\'.',
+)
 @click.option("--json", "as_json", is_flag=True, help="Print hits as JSON.")
 @pass_app
 def search(
@@ -223,31 +248,40 @@ def search(
     method: RetrievalMethod | None,
     queries: Path | None,
     out: Path | None,
+    filter_json: str | None,
     as_json: bool,
 ) -> None:
-    """Search an index: one QUERY, or every query of --queries FILE (JSONL hits out)."""
+    """Search an index: one QUERY, or every query of --queries FILE (JSONL hits out).
+
+    --filter keeps only chunks whose metadata match, before the top k is taken: equality
+    ({"file_type": "pdf"}), a list ({"tenant": {"in": ["a", "b"]}}), ranges on numbers and
+    ISO dates ({"year": {"gte": 2020, "lt": 2024}}); every condition must hold.
+    """
     from ragtune.core.errors import InvalidInput
+    from ragtune.core.filters import parse_filter_text
 
     if (query is None) == (queries is None):
         raise InvalidInput("give either a QUERY or --queries FILE")
+    flt = parse_filter_text(filter_json) if filter_json is not None else None
     settings = app.settings()
     name = name or settings.default_index
     k = k or settings.top_k
     method = method or settings.retrieval
     if queries is not None:
-        _batch_search(settings, name, k, method, queries, out)
+        _batch_search(settings, name, k, method, queries, out, flt)
         return
     assert query is not None
     if not query.strip():
         raise InvalidInput("the query is empty")
     idx = _open_index(settings, name, method)
-    hits = idx.search(query, k, method)
+    hits = idx.search(query, k, method, flt)
     if as_json:
         payload = {
             "query": query,
             "index": name,
             "version": idx.version,
             "method": method,
+            "filter": flt.to_json() if flt is not None else None,
             "hits": [h.to_dict() for h in hits],
         }
         click.echo(json.dumps(payload, indent=2, ensure_ascii=False))
@@ -262,7 +296,13 @@ def search(
 
 
 def _batch_search(
-    settings: Settings, name: str, k: int, method: RetrievalMethod, path: Path, out: Path | None
+    settings: Settings,
+    name: str,
+    k: int,
+    method: RetrievalMethod,
+    path: Path,
+    out: Path | None,
+    flt: MetadataFilter | None,
 ) -> None:
     from tqdm import tqdm
 
@@ -275,7 +315,7 @@ def _batch_search(
     with tqdm(total=len(pairs), desc="searching", unit="query", file=sys.stderr) as bar:
         for i in range(0, len(pairs), step):
             part = pairs[i : i + step]
-            results = idx.search_batch([q for _, q in part], k, method)
+            results = idx.search_batch([q for _, q in part], k, method, flt)
             for (qid, q), hits in zip(part, results, strict=True):
                 rec = {
                     "id": qid,

@@ -59,18 +59,33 @@ class Settings(BaseSettings):
     chunk_size: int = Field(200, ge=16, le=4096, description="Chunk size in embedder tokens")
     chunk_overlap: int = Field(32, ge=0, description="Overlap between chunks in tokens")
     embed_batch_size: int = Field(64, ge=1, le=4096, description="Texts per embedding batch")
-    index_type: Literal["flat", "ivf"] = Field(
-        "flat", description="flat = exact inner product; ivf = approximate (IVF-Flat)"
+    index_type: Literal["flat", "ivf", "ivf_sq8", "ivf_pq"] = Field(
+        "flat",
+        description="flat = exact; ivf = IVF-Flat; ivf_sq8 = IVF + 8-bit codes (4x smaller); "
+        "ivf_pq = IVF + product-quantized codes (pq_m bytes a vector)",
     )
     ivf_nlist: int = Field(0, ge=0, description="IVF cells (0 = 4*sqrt(n), chosen at build)")
     ivf_nprobe: int = Field(16, ge=1, description="IVF cells probed per query")
+    ivf_train_points: int = Field(
+        0, ge=0, description="Vectors IVF cells and codes train on (0 = 64 a cell, >= 10,000)"
+    )
+    pq_m: int = Field(0, ge=0, description="ivf_pq: sub-quantizers = bytes a vector (0 = dim/8)")
+    opq: bool = Field(False, description="ivf_pq: learn an OPQ rotation before the PQ codes")
     prune: bool = Field(True, description="Reindex removes documents whose files vanished")
+    skip_unchanged_files: bool = Field(
+        True,
+        description="Reindex does not re-read files whose size and modification time are "
+        "unchanged (false: read and hash every file)",
+    )
 
     # --- retrieval ---
     retrieval: Literal["dense", "bm25", "hybrid"] = Field("hybrid", description="Default method")
     top_k: int = Field(3, ge=1, le=100, description="Passages put into a RAG prompt")
     rrf_k: int = Field(60, ge=1, description="Reciprocal-rank-fusion constant")
     default_index: str = Field("default", description="Index used when a request names none")
+    index_mmap: bool = Field(
+        True, description="Memory-map index files when searching (processes share one copy)"
+    )
 
     # --- generation ---
     max_new_tokens: int = Field(32, ge=1, le=4096, description="Default generation length")

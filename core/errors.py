@@ -100,3 +100,10 @@ class InsufficientResources(RagtuneError):
 
     status = 507
     title = "Insufficient storage"
+
+
+class IndexFormatOutdated(ManifestError):
+    """The index was written in an older on-disk format; an update run converts it."""
+
+    status = 409
+    title = "Index format outdated"

@@ -4,37 +4,71 @@ Layout of one named index (the indexer writes it; everything else only reads)::
 
     <data>/indexes/<name>/
         CURRENT                 the live version id (replaced atomically)
+        store.sqlite            the chunk store: texts, metadata, document table, float16
+                                vectors; shared by every version (core.chunk_store)
         versions/<version>/
-            manifest.json       core.manifests.IndexManifest: schema version, embedder id +
-                                dim, chunker, per-document table, counts, times
-            index.faiss         IndexIDMap2 over IndexFlatIP (exact) or IndexIVFFlat (approximate)
-            chunks.jsonl        one chunk a line: {int_id, id, doc_id, text, span, metadata}
+            manifest.json       core.manifests.IndexManifest (schema 2): embedder id + dim,
+                                chunker, index type, counts, BM25 and field summaries
+            index.faiss         the vectors by 64-bit chunk id (flat, IVF, IVF-SQ8, IVF-PQ)
+            ids.npy             the version's chunk ids, ascending: row r of bm25/ and fields/
+                                is chunk ids[r]
+            bm25/               the BM25 model, built at index time (core.bm25_index)
+            fields/             metadata columns for filters (core.fields)
+            .readers            readers hold a shared lock on it while they use the version
 
-Vectors are L2-normalized, so inner product is cosine similarity. A reader loads a version
-whole into memory, so the writer can swap CURRENT (and later delete old versions) while
-requests that hold the old version finish undisturbed. ``open_index`` is the one way to load
-an index (the CLI, the service's ``IndexCache`` and the tuner's RAFT builder all use it).
+Vectors are L2-normalized, so inner product is cosine similarity. A reader memory-maps the
+version's files (``index_mmap``; FAISS IO_FLAG_MMAP for IVF kinds, IO_FLAG_MMAP_IFC for
+flat), so processes share one copy and loading costs milliseconds, and reads chunk texts by
+id from the store at search time. A version is never modified once written; the writer
+deletes an old one only when no reader holds its lock, so a reader keeps working across any
+number of swaps. ``open_index`` is the one way to load an index (the CLI, the service's
+``IndexCache`` and the tuner's RAFT builder all use it).
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import fcntl
+import math
+import os
 import re
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
+from ragtune.core.bm25_index import BM25_DIR, STOPWORDS, Bm25Model, bm25_text, bm25_tokenize
+from ragtune.core.chunk_store import STORE_FILE, ChunkStore
 from ragtune.core.config import Settings
-from ragtune.core.errors import IndexMismatch, IndexNotFound, InvalidInput
-from ragtune.core.manifests import MANIFEST, IndexManifest
+from ragtune.core.errors import (
+    IndexFormatOutdated,
+    IndexMismatch,
+    IndexNotFound,
+    InvalidInput,
+    ManifestError,
+)
+from ragtune.core.fields import FIELDS_DIR, FieldColumns
+from ragtune.core.filters import MetadataFilter, parse_filter
+from ragtune.core.manifests import (
+    LEGACY_INDEX_SCHEMA_VERSION,
+    MANIFEST,
+    IndexManifest,
+    index_schema_version,
+)
 from ragtune.core.types import Hit, RetrievalMethod
+
+__all__ = ["STOPWORDS", "bm25_text", "bm25_tokenize"]  # re-exported: their old home
 
 CURRENT_FILE = "CURRENT"
 VERSIONS_DIR = "versions"
 FAISS_FILE = "index.faiss"
-CHUNKS_FILE = "chunks.jsonl"
+IDS_FILE = "ids.npy"
+READERS_FILE = ".readers"
+CHUNKS_FILE = "chunks.jsonl"  # schema 1 only
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -65,6 +99,10 @@ def version_dir(settings: Settings, name: str, version: str) -> Path:
     return index_dir(settings, name) / VERSIONS_DIR / version
 
 
+def store_path(settings: Settings, name: str) -> Path:
+    return index_dir(settings, name) / STORE_FILE
+
+
 def list_indexes(settings: Settings) -> list[str]:
     if not settings.indexes_dir.is_dir():
         return []
@@ -86,106 +124,58 @@ def read_manifest(settings: Settings, name: str, version: str | None = None) -> 
 
     Raises:
         IndexNotFound: no such index.
+        IndexFormatOutdated: a schema-1 index (chunks.jsonl): an update run converts it.
         ManifestError: the manifest is missing, corrupt or of an unknown schema version.
     """
     version = version or current_version(settings, name)
     if version is None:
         raise _not_found(name)
+    path = version_dir(settings, name, version) / MANIFEST
+    if index_schema_version(path) == LEGACY_INDEX_SCHEMA_VERSION:
+        raise outdated(name, path)
     return IndexManifest.read(
-        version_dir(settings, name, version) / MANIFEST,
-        hint=f"remove the index with `ragtune index rm {name}` and build it again",
+        path, hint=f"remove the index with `ragtune index rm {name}` and build it again"
     )
 
 
-_TOKEN_RE = re.compile(r"[a-z0-9]+")
-# A short English stopword list: BM25 gains little from scoring "the" and "of".
-STOPWORDS = frozenset(
-    [
-        "a",
-        "an",
-        "and",
-        "are",
-        "as",
-        "at",
-        "be",
-        "by",
-        "for",
-        "from",
-        "has",
-        "have",
-        "he",
-        "her",
-        "his",
-        "i",
-        "in",
-        "is",
-        "it",
-        "its",
-        "of",
-        "on",
-        "or",
-        "she",
-        "that",
-        "the",
-        "their",
-        "them",
-        "they",
-        "this",
-        "to",
-        "was",
-        "were",
-        "what",
-        "when",
-        "where",
-        "which",
-        "who",
-        "whom",
-        "why",
-        "will",
-        "with",
-        "how",
-        "did",
-        "do",
-        "does",
-        "you",
-        "your",
-        "we",
-        "our",
-    ]
-)
+def read_documents(
+    settings: Settings, name: str, version: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """The document table of the live (or a given) version, from the chunk store:
+    doc id -> {"sha256", "source", "chunks": [int ids]}. Reads every row: for tools and
+    tests, not for serving."""
+    m = read_manifest(settings, name, version)
+    store = ChunkStore(store_path(settings, name))
+    try:
+        return store.documents(m.seq)
+    finally:
+        store.close()
 
 
-_stemmers = threading.local()  # a Snowball stemmer is not thread-safe: one per thread
+def check_store(settings: Settings, name: str) -> Path:
+    """The index's chunk store, which must exist next to a schema-2 version."""
+    path = store_path(settings, name)
+    if not path.is_file():
+        problem = "has no chunk store"
+        raise ManifestError(
+            f"index {name!r} {problem} ({path} is missing); remove the index with "
+            f"`ragtune index rm {name}` and build it again",
+            path=str(path),
+            problem=problem,
+        )
+    return path
 
 
-def _stem_words(words: list[str]) -> list[str]:
-    stemmer = getattr(_stemmers, "english", None)
-    if stemmer is None:
-        try:
-            import Stemmer  # PyStemmer: the C Snowball stemmer, ~1 µs a word
-        except ImportError:  # still works, just a little less recall (see bench/README.md)
-            _stemmers.english = False
-            return words
-        stemmer = _stemmers.english = Stemmer.Stemmer("english")
-    return stemmer.stemWords(words) if stemmer else words
-
-
-def bm25_tokenize(text: str) -> list[str]:
-    """Lowercase, stopword-free, Snowball-stemmed word tokens; the same at build and query time.
-
-    Stemming matches "founded" to "founding" and "countries" to "country"; on SQuAD dev it
-    lifts BM25 recall@5 by about two points (bench/README.md).
-    """
-    return _stem_words([t for t in _TOKEN_RE.findall(text.lower()) if t not in STOPWORDS])
-
-
-def bm25_text(chunk: dict[str, Any]) -> str:
-    """What BM25 indexes for a chunk: its document's title (when it has one) and its text.
-
-    Passages often never name their subject ("It was built in 1889"); the title does.
-    """
-    title = (chunk.get("metadata") or {}).get("title")
-    return f"{title}\n{chunk['text']}" if isinstance(title, str) and title else chunk["text"]
+def outdated(name: str, path: Path) -> IndexFormatOutdated:
+    problem = "is in format 1 (chunks.jsonl, loaded whole), which this ragtune does not read"
+    return IndexFormatOutdated(
+        f"index {name!r} was written by an earlier ragtune: its manifest {path} {problem}; "
+        f"convert it once, without re-embedding, by updating it with the paths it was built "
+        f"from (`ragtune index PATH... --index {name}`), or remove it (`ragtune index rm "
+        f"{name}`) and build it again",
+        path=str(path),
+        problem=problem,
+    )
 
 
 def rrf_fuse(
@@ -200,107 +190,255 @@ def rrf_fuse(
     return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
-@dataclass
-class LoadedIndex:
-    """One version of one index, in memory, ready to search."""
+class ChunkMap(Mapping[int, dict[str, Any]]):
+    """A version's chunks by int id, read from the store on demand (never loaded whole)."""
 
-    name: str
-    version: str
-    manifest: IndexManifest
-    faiss_index: Any
-    chunks: dict[int, dict[str, Any]]  # int_id -> chunk record
-    embed: Callable[[list[str]], Any]  # texts -> normalized float32 [n, d]
-    rrf_k: int = 60
-    nprobe: int = 16
+    def __init__(self, store: ChunkStore, ids: np.ndarray) -> None:
+        self._store = store
+        self._ids = ids
+
+    def __getitem__(self, int_id: int) -> dict[str, Any]:
+        rec = self._store.fetch([int_id]).get(int(int_id)) if int_id in self else None
+        if rec is None:
+            raise KeyError(int_id)
+        return rec
+
+    def __contains__(self, int_id: object) -> bool:
+        if not isinstance(int_id, int | np.integer):
+            return False
+        r = int(np.searchsorted(self._ids, int_id))
+        return r < len(self._ids) and int(self._ids[r]) == int_id
+
+    def __iter__(self) -> Iterator[int]:
+        return (int(i) for i in self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def values(self) -> Iterator[dict[str, Any]]:  # type: ignore[override]
+        """Every chunk record, by id, fetched in batches."""
+        return self._store.iter_records(self._ids)
+
+    def items(self) -> Iterator[tuple[int, dict[str, Any]]]:  # type: ignore[override]
+        return ((rec["int_id"], rec) for rec in self.values())
+
+
+# Filtered IVF search probes more cells the fewer chunks pass (see LoadedIndex.dense_ids), and
+# all of them when that still finds fewer than k.
+def filtered_nprobe(nprobe: int, nlist: int, passing: int, total: int) -> int:
+    """Cells to probe so that about as many passing vectors are scanned as without a filter."""
+    return min(nlist, max(nprobe, math.ceil(nprobe * total / max(passing, 1))))
+
+
+class LoadedIndex:
+    """One version of one index, ready to search: files memory-mapped, chunks read by id."""
+
     # Hybrid fusion, tuned on SQuAD dev (bench/bench_indexer.py): fuse the top 100 of each list,
     # BM25 weighted 1.0 and dense 0.5 (BM25 is the stronger ranker there; 0.5 is best or close
     # to it for every rrf_k from 2 to 60).
     dense_weight: float = 0.5
     fusion_depth: int = 100
-    bm25_k1: float = 1.2
-    bm25_b: float = 0.75
-    _bm25: Any = field(default=None, repr=False)
-    _bm25_ids: list[int] = field(default_factory=list, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __init__(
+        self,
+        name: str,
+        version: str,
+        manifest: IndexManifest,
+        folder: Path,
+        faiss_index: Any,
+        store: ChunkStore,
+        ids: np.ndarray,
+        embed: Callable[[list[str]], Any],
+        *,
+        rrf_k: int = 60,
+        nprobe: int = 16,
+        mmap: bool = True,
+    ) -> None:
+        import faiss
+
+        self.name, self.version, self.manifest, self.folder = name, version, manifest, folder
+        self.faiss_index = faiss_index
+        self.store = store
+        self.ids = ids  # ascending chunk ids: row r of BM25 and the fields is chunk ids[r]
+        self.embed = embed  # texts -> normalized float32 [n, d]
+        self.rrf_k = rrf_k
+        self.nprobe = nprobe
+        self.chunks = ChunkMap(store, ids)
+        self.fields = FieldColumns(folder / FIELDS_DIR, list(manifest.fields), len(ids), mmap)
+        self._mmap = mmap
+        self._bm25: Bm25Model | None = None
+        self._masks: OrderedDict[str, list[Any]] = OrderedDict()
+        self._lock = threading.Lock()
+        try:
+            self._ivf: Any = faiss.extract_index_ivf(faiss_index)
+        except RuntimeError:
+            self._ivf = None  # flat
 
     @property
     def size(self) -> int:
-        return len(self.chunks)
+        return len(self.ids)
 
-    def _bm25_model(self) -> tuple[Any, list[int]]:
-        # Built lazily on first BM25 use: dense-only users never pay for it.
+    def close(self) -> None:
+        """Release the store connection and the version's reader lock (both also go when the
+        object is garbage-collected)."""
+        self.store.close()
+        self.release()
+
+    def release(self) -> None:
+        """Replaced by open_index with the release of the version's reader lock."""
+
+    # --- filters ----------------------------------------------------------------------------
+    # Masks of the last few distinct filters (a tenant's filter repeats): 1 byte a chunk each.
+    mask_cache_size: int = 16
+
+    def filter_mask(self, flt: MetadataFilter | dict[str, Any] | None) -> np.ndarray | None:
+        """Rows (positions) that pass ``flt``; None for no filter. InvalidInput names a
+        field this index does not have or a comparison its values cannot take."""
+        entry = self._filter_entry(flt)
+        return None if entry is None else entry[0]
+
+    def _filter_entry(self, flt: MetadataFilter | dict[str, Any] | None) -> list[Any] | None:
+        """[mask, FAISS id bitmap or None until dense search needs it], cached by filter."""
+        parsed = parse_filter(flt)
+        if parsed is None:
+            return None
+        key = parsed.key()
         with self._lock:
-            if self._bm25 is None:
-                import logging
+            entry = self._masks.get(key)
+            if entry is not None:
+                self._masks.move_to_end(key)
+                return entry
+        mask = parsed.mask(self.fields, self.name)
+        mask.flags.writeable = False  # shared by every search that uses this filter
+        entry = [mask, None]
+        with self._lock:
+            self._masks[key] = entry
+            while len(self._masks) > self.mask_cache_size:
+                self._masks.popitem(last=False)
+        return entry
 
-                import bm25s
+    def _bits(self, entry: list[Any] | None) -> np.ndarray | None:
+        return None if entry is None else self._id_bitmap(entry)
 
-                logging.getLogger("bm25s").setLevel(logging.WARNING)
-                ids = sorted(self.chunks)
-                model = bm25s.BM25(k1=self.bm25_k1, b=self.bm25_b)
-                model.index(
-                    [bm25_tokenize(bm25_text(self.chunks[i])) for i in ids], show_progress=False
-                )
-                self._bm25, self._bm25_ids = model, ids
-        return self._bm25, self._bm25_ids
+    def _id_bitmap(self, entry: list[Any]) -> np.ndarray:
+        """The filter's passing chunk ids as a bitmap over chunk ids (FAISS IDSelectorBitmap)."""
+        if entry[1] is None:
+            flags = np.zeros(max(self.manifest.next_int_id, 1), dtype=bool)
+            flags[self.ids[entry[0]]] = True
+            entry[1] = np.packbits(flags, bitorder="little")
+        bits: np.ndarray = entry[1]
+        return bits
 
-    def dense_ids(self, queries: list[str], k: int) -> list[list[tuple[int, float]]]:
-        import numpy as np
+    # --- dense ------------------------------------------------------------------------------
+    def _search(self, vecs: np.ndarray, k: int, nprobe: int, sel: Any) -> tuple[Any, Any]:
+        """FAISS search with per-call parameters (nothing on the shared index is mutated)."""
+        import faiss
 
-        if not self.chunks:
+        if self._ivf is None:
+            if sel is None:
+                return self.faiss_index.search(vecs, k)
+            params = faiss.SearchParameters()
+            params.sel = sel
+            return self.faiss_index.search(vecs, k, params=params)
+        inner = faiss.SearchParametersIVF()
+        inner.nprobe = nprobe
+        if sel is not None:
+            inner.sel = sel
+        if isinstance(self.faiss_index, faiss.IndexPreTransform):  # OPQ in front of the IVF
+            outer = faiss.SearchParametersPreTransform()
+            outer.index_params = inner
+            return self.faiss_index.search(vecs, k, params=outer)
+        return self.faiss_index.search(vecs, k, params=inner)
+
+    def dense_ids(
+        self,
+        queries: list[str],
+        k: int,
+        mask: np.ndarray | None = None,
+        bitmap: np.ndarray | None = None,
+    ) -> list[list[tuple[int, float]]]:
+        """Top-k (chunk id, cosine) per query; with ``mask``, only passing rows compete.
+
+        The mask becomes a FAISS ``IDSelectorBitmap`` over chunk ids (``bitmap``, when the
+        caller has it already), applied inside the search (before the top-k). IVF kinds
+        probe ``nprobe / fraction passing`` cells (as many passing vectors as an unfiltered
+        search scans), and every cell for a query that still finds fewer than k.
+        """
+        import faiss
+
+        n = self.size
+        passing = n if mask is None else int(np.count_nonzero(mask))
+        if not passing or not queries:
             return [[] for _ in queries]
-        vecs = np.asarray(self.embed(queries), dtype=np.float32)
-        self._set_nprobe()
-        scores, ids = self.faiss_index.search(vecs, min(k, len(self.chunks)))
+        vecs = np.ascontiguousarray(self.embed(queries), dtype=np.float32)
+        k = min(k, passing)
+        sel = None
+        nprobe = self.nprobe
+        if mask is not None:
+            if bitmap is None:
+                bitmap = self._id_bitmap([mask, None])
+            sel = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))  # n: bytes
+            if self._ivf is not None:
+                nprobe = filtered_nprobe(self.nprobe, self._ivf.nlist, passing, n)
+        scores, ids = self._search(vecs, k, nprobe, sel)
+        if self._ivf is not None and nprobe < self._ivf.nlist:
+            short = [q for q in range(len(queries)) if (ids[q] < 0).any()]
+            if short and mask is not None:
+                s2, i2 = self._search(vecs[short], k, self._ivf.nlist, sel)
+                scores[short], ids[short] = s2, i2
+        del bitmap  # the selector pointed into it until here
         return [
             [(int(i), float(s)) for i, s in zip(row_ids, row_sc, strict=True) if i >= 0]
             for row_ids, row_sc in zip(ids, scores, strict=True)
         ]
 
-    def _set_nprobe(self) -> None:
-        import faiss
+    # --- BM25 -------------------------------------------------------------------------------
+    def bm25_model(self) -> Bm25Model:
+        """The persisted BM25 model, memory-mapped on first use (never rebuilt here)."""
+        with self._lock:
+            if self._bm25 is None:
+                self._bm25 = Bm25Model(self.folder / BM25_DIR, mmap=self._mmap)
+        return self._bm25
 
-        try:
-            faiss.extract_index_ivf(self.faiss_index).nprobe = self.nprobe
-        except (RuntimeError, AttributeError):
-            pass  # not an IVF index
-
-    def bm25_ids(self, queries: list[str], k: int) -> list[list[tuple[int, float]]]:
-        if not self.chunks:
+    def bm25_ids(
+        self, queries: list[str], k: int, mask: np.ndarray | None = None
+    ) -> list[list[tuple[int, float]]]:
+        """Top-k (chunk id, BM25 score) per query; ``mask`` removes rows before the top-k."""
+        if not self.size:
             return [[] for _ in queries]
-        model, ids = self._bm25_model()
-        out: list[list[tuple[int, float]]] = [[] for _ in queries]
-        tokens = [bm25_tokenize(q) for q in queries]
-        asked = [i for i, t in enumerate(tokens) if t]  # a query of stopwords only finds nothing
-        if not asked:
-            return out
-        # One call for the whole batch: bm25s scores every query against its sparse matrix.
-        docs, scores = model.retrieve(
-            [tokens[i] for i in asked], k=min(k, len(ids)), show_progress=False
-        )
-        for row, qi in enumerate(asked):
-            out[qi] = [
-                (ids[int(d)], float(s))
-                for d, s in zip(docs[row], scores[row], strict=True)
-                if s > 0
-            ]
+        model = self.bm25_model()
+        out = []
+        for q in queries:
+            rows = model.top(bm25_tokenize(q), k, mask)  # stopwords only: finds nothing
+            out.append([(int(self.ids[r]), s) for r, s in rows])
         return out
 
+    # --- search -----------------------------------------------------------------------------
     def search_batch(
-        self, queries: list[str], k: int, method: RetrievalMethod = "hybrid"
+        self,
+        queries: list[str],
+        k: int,
+        method: RetrievalMethod = "hybrid",
+        filter: MetadataFilter | dict[str, Any] | None = None,
     ) -> list[list[Hit]]:
-        """Top-k hits for each query. Hybrid fuses dense and BM25 rankings with RRF."""
+        """Top-k hits for each query, among chunks whose metadata pass ``filter`` (see
+        core.filters). Hybrid fuses dense and BM25 rankings with RRF."""
         if k < 1:
             raise InvalidInput("k must be at least 1", field="top_k")
+        if method not in ("dense", "bm25", "hybrid"):
+            raise InvalidInput(f"unknown retrieval method {method!r}", field="retrieval")
+        flt = parse_filter(filter)
+        entry = self._filter_entry(flt)
+        mask = None if entry is None else entry[0]
         if method == "dense":
-            ranked = self.dense_ids(queries, k)
+            ranked = self.dense_ids(queries, k, mask, self._bits(entry))
         elif method == "bm25":
-            ranked = self.bm25_ids(queries, k)
-        elif method == "hybrid":
+            ranked = self.bm25_ids(queries, k, mask)
+        else:
             # Fuse deeper lists than k so that RRF can promote what both rankers agree on.
             depth = max(self.fusion_depth, 4 * k)
-            dense = self.dense_ids(queries, depth)
-            sparse = self.bm25_ids(queries, depth)
+            dense = self.dense_ids(queries, depth, mask, self._bits(entry))
+            sparse = self.bm25_ids(queries, depth, mask)
             ranked = [
                 rrf_fuse(
                     [[i for i, _ in d], [i for i, _ in s]],
@@ -309,26 +447,32 @@ class LoadedIndex:
                 )[:k]
                 for d, s in zip(dense, sparse, strict=True)
             ]
-        else:
-            raise InvalidInput(f"unknown retrieval method {method!r}", field="retrieval")
-        return [[self._hit(i, s) for i, s in row] for row in ranked]
+        return self._hits(ranked, flt)
 
-    def search(self, query: str, k: int, method: RetrievalMethod = "hybrid") -> list[Hit]:
-        return self.search_batch([query], k, method)[0]
+    def search(
+        self,
+        query: str,
+        k: int,
+        method: RetrievalMethod = "hybrid",
+        filter: MetadataFilter | dict[str, Any] | None = None,
+    ) -> list[Hit]:
+        return self.search_batch([query], k, method, filter)[0]
 
-    def _hit(self, int_id: int, score: float) -> Hit:
-        c = self.chunks[int_id]
-        return Hit(c["id"], c["doc_id"], c["text"], float(score), dict(c.get("metadata") or {}))
-
-
-def read_chunks(path: Path) -> dict[int, dict[str, Any]]:
-    chunks: dict[int, dict[str, Any]] = {}
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                rec = json.loads(line)
-                chunks[int(rec["int_id"])] = rec
-    return chunks
+    def _hits(
+        self, ranked: list[list[tuple[int, float]]], flt: MetadataFilter | None
+    ) -> list[list[Hit]]:
+        records = self.store.fetch([i for row in ranked for i, _ in row])
+        out = []
+        for row in ranked:
+            hits = []
+            for i, s in row:
+                c = records.get(i)
+                # A filter compares 64-bit hashes of text values: check the real values.
+                if c is None or (flt is not None and not flt.matches(c["metadata"])):
+                    continue
+                hits.append(Hit(c["id"], c["doc_id"], c["text"], float(s), c["metadata"]))
+            out.append(hits)
+        return out
 
 
 def check_compatible(manifest: IndexManifest, embedder_id: str, dim: int) -> None:
@@ -364,6 +508,43 @@ def _no_embedder(texts: list[str]) -> Any:
     )
 
 
+class _VersionGone(Exception):
+    """The version was deleted between reading CURRENT and opening it."""
+
+
+def hold_version(vdir: Path) -> int | None:
+    """Take a shared lock on a version (the writer deletes no version a reader holds); the
+    fd to close when done. None for a version folder without a lock file."""
+    try:
+        fd = os.open(vdir / READERS_FILE, os.O_RDONLY)
+    except FileNotFoundError:
+        if not vdir.is_dir():
+            raise _VersionGone from None
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        if not (vdir / MANIFEST).is_file():  # renamed away by the writer before we locked
+            raise _VersionGone
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_faiss(path: Path, mmap: bool, flat: bool) -> Any:
+    """Read an index file; memory-mapped, it is shared between processes (never modify it).
+
+    In faiss-cpu 1.15, IO_FLAG_MMAP maps the inverted lists of the IVF kinds but still copies
+    a flat index into memory; IO_FLAG_MMAP_IFC maps a flat index's vectors in place.
+    """
+    import faiss
+
+    if not mmap:
+        return faiss.read_index(str(path))
+    flags = faiss.IO_FLAG_MMAP_IFC if flat else faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY
+    return faiss.read_index(str(path), flags)
+
+
 def open_index(
     settings: Settings,
     name: str,
@@ -373,7 +554,7 @@ def open_index(
     """Load the live (or a given) version of an index, ready to search.
 
     Args:
-        settings: data dir, embedding batch size, RRF k, IVF nprobe.
+        settings: data dir, embedding batch size, RRF k, IVF nprobe, index_mmap.
         name: the index.
         embedder: the embedder queries go through; the index must have been built with it
             (same model id and dimension). None opens the index for BM25 search only, without
@@ -381,28 +562,60 @@ def open_index(
         version: a version id; None takes the live one.
 
     Raises:
-        IndexNotFound: no such index. ManifestError: its manifest cannot be used.
-        IndexMismatch: it was built with another embedder.
+        IndexNotFound: no such index (or version). ManifestError: its manifest cannot be used
+        (IndexFormatOutdated: written by an older ragtune). IndexMismatch: it was built with
+        another embedder.
     """
-    import faiss
+    for _ in range(5):  # a writer may swap and delete versions in between: read CURRENT again
+        v = version or current_version(settings, name)
+        if v is None:
+            raise _not_found(name)
+        try:
+            return _open_version(settings, name, embedder, v)
+        except _VersionGone:
+            if version is not None:
+                raise IndexNotFound(f"index {name!r} has no version {version!r}") from None
+    raise IndexNotFound(f"index {name!r} kept changing while it was being opened; try again")
 
-    version = version or current_version(settings, name)
-    if version is None:
-        raise _not_found(name)
-    manifest = read_manifest(settings, name, version)
-    if embedder is not None:
-        check_compatible(manifest, embedder.model_id, embedder.dim)
+
+def _open_version(
+    settings: Settings, name: str, embedder: IndexEmbedder | None, version: str
+) -> LoadedIndex:
     vdir = version_dir(settings, name, version)
-    return LoadedIndex(
-        name=name,
-        version=version,
-        manifest=manifest,
-        faiss_index=faiss.read_index(str(vdir / FAISS_FILE)),
-        chunks=read_chunks(vdir / CHUNKS_FILE),
-        embed=_no_embedder if embedder is None else _encoder(embedder, settings.embed_batch_size),
-        rrf_k=settings.rrf_k,
-        nprobe=settings.ivf_nprobe,
-    )
+    if index_schema_version(vdir / MANIFEST) == LEGACY_INDEX_SCHEMA_VERSION:
+        raise outdated(name, vdir / MANIFEST)
+    fd = hold_version(vdir)
+    try:
+        manifest = read_manifest(settings, name, version)
+        check_store(settings, name)
+        if embedder is not None:
+            check_compatible(manifest, embedder.model_id, embedder.dim)
+        mmap = settings.index_mmap
+        index = LoadedIndex(
+            name,
+            version,
+            manifest,
+            vdir,
+            read_faiss(vdir / FAISS_FILE, mmap, flat=manifest.index_type == "flat"),
+            ChunkStore(store_path(settings, name)),
+            np.load(vdir / IDS_FILE, mmap_mode="r" if mmap else None),
+            _no_embedder if embedder is None else _encoder(embedder, settings.embed_batch_size),
+            rrf_k=settings.rrf_k,
+            nprobe=settings.ivf_nprobe,
+            mmap=mmap,
+        )
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
+        raise
+    if fd is not None:
+        index.release = weakref.finalize(index, _release, fd)  # type: ignore[method-assign]
+    return index
+
+
+def _release(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
 
 
 class IndexCache:
@@ -429,7 +642,8 @@ class IndexCache:
         with self._lock:
             cached = self._loaded.get(name)
             if cached is None or cached.version != version:
-                cached = open_index(self.settings, name, self.embedder, version)
+                # The live version, read again: it may have moved on since (open_index retries).
+                cached = open_index(self.settings, name, self.embedder)
                 self._loaded[name] = cached
         return cached
 

@@ -31,7 +31,8 @@ from ragtune.core.atomic import write_text_atomic
 from ragtune.core.errors import ManifestError
 
 MANIFEST = "manifest.json"
-INDEX_SCHEMA_VERSION: Final = 1
+INDEX_SCHEMA_VERSION: Final = 2
+LEGACY_INDEX_SCHEMA_VERSION: Final = 1  # chunks.jsonl, before the chunk store
 ADAPTER_SCHEMA_VERSION: Final = 1
 EMBEDDER_SCHEMA_VERSION: Final = 1
 
@@ -116,6 +117,8 @@ def _describe(e: ValidationError, limit: int = 3) -> str:
 
 # ---- index -------------------------------------------------------------------------------
 
+IndexType = Literal["flat", "ivf", "ivf_sq8", "ivf_pq"]
+
 
 class ChunkerConfig(_Model):
     """What decides the chunks; a change to any of it means re-chunking every document."""
@@ -127,12 +130,15 @@ class ChunkerConfig(_Model):
 
 
 class IvfInfo(_Model):
-    """The IVF setting, and the trained cells when the index was built as IVF."""
+    """The IVF settings, and the trained cells and codes when the index was built as IVF."""
 
     requested_nlist: int  # the ivf_nlist setting (0: chosen from the corpus size)
-    type: Literal["ivf"] | None = None  # present only for an IVF index
-    nlist: int | None = None
-    trained_on: int | None = None  # vectors the cells were trained on (retrain when it drifts)
+    nlist: int | None = None  # cells of the built index (IVF types only)
+    trained_on: int | None = None  # corpus size when the cells were trained (retrain on drift)
+    train_points: int | None = None  # vectors the cells and codes were trained on (a sample)
+    requested_pq_m: int = 0  # the pq_m setting (0: dimension / 8)
+    pq_m: int | None = None  # PQ sub-quantizers = bytes per vector (ivf_pq only)
+    opq: bool = False  # an OPQ rotation before the PQ codes (ivf_pq only)
 
 
 class IndexCounts(_Model):
@@ -140,37 +146,109 @@ class IndexCounts(_Model):
     chunks: int
 
 
-class DocumentEntry(_Model):
-    """One row of the per-document table: what an incremental run compares and reuses."""
+class Bm25Info(_Model):
+    """The persisted BM25 model (``bm25/``, bm25s's format): parameters and sizes."""
 
-    sha256: str  # of the document's text: unchanged hash, unchanged chunks and vectors
-    source: str  # the file it came from (a file that fails to load keeps its documents)
-    chunks: list[int]  # its chunks' int ids (FAISS ids and chunks.jsonl int_id)
+    k1: float
+    b: float
+    method: str  # bm25s scoring variant
+    vocabulary: int  # tokens in the vocabulary (append-only between full builds)
+    avg_length: float  # mean tokens per chunk
+
+
+FieldKind = Literal["text", "number", "date", "bool", "mixed"]
+
+
+class FieldInfo(_Model):
+    """One filterable metadata field: what its values are and how many chunks carry it."""
+
+    kind: FieldKind
+    chunks: int
 
 
 class IndexManifest(_Manifest):
-    """``indexes/<name>/versions/<version>/manifest.json``: one version of one index."""
+    """``indexes/<name>/versions/<version>/manifest.json``: one version of one index.
+
+    Schema 2: chunk texts, metadata and the per-document table live in the index's SQLite
+    chunk store (shared by every version, rows tagged with the versions that hold them); the
+    version folder holds the FAISS index, the BM25 model, the filter columns and this file.
+    """
 
     KIND: ClassVar[str] = "index"
     SCHEMA_VERSION: ClassVar[int] = INDEX_SCHEMA_VERSION
 
-    schema_version: Literal[1] = INDEX_SCHEMA_VERSION
+    schema_version: Literal[2] = INDEX_SCHEMA_VERSION
     name: str
     version: str
     previous_version: str | None = None
+    seq: int  # the version's number in the chunk store (rows carry born/died seqs)
     created: str  # when the index was first built (UTC, ISO 8601)
     updated: str  # when this version was written
     embedding_model: str
     embedding_dim: int
     metric: Literal["inner_product"] = "inner_product"
     normalized: bool = True  # vectors are L2-normalized: inner product is cosine similarity
-    index_type: Literal["flat", "ivf"]  # what was built
-    requested_index_type: Literal["flat", "ivf"]  # the setting (small corpora get flat)
+    index_type: IndexType  # what was built
+    requested_index_type: IndexType  # the setting (small corpora get flat)
     ivf: IvfInfo
     chunker: ChunkerConfig
     counts: IndexCounts
     next_int_id: int  # chunk ids are never reused: a reader of an old version stays right
-    documents: dict[str, DocumentEntry]
+    bm25: Bm25Info
+    fields: dict[str, FieldInfo]  # filterable metadata fields, in column order
+
+
+class LegacyDocumentEntry(_Model):
+    """One row of a schema-1 manifest's per-document table."""
+
+    sha256: str
+    source: str
+    chunks: list[int]
+
+
+class LegacyIvfInfo(_Model):
+    requested_nlist: int
+    type: Literal["ivf"] | None = None
+    nlist: int | None = None
+    trained_on: int | None = None
+
+
+class LegacyIndexManifest(_Manifest):
+    """A schema-1 index version (``chunks.jsonl`` + ``index.faiss``, written before the chunk
+    store). Readers refuse it with a message saying how to convert it; only the indexer reads
+    it, to convert such a version in place without re-embedding (indexer.legacy)."""
+
+    KIND: ClassVar[str] = "index"
+    SCHEMA_VERSION: ClassVar[int] = LEGACY_INDEX_SCHEMA_VERSION
+
+    schema_version: Literal[1] = LEGACY_INDEX_SCHEMA_VERSION
+    name: str
+    version: str
+    previous_version: str | None = None
+    created: str
+    updated: str
+    embedding_model: str
+    embedding_dim: int
+    metric: Literal["inner_product"] = "inner_product"
+    normalized: bool = True
+    index_type: Literal["flat", "ivf"]
+    requested_index_type: Literal["flat", "ivf"]
+    ivf: LegacyIvfInfo
+    chunker: ChunkerConfig
+    counts: IndexCounts
+    next_int_id: int
+    documents: dict[str, LegacyDocumentEntry]
+
+
+def index_schema_version(path: Path) -> int | None:
+    """The ``schema_version`` of an index manifest, or None when it cannot be read as JSON
+    (reading it with ``IndexManifest.read`` then names the problem)."""
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    return version if type(version) is int else None
 
 
 # ---- adapter -----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ trimmed to fit (the lowest ranked first), never the question.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -19,6 +20,7 @@ from typing import Any, Literal
 
 from ragtune.core.config import Settings
 from ragtune.core.errors import InvalidInput
+from ragtune.core.filters import parse_filter
 from ragtune.core.generation import GenerationEngine
 from ragtune.core.index_store import IndexCache, LoadedIndex
 from ragtune.core.models import Embedder, Generator, load_embedder, load_generator
@@ -57,6 +59,7 @@ class QueryRequest:
     # "first_line": the answer is the generation's first line (the QA span; generation stops
     # there); "full": the whole generated text (chat clients)
     answer: Literal["first_line", "full"] = "first_line"
+    filter: dict[str, Any] | None = None  # metadata filter on retrieval (core.filters)
 
 
 @dataclass
@@ -181,6 +184,13 @@ class Pipeline:
         temp = s.temperature if req.temperature is None else req.temperature
         if not 0.0 <= temp <= 2.0:
             raise InvalidInput("temperature must be between 0 and 2", field="temperature")
+        flt = parse_filter(req.filter)  # the syntax; the fields are checked against the index
+        if flt is not None and (req.mode not in RETRIEVAL_MODES or req.contexts is not None):
+            raise InvalidInput(
+                "filter applies to retrieval, and this request retrieves nothing "
+                f"(mode {req.mode!r}{', passages given' if req.contexts is not None else ''})",
+                field="filter",
+            )
         return replace(
             req,
             question=req.question.strip(),
@@ -189,6 +199,7 @@ class Pipeline:
             max_new_tokens=max_new,
             temperature=temp,
             index=req.index or (s.default_index if req.mode in RETRIEVAL_MODES else None),
+            filter=flt.to_json() if flt is not None else None,
         )
 
     # --- retrieval ------------------------------------------------------------------------
@@ -198,10 +209,11 @@ class Pipeline:
         index: str | None = None,
         k: int | None = None,
         method: RetrievalMethod | None = None,
+        filter: dict[str, Any] | None = None,
     ) -> list[Hit]:
         """The top-k hits for one question (the eval harness uses this for recall@k curves)."""
         return self.index(index).search(
-            question, k or self.settings.top_k, method or self.settings.retrieval
+            question, k or self.settings.top_k, method or self.settings.retrieval, filter
         )
 
     def prepare(self, requests: Sequence[QueryRequest]) -> list[Prepared]:
@@ -210,16 +222,19 @@ class Pipeline:
         for r in reqs:  # before any retrieval or generation: milliseconds
             self.check_budget(r)
         out: list[Prepared | None] = [None] * len(reqs)
-        groups: dict[tuple[str, int, str], list[int]] = {}
+        groups: dict[tuple[str, int, str, str], list[int]] = {}
         for i, r in enumerate(reqs):
             if r.mode in RETRIEVAL_MODES and r.contexts is None:
-                groups.setdefault((r.index or "", r.top_k or 0, r.retrieval or ""), []).append(i)
+                flt = json.dumps(r.filter, sort_keys=True) if r.filter else ""
+                key = (r.index or "", r.top_k or 0, r.retrieval or "", flt)
+                groups.setdefault(key, []).append(i)
             else:
                 out[i] = self._prepared(r, list(_given_hits(r.contexts)), None, None, 0.0)
-        for (name, k, method), idx in groups.items():
+        for (name, k, method, _), idx in groups.items():
             t0 = time.perf_counter()
             index = self.index(name)
-            hits = index.search_batch([reqs[i].question for i in idx], k, method)  # type: ignore[arg-type]
+            questions = [reqs[i].question for i in idx]
+            hits = index.search_batch(questions, k, method, reqs[idx[0]].filter)  # type: ignore[arg-type]
             ms = (time.perf_counter() - t0) * 1000 / len(idx)
             for i, h in zip(idx, hits, strict=True):
                 out[i] = self._prepared(reqs[i], h, index.name, index.version, ms)

@@ -23,6 +23,7 @@ from typing import Any
 
 from ragtune.core.atomic import write_json_atomic
 from ragtune.core.errors import InvalidInput
+from ragtune.core.filters import parse_filter
 from ragtune.core.pipeline import QueryRequest
 from ragtune.core.qa import QARecord
 from ragtune.core.types import Answer, Hit
@@ -78,6 +79,7 @@ class RunConfig:
     sample_seed: int = 0
     top_k: int | None = None
     retrieval: str | None = None
+    filter: dict[str, Any] | None = None  # metadata filter on retrieval (core.filters)
     max_new_tokens: int | None = None
     batch_size: int = 8
     retrieve_k: int = 10
@@ -148,6 +150,8 @@ class RunConfig:
                     "(the service searches with its one configured embedder); drop --url",
                     field="retrievers",
                 )
+        flt = parse_filter(self.filter)  # names the problem; the fields are checked at search
+        self.filter = flt.to_json() if flt is not None else None
         self.variants()
         self.split_spec()
         return self
@@ -303,6 +307,7 @@ def _request(v: Variant, item: QARecord, c: RunConfig) -> QueryRequest:
         retrieval=c.retrieval,  # type: ignore[arg-type]
         max_new_tokens=c.max_new_tokens,
         contexts=contexts,
+        filter=c.filter if v.retrieves and contexts is None else None,
     )
 
 
@@ -477,7 +482,9 @@ def _retrieval_records(
     for it in chunk:
         if (name, it.id) in done:
             continue
-        hits = target.retrieve(it.question, index, config.retrieve_k, config.retrieval or "")
+        hits = target.retrieve(
+            it.question, index, config.retrieve_k, config.retrieval or "", config.filter
+        )
         if hits is not None:  # a target that cannot retrieve on its own (a service) gives None
             recs.append(retrieval_record(it, hits, config.recall_ks, retriever))
     return recs

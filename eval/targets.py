@@ -20,8 +20,16 @@ from ragtune.core.types import Answer, Hit, Timings, Usage
 class Target(Protocol):
     def answer_batch(self, requests: Sequence[QueryRequest]) -> list[Answer]: ...
 
-    def retrieve(self, question: str, index: str | None, k: int, method: str) -> list[Hit] | None:
-        """Top-k hits, or None when the target cannot retrieve on its own."""
+    def retrieve(
+        self,
+        question: str,
+        index: str | None,
+        k: int,
+        method: str,
+        filter: dict[str, Any] | None = None,
+    ) -> list[Hit] | None:
+        """Top-k hits (among chunks passing ``filter``), or None when the target cannot
+        retrieve on its own."""
         ...
 
     def describe(self) -> dict[str, Any]: ...
@@ -49,8 +57,15 @@ class PipelineTarget:
     def answer_batch(self, requests: Sequence[QueryRequest]) -> list[Answer]:
         return self.pipeline.answer_batch(list(requests))
 
-    def retrieve(self, question: str, index: str | None, k: int, method: str) -> list[Hit] | None:
-        return self.pipeline.retrieve(question, index, k, method)  # type: ignore[arg-type]
+    def retrieve(
+        self,
+        question: str,
+        index: str | None,
+        k: int,
+        method: str,
+        filter: dict[str, Any] | None = None,
+    ) -> list[Hit] | None:
+        return self.pipeline.retrieve(question, index, k, method, filter)  # type: ignore[arg-type]
 
     def describe(self) -> dict[str, Any]:
         s = self.pipeline.settings
@@ -134,13 +149,21 @@ class HttpTarget:
                 "retrieval": q.retrieval,
                 "max_new_tokens": q.max_new_tokens,
                 "contexts": list(q.contexts) if q.contexts is not None else None,
+                "filter": q.filter,
             }
             bodies.append({k: v for k, v in body.items() if v is not None})
         with ThreadPoolExecutor(max_workers=max(1, len(bodies))) as pool:
             outs = list(pool.map(self._post, bodies))
         return [_answer_from_json(q, o, ms) for q, (o, ms) in zip(requests, outs, strict=True)]
 
-    def retrieve(self, question: str, index: str | None, k: int, method: str) -> list[Hit] | None:
+    def retrieve(
+        self,
+        question: str,
+        index: str | None,
+        k: int,
+        method: str,
+        filter: dict[str, Any] | None = None,
+    ) -> list[Hit] | None:
         return None  # the query API has no retrieval-only call; rag answers' sources are used
 
     def describe(self) -> dict[str, Any]:

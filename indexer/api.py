@@ -15,8 +15,7 @@ from ragtune.core.config import Settings
 from ragtune.core.errors import IndexNotFound
 from ragtune.core.index_store import VERSIONS_DIR, current_version, index_dir, validate_name
 from ragtune.core.models import Embedder
-from ragtune.indexer.build import index_lock, update_index
-from ragtune.indexer.loaders import load_paths
+from ragtune.indexer.build import StageHook, index_lock, update_index
 from ragtune.indexer.overview import (
     IndexDescription,
     IndexOverview,
@@ -47,6 +46,7 @@ def build_index(
     prune: bool | None = None,
     progress: bool = True,
     embedder: Embedder | None = None,
+    on_stage: StageHook | None = None,
 ) -> IndexSummary:
     """Index ``paths`` into the named index, incrementally.
 
@@ -55,9 +55,12 @@ def build_index(
         paths: files and folders (folders recurse) to load.
         name: the index name (a folder under ``<data_dir>/indexes``).
         prune: remove indexed documents this run did not produce; None takes ``settings.prune``
-            (default True: the index mirrors the paths given). See ``indexer.build.plan``.
+            (default True: the index mirrors the paths given). See ``indexer.plan``.
         progress: show a tqdm progress bar on stderr while embedding.
-        embedder: an already loaded embedder (callers that index repeatedly load it once).
+        embedder: an already loaded embedder (callers that index repeatedly load it once);
+            None loads the configured one when the run finds something to index.
+        on_stage: called with each stage's name as the run reaches it
+            (``indexer.build.STAGES``; the crash tests stop a run there).
 
     Returns:
         What changed, the live version and the problems met (files that could not be used).
@@ -68,19 +71,21 @@ def build_index(
     """
     started = time.perf_counter()
     validate_name(name)
-    loaded = load_paths(paths)
-    if embedder is None and loaded.documents:
+
+    def load() -> Embedder:
         from ragtune.core.models import load_embedder
 
-        embedder = load_embedder(settings)
+        return load_embedder(settings)
+
     return update_index(
         settings,
         name,
-        loaded,
-        embedder,  # type: ignore[arg-type]  # None only when there is nothing to index
+        list(paths),
+        embedder if embedder is not None else load,
         prune=settings.prune if prune is None else prune,
         progress=progress,
         started=started,
+        on_stage=on_stage,
     )
 
 

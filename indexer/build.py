@@ -1,14 +1,18 @@
-"""Incremental build: plan -> chunk -> embed -> FAISS -> write a version -> swap CURRENT.
+"""Incremental build: load -> plan -> chunk -> embed -> store -> version files -> swap CURRENT.
 
-A run never touches the live version. It builds the next version in a ``.tmp-`` folder beside
-the others, renames the finished folder into ``versions/<id>`` and only then replaces the small
-CURRENT file (atomically). A crash at any point (Ctrl-C, kill -9, full disk) leaves CURRENT
-pointing at a whole version; the next run deletes the leftovers. The version that was live
-before the swap is kept, because a reader (the service) may still hold it; older ones go.
+A run never touches what the live version reads. Chunk rows go into the index's chunk store
+(``store.sqlite``, shared by all versions) in one transaction, tagged with the new version's
+number, so live readers never see them; the new version's files (FAISS index, ids, BM25
+model, metadata columns, manifest) are written into a ``.tmp-`` folder beside the others,
+fsynced, renamed into ``versions/<id>``, and only then is the small CURRENT file replaced
+(atomically). A crash at any point (Ctrl-C, kill -9, full disk) leaves CURRENT pointing at a
+whole version; the next run deletes the leftover folder and the store rows of the version
+that never went live. After the swap, old versions that no reader holds are deleted (the
+previous one is always kept) and so are the store rows no kept version holds.
 
-Documents are keyed by id and content hash: unchanged ones keep their chunks and vectors
-(the vectors are reused from the previous FAISS index by id), changed ones are re-chunked and
-re-embedded, and vanished ones are removed when pruning (see ``plan``).
+Documents are keyed by id and content hash (``indexer.plan``): unchanged ones keep their
+chunks, vectors and rows, changed ones are re-chunked and re-embedded, vanished ones are
+removed when pruning; files whose size and modification time did not change are not read.
 """
 
 from __future__ import annotations
@@ -21,44 +25,62 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ragtune.core.atomic import clean_stale, fsync_dir, staging_dir, write_text_atomic
+from ragtune.core.bm25_index import BM25_DIR, bm25_text
+from ragtune.core.chunk_store import STORE_FILE
 from ragtune.core.config import Settings
 from ragtune.core.errors import DataError, InsufficientResources, InvalidInput
+from ragtune.core.fields import FIELDS_DIR
 from ragtune.core.index_store import (
-    CHUNKS_FILE,
     CURRENT_FILE,
     FAISS_FILE,
+    IDS_FILE,
+    READERS_FILE,
     VERSIONS_DIR,
     check_compatible,
+    check_store,
     current_version,
     index_dir,
-    read_chunks,
-    read_manifest,
     version_dir,
 )
 from ragtune.core.manifests import (
+    LEGACY_INDEX_SCHEMA_VERSION,
     MANIFEST,
     ChunkerConfig,
-    DocumentEntry,
     IndexCounts,
     IndexManifest,
+    LegacyIndexManifest,
+    index_schema_version,
     new_version_id,
 )
 from ragtune.core.models import Embedder
-from ragtune.core.types import Chunk, Document
+from ragtune.core.types import Chunk
+from ragtune.indexer.bm25_build import Postings, read_vocab, save_model, tokenize
 from ragtune.indexer.chunking import Chunker
-from ragtune.indexer.faiss_ops import IndexKind, updated_index
-from ragtune.indexer.loaders import LoadResult
-from ragtune.indexer.summary import IndexSummary
+from ragtune.indexer.faiss_ops import IndexKind, VectorConfig, updated_index
+from ragtune.indexer.fields_build import Columns, encode_documents
+from ragtune.indexer.legacy import LegacyVersion, carry
+from ragtune.indexer.loaders import LoadResult, load_paths
+from ragtune.indexer.plan import OldDoc, OldFile, Plan, plan
+from ragtune.indexer.store_write import (
+    FileRow,
+    NewDocument,
+    StoreWriter,
+    disk_full_is_clear,
+)
+from ragtune.indexer.summary import IndexSummary, timed
 
 LOCK_FILE = ".lock"
+# A test hook: called with each stage's name as a run reaches it (the kill tests stop there).
+StageHook = Callable[[str], None]
+STAGES = ("planned", "embedding", "store-write", "store-committed", "files-written", "swap")
 
 
 @contextlib.contextmanager
@@ -76,57 +98,6 @@ def index_lock(idir: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-@dataclass
-class Plan:
-    """What a run will do to each document."""
-
-    added: list[Document] = field(default_factory=list)
-    updated: list[Document] = field(default_factory=list)
-    unchanged: list[str] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)
-    kept: list[str] = field(default_factory=list)  # not seen this run, not pruned
-    prune_note: str | None = None
-
-    @property
-    def changes(self) -> bool:
-        return bool(self.added or self.updated or self.removed)
-
-
-def plan(
-    loaded: LoadResult, old_docs: dict[str, DocumentEntry], prune: bool, rechunk_all: bool
-) -> Plan:
-    """Sort documents into added / updated / unchanged / removed / kept.
-
-    Pruning removes every indexed document this run did not produce (the index mirrors the
-    paths given), except documents whose file failed to load this run, and nothing at all when
-    a given path is missing: a typo in a path must not empty an index.
-    """
-    p = Plan()
-    seen = set()
-    for doc in loaded.documents:
-        seen.add(doc.id)
-        old = old_docs.get(doc.id)
-        if old is None:
-            p.added.append(doc)
-        elif rechunk_all or old.sha256 != doc.sha256:
-            p.updated.append(doc)
-        else:
-            p.unchanged.append(doc.id)
-    prune_now = prune and not loaded.missing_paths
-    if prune and loaded.missing_paths:
-        p.prune_note = (
-            "not pruning: a given path is missing (" + ", ".join(loaded.missing_paths) + ")"
-        )
-    for doc_id, info in old_docs.items():
-        if doc_id in seen:
-            continue
-        if prune_now and info.source not in loaded.failed_sources:
-            p.removed.append(doc_id)
-        else:
-            p.kept.append(doc_id)
-    return p
 
 
 def embed_chunks(
@@ -152,53 +123,48 @@ def embed_chunks(
     return out
 
 
-def chunk_record(int_id: int, chunk: Chunk) -> dict[str, Any]:
-    return {
-        "int_id": int_id,
-        "id": chunk.id,
-        "doc_id": chunk.doc_id,
-        "text": chunk.text,
-        "span": list(chunk.span),
-        "metadata": chunk.metadata,
-    }
-
-
-def _check_disk(path: Path, n_chunks: int, dim: int, text_bytes: int) -> None:
-    """Refuse early rather than fail half-way: vectors + chunk text, twice over for safety."""
-    need = 2 * (n_chunks * dim * 4 + text_bytes) + (1 << 20)
-    free = shutil.disk_usage(path).free
-    if free < need:
-        raise InsufficientResources(
-            f"not enough disk space to build the index ({free >> 20} MiB free, "
-            f"about {need >> 20} MiB needed); the previous version is untouched"
-        )
-
-
-def _remove_old_versions(vroot: Path, keep: set[str]) -> None:
-    for p in vroot.iterdir():
-        if p.is_dir() and p.name not in keep and not p.name.startswith("."):
-            shutil.rmtree(p, ignore_errors=True)
-
-
 @dataclass(frozen=True)
 class Live:
     """The version a run starts from (all None for a new index)."""
 
     version: str | None = None
     manifest: IndexManifest | None = None
+    legacy: LegacyVersion | None = None  # a schema-1 version, converted by this run
     folder: Path | None = None
 
     @property
-    def documents(self) -> dict[str, DocumentEntry]:
-        return self.manifest.documents if self.manifest else {}
+    def seq(self) -> int:
+        return self.manifest.seq if self.manifest else 0
+
+    @property
+    def next_int_id(self) -> int:
+        m = self.manifest or (self.legacy.manifest if self.legacy else None)
+        return m.next_int_id if m else 0
+
+    @property
+    def chunker(self) -> ChunkerConfig | None:
+        m = self.manifest or (self.legacy.manifest if self.legacy else None)
+        return m.chunker if m else None
 
     def built_as(self, settings: Settings) -> bool:
-        """Built with the index type and IVF cells the settings ask for (else: rebuild)."""
+        """Built with the index settings asked for now (else: rebuild the vectors' index)."""
         m = self.manifest
         return m is not None and (
             m.requested_index_type == settings.index_type
             and m.ivf.requested_nlist == settings.ivf_nlist
+            and (
+                settings.index_type != "ivf_pq"
+                or (m.ivf.requested_pq_m, m.ivf.opq) == (settings.pq_m, settings.opq)
+            )
         )
+
+    def old_ids(self) -> np.ndarray:
+        """The live version's chunk ids, ascending (its rows' order)."""
+        if self.legacy is not None:
+            return self.legacy.ids()
+        if self.folder is None:
+            return np.zeros(0, dtype=np.int64)
+        return np.load(self.folder / IDS_FILE)
 
 
 @dataclass
@@ -208,71 +174,176 @@ class Edit:
     chunks: list[Chunk]
     ids: np.ndarray  # int64 id of each new chunk, from the live version's next_int_id on
     next_int_id: int  # the first id the version after this one will give
-    drop: list[int]  # chunks of removed and updated documents
-    keep: list[str]  # documents whose chunks and vectors are kept as they are
-    todo: list[Document]  # documents (re-)chunked in this run
+    drop: np.ndarray  # int64 ids of the chunks of removed and updated documents
+    new_docs: list[NewDocument]
 
 
 def update_index(
     settings: Settings,
     name: str,
-    loaded: LoadResult,
-    embedder: Embedder,
+    paths: Sequence[Path],
+    embedder: Embedder | Callable[[], Embedder],
     *,
     prune: bool,
     progress: bool,
     started: float | None = None,
+    on_stage: StageHook | None = None,
 ) -> IndexSummary:
-    """Bring index ``name`` in line with ``loaded``; see the module docstring.
+    """Bring index ``name`` in line with the documents under ``paths``; see the module doc.
 
-    lock -> clean leftovers -> read the live version -> plan -> (nothing changed: done)
-    -> chunk what changed -> write the next version -> swap CURRENT -> drop old versions.
+    ``embedder``: the embedder, or a function that loads it (called only when the run finds
+    something to index).
     """
     started = time.perf_counter() if started is None else started
-    if not loaded.documents:
-        detail = "; ".join(str(i) for i in loaded.issues[:10]) or "no supported files found"
-        raise DataError(f"nothing to index: {detail}")
+    stage = on_stage or (lambda _: None)
     idir = index_dir(settings, name)
     vroot = idir / VERSIONS_DIR
     vroot.mkdir(parents=True, exist_ok=True)
     with index_lock(idir):
         # Leftovers of killed runs: staging folders, half-removed indexes.
         cleaned = clean_stale(idir) + clean_stale(vroot) + clean_stale(settings.indexes_dir)
-        live = read_live(settings, name, embedder)
-        chunker = Chunker(
-            embedder.tokenizer, settings.chunk_size, settings.chunk_overlap, embedder.max_seq_length
-        )
-        cfg = chunker.config(embedder.model_id)
-        rechunk_all = live.manifest is not None and live.manifest.chunker != cfg
-        p = plan(loaded, live.documents, prune, rechunk_all)
-        summary = planned_summary(name, loaded, live, p, prune, cleaned)
-        if live.manifest is not None and not p.changes and live.built_as(settings):
-            return finished(summary, live.manifest, started)  # no new version
+        live = read_live(settings, name)
+        fresh = live.manifest is None  # no store to build on: start a new file
+        if not fresh:
+            check_store(settings, name)
+        store = StoreWriter(idir / STORE_FILE, fresh=fresh)
+        try:
+            if not fresh and store.cleanup_orphans(live.seq, live.next_int_id):
+                cleaned += 1
+            summary = _run(settings, name, paths, embedder, live, store, prune, progress, stage)
+            summary.cleaned += cleaned
+        finally:
+            store.close()
+    return finished(summary, started)
 
+
+def _run(
+    settings: Settings,
+    name: str,
+    paths: Sequence[Path],
+    get_embedder: Embedder | Callable[[], Embedder],
+    live: Live,
+    store: StoreWriter,
+    prune: bool,
+    progress: bool,
+    stage: StageHook,
+) -> IndexSummary:
+    t0 = time.perf_counter()
+    old_files = _old_files(live, store)
+    skip = settings.skip_unchanged_files and live.manifest is not None
+    known = {s: f.fingerprint for s, f in old_files.items()} if skip else None
+    loaded = load_paths(paths, known)
+    t_load = time.perf_counter() - t0
+    if not loaded.documents and not loaded.unchanged_sources:
+        detail = "; ".join(str(i) for i in loaded.issues[:10]) or "no supported files found"
+        raise DataError(f"nothing to index: {detail}")
+    embedder = _embedder(get_embedder)
+    if live.manifest is not None:
+        check_compatible(live.manifest, embedder.model_id, embedder.dim)
+    elif live.legacy is not None:
+        check_compatible(live.legacy.manifest, embedder.model_id, embedder.dim)  # type: ignore[arg-type]
+    chunker = Chunker(
+        embedder.tokenizer, settings.chunk_size, settings.chunk_overlap, embedder.max_seq_length
+    )
+    cfg = chunker.config(embedder.model_id)
+    rechunk_all = live.chunker is not None and live.chunker != cfg
+    t0 = time.perf_counter()
+    if rechunk_all and loaded.unchanged_sources:  # every document is needed again
+        loaded = load_paths(paths, None)
+        t_load += time.perf_counter() - t0
+        t0 = time.perf_counter()
+    old_docs = _old_docs(live, store, loaded, old_files)
+    p = plan(loaded, old_docs, old_files, prune, rechunk_all)
+    summary = planned_summary(name, loaded, live, p, prune)
+    summary.timings = {"load": round(t_load, 3), "plan": round(time.perf_counter() - t0, 3)}
+    stage("planned")
+    if live.manifest is not None and not p.changes and live.built_as(settings):
+        _refresh_fingerprints(store, p, old_files)
+        summary.version = live.version
+        return _totals(summary, live.manifest)  # no new version
+
+    with timed(summary, "chunk"):
         edit = chunk_changes(chunker, p, live, summary)
-        _check_disk(vroot, len(edit.chunks), embedder.dim, sum(len(c.text) for c in edit.chunks))
-        manifest = write_version(settings, name, live, edit, cfg, embedder, progress, summary)
-        # The swap: from here on readers see the new version.
+    _check_disk(index_dir(settings, name), live, edit, embedder.dim)
+    manifest = write_version(
+        settings, name, live, p, edit, cfg, embedder, store, progress, summary, stage
+    )
+    # The swap: from here on readers see the new version.
+    stage("swap")
+    idir = index_dir(settings, name)
+    with timed(summary, "swap+gc"):
         write_text_atomic(idir / CURRENT_FILE, manifest.version)
-        _remove_old_versions(
-            vroot, {manifest.version} | ({live.version} if live.version else set())
-        )
-        summary.changed = True
-        return finished(summary, manifest, started)
+        collect_garbage(idir / VERSIONS_DIR, store, manifest, live)
+    summary.changed = True
+    summary.version = manifest.version
+    return _totals(summary, manifest)
 
 
-def read_live(settings: Settings, name: str, embedder: Embedder) -> Live:
-    """The live version, checked: a readable manifest, built with this embedder."""
+def _embedder(given: Embedder | Callable[[], Embedder]) -> Embedder:
+    """An embedder object, or a function that loads one (called only when there is work)."""
+    return given if hasattr(given, "encode") else given()  # type: ignore[return-value]
+
+
+def read_live(settings: Settings, name: str) -> Live:
+    """The live version: a readable schema-2 manifest, or a schema-1 one to convert."""
+    from ragtune.core.index_store import read_manifest
+
     version = current_version(settings, name)
     if version is None:
         return Live()
+    vdir = version_dir(settings, name, version)
+    if index_schema_version(vdir / MANIFEST) == LEGACY_INDEX_SCHEMA_VERSION:
+        legacy = LegacyIndexManifest.read(
+            vdir / MANIFEST,
+            hint=f"remove the index with `ragtune index rm {name}` and build it again",
+        )
+        return Live(version, None, LegacyVersion.read(legacy, vdir), vdir)
     manifest = read_manifest(settings, name, version)  # ManifestError names the file
-    check_compatible(manifest, embedder.model_id, embedder.dim)
-    return Live(version, manifest, version_dir(settings, name, version))
+    return Live(version, manifest, None, vdir)
+
+
+def _old_files(live: Live, store: StoreWriter) -> dict[str, OldFile]:
+    if live.manifest is None:
+        return {}
+    return {
+        s: OldFile((f.size, f.mtime_ns), f.n_docs, f.n_chunks)
+        for s, f in store.live_files().items()
+    }
+
+
+def _old_docs(
+    live: Live, store: StoreWriter, loaded: LoadResult, old_files: dict[str, OldFile]
+) -> dict[str, OldDoc]:
+    """The live documents the plan must look at: every one of a file that was read, failed or
+    vanished, and every loaded id (a document may have moved to another file)."""
+    if live.legacy is not None:
+        return live.legacy.old_docs()
+    if live.manifest is None:
+        return {}
+    sources = set(old_files) - loaded.unchanged_sources
+    rows = store.live_docs_of_sources(sources)
+    rows |= store.live_docs_by_id(d.id for d in loaded.documents if d.id not in rows)
+    return {r.doc_id: OldDoc(r.doc_id, r.sha256, r.source, r.chunks, r.doc) for r in rows.values()}
+
+
+def _refresh_fingerprints(store: StoreWriter, p: Plan, old_files: dict[str, OldFile]) -> None:
+    """Nothing changed, but a file was touched: remember its new size and time (its content
+    is what the live version holds), so the next run does not read it again."""
+    changed = {
+        s: fp
+        for s, (fp, _, _) in p.files.items()
+        if s in old_files and old_files[s].fingerprint != fp
+    }
+    if changed:
+        with store.transaction():
+            store.con.executemany(
+                "UPDATE files SET size = ?, mtime_ns = ? WHERE source = ? AND died IS NULL",
+                ((fp[0], fp[1], s) for s, fp in changed.items()),
+            )
 
 
 def planned_summary(
-    name: str, loaded: LoadResult, live: Live, p: Plan, prune: bool, cleaned: int
+    name: str, loaded: LoadResult, live: Live, p: Plan, prune: bool
 ) -> IndexSummary:
     """The summary as far as the plan knows it: document counts, and the chunks it keeps."""
     summary = IndexSummary(
@@ -282,15 +353,16 @@ def planned_summary(
         changed=False,
         pruned=prune and p.prune_note is None,
         files=loaded.files,
+        unchanged_files=len(loaded.unchanged_sources),
         skipped_files=loaded.skipped_files,
-        cleaned=cleaned,
-        errors=[str(i) for i in loaded.issues] + ([p.prune_note] if p.prune_note else []),
+        errors=[str(i) for i in loaded.issues + p.issues]
+        + ([p.prune_note] if p.prune_note else []),
     )
-    d, c, docs = summary.documents, summary.chunks, live.documents
+    d, c = summary.documents, summary.chunks
     d.added, d.updated, d.removed = len(p.added), len(p.updated), len(p.removed)
-    d.unchanged, d.kept = len(p.unchanged), len(p.kept)
-    c.unchanged = sum(len(docs[i].chunks) for i in p.unchanged)
-    c.kept = sum(len(docs[i].chunks) for i in p.kept)
+    d.unchanged, d.kept = len(p.unchanged) + p.skipped_docs, len(p.kept)
+    c.unchanged = p.unchanged_chunks + p.skipped_chunks
+    c.kept = p.kept_chunks
     return summary
 
 
@@ -298,79 +370,128 @@ def chunk_changes(chunker: Chunker, p: Plan, live: Live, summary: IndexSummary) 
     """Chunk the added and updated documents and give the new chunks fresh ids.
 
     Ids are never reused, so a reader holding the old version can never confuse an old chunk
-    with a new one.
+    with a new one; a document's chunks get consecutive ids.
     """
-    todo = p.added + p.updated
+    todo = p.todo
     chunks = chunker.chunk_documents(todo)
-    first = live.manifest.next_int_id if live.manifest else 0
-    docs = live.documents
-    edit = Edit(
-        chunks=chunks,
-        ids=np.arange(first, first + len(chunks), dtype=np.int64),
-        next_int_id=first + len(chunks),
-        drop=[cid for i in p.removed + [d.id for d in p.updated] for cid in docs[i].chunks],
-        keep=p.unchanged + p.kept,
-        todo=todo,
-    )
+    first = live.next_int_id
+    by_doc: dict[str, list[Chunk]] = {d.id: [] for d in todo}
+    for ch in chunks:
+        by_doc[ch.doc_id].append(ch)
+    new_docs, nxt = [], first
+    for doc in todo:
+        mine = by_doc[doc.id]
+        new_docs.append(NewDocument(doc, mine, nxt, doc.metadata))
+        nxt += len(mine)
+        fp, nd, nc = p.files[doc.source]
+        p.files[doc.source] = (fp, nd, nc + len(mine))
+    ordered = [c for nd in new_docs for c in nd.chunks]
+    drop = np.asarray([i for d in p.drop for i in d.chunks], dtype=np.int64)
     added_docs = {doc.id for doc in p.added}
     c = summary.chunks
-    c.added = sum(1 for ch in chunks if ch.doc_id in added_docs)
-    c.updated = len(chunks) - c.added
-    c.removed = len(edit.drop)
-    return edit
+    c.added = sum(1 for ch in ordered if ch.doc_id in added_docs)
+    c.updated = len(ordered) - c.added
+    c.removed = len(drop)
+    return Edit(ordered, np.arange(first, nxt, dtype=np.int64), nxt, drop, new_docs)
+
+
+def _check_disk(idir: Path, live: Live, edit: Edit, dim: int) -> None:
+    """Refuse early rather than fail half-way: the new rows and vectors, and a copy of the
+    live version's files (the next version rewrites them), with room to spare."""
+    text = sum(len(c.text) for c in edit.chunks)
+    copy = _tree_bytes(live.folder) if live.folder is not None else 0
+    need = 2 * (len(edit.chunks) * (dim * 6 + 64) + text) + copy + (1 << 20)
+    free = shutil.disk_usage(idir).free
+    if free < need:
+        raise InsufficientResources(
+            f"not enough disk space to build the index ({free >> 20} MiB free, "
+            f"about {need >> 20} MiB needed); the previous version is untouched"
+        )
+
+
+def _tree_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
 def write_version(
     settings: Settings,
     name: str,
     live: Live,
+    p: Plan,
     edit: Edit,
     cfg: ChunkerConfig,
     embedder: Embedder,
+    store: StoreWriter,
     progress: bool,
     summary: IndexSummary,
+    stage: StageHook,
 ) -> IndexManifest:
-    """Embed, update the vectors and write the next version; returns its manifest.
+    """Embed, write the store rows and the next version's files; returns its manifest.
 
-    Everything goes into a staging folder beside the versions, renamed into
-    ``versions/<id>`` only when whole (files fsynced), so a crash leaves no partial version.
+    The files go into a staging folder beside the versions, renamed into ``versions/<id>``
+    only when whole (fsynced), so a crash leaves no partial version.
     """
     import faiss
 
     vroot = index_dir(settings, name) / VERSIONS_DIR
     version = new_version_id()
+    seq = live.seq + 1
     try:
-        with staging_dir(vroot, f"{version}-") as tmp:
+        with staging_dir(vroot, f"{version}-") as tmp, disk_full_is_clear():
+            stage("embedding")
             t_embed = time.perf_counter()
             texts = [ch.text for ch in edit.chunks]
             vecs = embed_chunks(
                 embedder, texts, [len(t) for t in texts], settings.embed_batch_size, progress
             )
             summary.embed_seconds = round(time.perf_counter() - t_embed, 3)
-            index, kind = update_vectors(settings, live, edit, vecs, embedder.dim)
-            faiss.write_index(index, str(tmp / FAISS_FILE))
-            docs = _write_chunks(tmp / CHUNKS_FILE, live, edit)
+            summary.timings["embed"] = summary.embed_seconds
+
+            note(progress, f"writing {len(edit.chunks):,} chunks to the chunk store")
+            with timed(summary, "store"):
+                carried = _write_rows(live, p, edit, vecs, store, seq, stage)
+            stage("store-committed")
+
+            old_ids = live.old_ids()
+            keep = ~np.isin(old_ids, edit.drop)
+            ids = np.concatenate([old_ids[keep], edit.ids])
+            with timed(summary, "faiss"):
+                index, kind = update_vectors(
+                    settings, live, old_ids, edit, vecs, embedder.dim, store
+                )
+                faiss.write_index(index, str(tmp / FAISS_FILE))
+                del index
+            np.save(tmp / IDS_FILE, ids)
+            note(progress, "updating the BM25 model and the metadata columns")
+            with timed(summary, "bm25"):
+                bm25 = _write_bm25(tmp / BM25_DIR, live, keep, old_ids, carried, edit)
+            with timed(summary, "fields"):
+                fields = _write_fields(tmp / FIELDS_DIR, live, keep, old_ids, carried, edit)
+            (tmp / READERS_FILE).touch()
             now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            old = live.manifest or (live.legacy.manifest if live.legacy else None)
             manifest = IndexManifest(
                 name=name,
                 version=version,
                 previous_version=live.version,
-                created=live.manifest.created if live.manifest else now,
+                seq=seq,
+                created=old.created if old else now,
                 updated=now,
                 embedding_model=embedder.model_id,
                 embedding_dim=embedder.dim,
                 index_type=kind.type,
                 requested_index_type=settings.index_type,
-                ivf=kind.ivf_info(settings.ivf_nlist),
+                ivf=kind.ivf_info(VectorConfig.from_settings(settings)),
                 chunker=cfg,
-                counts=IndexCounts(documents=len(docs), chunks=int(index.ntotal)),
+                counts=IndexCounts(documents=_documents_after(live, p), chunks=len(ids)),
                 next_int_id=edit.next_int_id,
-                documents=docs,
+                bm25=bm25,
+                fields=fields,
             )
             manifest.write(tmp / MANIFEST)  # fsynced by the atomic write
-            for f in (FAISS_FILE, CHUNKS_FILE):
-                with open(tmp / f, "rb") as fh:
-                    os.fsync(fh.fileno())
+            with timed(summary, "fsync"):
+                _fsync_tree(tmp)
+            stage("files-written")
             os.rename(tmp, vroot / version)
             fsync_dir(vroot)
     except OSError as e:
@@ -382,58 +503,190 @@ def write_version(
     return manifest
 
 
+def note(progress: bool, message: str) -> None:
+    """One line on stderr for a step that has no progress bar (with --quiet: nothing)."""
+    if progress:
+        print(f"{message} ...", file=sys.stderr, flush=True)
+
+
+def _documents_after(live: Live, p: Plan) -> int:
+    before = live.manifest.counts.documents if live.manifest else 0
+    if live.legacy is not None:
+        before = len(live.legacy.manifest.documents)
+    return before + len(p.added) - len(p.removed)
+
+
+def _write_rows(
+    live: Live,
+    p: Plan,
+    edit: Edit,
+    vecs: np.ndarray,
+    store: StoreWriter,
+    seq: int,
+    stage: StageHook,
+) -> dict[int, dict[str, Any]]:
+    """One store transaction: new documents with their chunks and vectors, dropped ones
+    retired, the files' rows; a schema-1 version's kept documents carried over first."""
+    carried: dict[int, dict[str, Any]] = {}
+    with store.transaction():
+        if live.legacy is not None:
+            carried = carry(live.legacy, p.unchanged + p.kept, p.unchanged_loaded, store, seq)
+        store.add_documents(edit.new_docs, vecs, seq)
+        stage("store-write")
+        store.retire([d.row for d in p.drop if d.row is not None], seq)
+        store.retire_files(p.files, seq)
+        store.add_files(
+            (FileRow(s, fp[0], fp[1], nd, nc) for s, (fp, nd, nc) in p.files.items() if nd),
+            seq,
+        )
+    return carried
+
+
 def update_vectors(
-    settings: Settings, live: Live, edit: Edit, vecs: np.ndarray, dim: int
+    settings: Settings,
+    live: Live,
+    old_ids: np.ndarray,
+    edit: Edit,
+    vecs: np.ndarray,
+    dim: int,
+    store: StoreWriter,
 ) -> tuple[Any, IndexKind]:
     """The live FAISS index with the dropped ids removed and the new vectors added; rebuilt
-    from the stored vectors (never re-embedded) when the index type or IVF cells changed."""
+    from the kept vectors (never re-embedded) when the index settings changed."""
     old_index = old_kind = None
-    if live.manifest is not None and live.folder is not None:
+    if live.folder is not None:
         import faiss
 
-        old_index = faiss.read_index(str(live.folder / FAISS_FILE))
-        old_kind = IndexKind.from_manifest(live.manifest)
+        old_index = faiss.read_index(str(live.folder / FAISS_FILE))  # a private, writable copy
+        if live.manifest is not None:
+            old_kind = IndexKind.from_manifest(live.manifest)
+        elif live.legacy is not None:
+            old_kind = live.legacy.kind()
     return updated_index(
         old_index,
         old_kind,
-        np.asarray(edit.drop, dtype=np.int64),
+        old_ids,
+        edit.drop,
         edit.ids,
         vecs,
-        settings.index_type,
-        settings.ivf_nlist,
+        VectorConfig.from_settings(settings),
         dim,
+        lambda ids: store.vectors(ids, dim),
         rebuild=not live.built_as(settings),
     )
 
 
-def finished(summary: IndexSummary, manifest: IndexManifest, started: float) -> IndexSummary:
-    """Fill in the version that is live now and its totals."""
-    summary.version, summary.previous_version = manifest.version, manifest.previous_version
-    summary.total_documents = len(manifest.documents)
+def _new_texts(edit: Edit) -> list[str]:
+    return [bm25_text({"text": c.text, "metadata": c.metadata}) for c in edit.chunks]
+
+
+def _write_bm25(
+    folder: Path,
+    live: Live,
+    keep: np.ndarray,
+    old_ids: np.ndarray,
+    carried: dict[int, dict[str, Any]],
+    edit: Edit,
+) -> Any:
+    """The BM25 model of the next version: the kept rows' postings (from the live version,
+    or tokenized once from a schema-1 version's records), plus the new chunks'."""
+    if live.manifest is not None and live.folder is not None:
+        src = live.folder / BM25_DIR
+        vocab = read_vocab(src)
+        old = Postings.load(src).keep(keep)
+    elif live.legacy is not None:
+        vocab = {}
+        recs = live.legacy.records
+        kept_ids = old_ids[keep]
+        old = tokenize(
+            [bm25_text({"text": recs[i]["text"], "metadata": carried[i]}) for i in kept_ids],
+            vocab,
+        )
+    else:
+        vocab, old = {}, Postings.empty()
+    return save_model(folder, old.append(tokenize(_new_texts(edit), vocab)), vocab)
+
+
+def _write_fields(
+    folder: Path,
+    live: Live,
+    keep: np.ndarray,
+    old_ids: np.ndarray,
+    carried: dict[int, dict[str, Any]],
+    edit: Edit,
+) -> Any:
+    """The metadata columns of the next version: the kept rows' (from the live version, or
+    encoded from a schema-1 version's records) plus the new chunks'."""
+    if live.manifest is not None and live.folder is not None:
+        old = Columns.load(live.folder / FIELDS_DIR, list(live.manifest.fields)).keep(keep)
+    elif live.legacy is not None:
+        kept_ids = old_ids[keep]
+        old = encode_documents([carried[i] for i in kept_ids], [1] * len(kept_ids), [])
+    else:
+        old = Columns.empty()
+    new = encode_documents(
+        [nd.metadata for nd in edit.new_docs], [len(nd.chunks) for nd in edit.new_docs], old.names
+    )
+    cols, infos = old.append(new).compact()
+    cols.save(folder)
+    return infos
+
+
+def _fsync_tree(folder: Path) -> None:
+    for f in folder.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    for d in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
+        fsync_dir(d)
+
+
+def collect_garbage(vroot: Path, store: StoreWriter, manifest: IndexManifest, live: Live) -> None:
+    """Delete old versions that no reader holds (the previous one is always kept), then the
+    store rows that no remaining version holds. Best effort: leftovers go next time."""
+    keep = {manifest.version} | ({live.version} if live.version else set())
+    held = remove_old_versions(vroot, keep)
+    seqs = {manifest.seq} | ({live.manifest.seq} if live.manifest else set())
+    for v in held:
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            seqs.add(int(json.loads((vroot / v / MANIFEST).read_text())["seq"]))
+    store.gc(seqs)
+
+
+def remove_old_versions(vroot: Path, keep: set[str]) -> set[str]:
+    """Delete every version folder not in ``keep`` that no reader holds; return the held ones."""
+    held = set()
+    for p in sorted(vroot.iterdir()):
+        if not p.is_dir() or p.name in keep or p.name.startswith("."):
+            continue
+        try:
+            fd = os.open(p / READERS_FILE, os.O_RDONLY)
+        except FileNotFoundError:
+            fd = None  # a schema-1 version: its readers loaded it whole
+        try:
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # Renamed while locked: a reader that gets the lock after us finds it gone.
+            gone = vroot / f".tmp-gone-{p.name}"
+            os.rename(p, gone)
+        except BlockingIOError:
+            held.add(p.name)
+            continue
+        finally:
+            if fd is not None:
+                os.close(fd)
+        shutil.rmtree(gone, ignore_errors=True)
+    return held
+
+
+def _totals(summary: IndexSummary, manifest: IndexManifest) -> IndexSummary:
+    summary.previous_version = manifest.previous_version
+    summary.total_documents = manifest.counts.documents
     summary.total_chunks = manifest.counts.chunks
     summary.index_type = manifest.index_type
-    summary.seconds = round(time.perf_counter() - started, 3)
     return summary
 
 
-def _write_chunks(path: Path, live: Live, edit: Edit) -> dict[str, DocumentEntry]:
-    """Write the chunk store (kept records copied, new ones appended); return the doc table."""
-    old_docs = live.documents
-    old_records = (
-        read_chunks(live.folder / CHUNKS_FILE) if live.folder is not None and edit.keep else {}
-    )
-    new_chunks: dict[str, list[int]] = {doc.id: [] for doc in edit.todo}
-    docs: dict[str, DocumentEntry] = {}
-    with path.open("w", encoding="utf-8") as f:
-        for doc_id in edit.keep:
-            docs[doc_id] = old_docs[doc_id]
-            for cid in old_docs[doc_id].chunks:
-                f.write(json.dumps(old_records[cid], ensure_ascii=False) + "\n")
-        for int_id, ch in zip(edit.ids.tolist(), edit.chunks, strict=True):
-            new_chunks[ch.doc_id].append(int_id)
-            f.write(json.dumps(chunk_record(int_id, ch), ensure_ascii=False) + "\n")
-    for doc in edit.todo:
-        docs[doc.id] = DocumentEntry(
-            sha256=doc.sha256, source=doc.source, chunks=new_chunks[doc.id]
-        )
-    return docs
+def finished(summary: IndexSummary, started: float) -> IndexSummary:
+    summary.seconds = round(time.perf_counter() - started, 3)
+    return summary

@@ -12,6 +12,16 @@ Document ids are what the incremental reindex keys on, and what a search hit nam
   file). The tuner and the eval harness read SQuAD with the same ``core.qa`` reader, so their
   gold passages carry the same ids.
 
+Every document carries metadata: ``source`` (its file), ``file_type`` (the suffix: ``md``,
+``pdf``, ``jsonl``, ...), ``modified`` (the file's modification time, ISO 8601 UTC), ``title``
+where the file has one (HTML ``<title>``, PDF title, a Markdown ``# heading``, the SQuAD article,
+a JSON record's ``title``), and a JSON record's own ``metadata`` fields (which win over these).
+``file_type`` and ``modified`` are left out of the content hash, so touching a file re-embeds
+nothing (``modified`` then keeps the time its content last changed).
+
+An incremental run passes the size and modification time each file had when it was last read
+(``known``): a file that still has both is not read at all (``unchanged_sources``).
+
 Bad input never stops the run: each problem becomes a :class:`LoadIssue` naming the file (and
 line), and the rest of the corpus is still loaded.
 """
@@ -22,7 +32,8 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,10 +77,36 @@ class LoadResult:
     skipped_files: int = 0  # files in folders with a suffix we do not load
     failed_sources: set[str] = field(default_factory=set)  # files with any problem
     missing_paths: list[str] = field(default_factory=list)  # paths given that do not exist
+    # Files not read because their size and modification time are as ``known`` said.
+    unchanged_sources: set[str] = field(default_factory=set)
+    fingerprints: dict[str, tuple[int, int]] = field(default_factory=dict)  # read: (size, mtime_ns)
 
 
-def _make_doc(doc_id: str, source: str, text: str, metadata: dict[str, Any]) -> Document:
-    return Document(doc_id, source, text, content_hash(text, metadata), metadata)
+def _make_doc(
+    doc_id: str, source: str, text: str, metadata: dict[str, Any], derived: dict[str, Any]
+) -> Document:
+    """A Document; ``derived`` (file type, modification time) is metadata left out of the
+    hash, and a key the document's own metadata has already wins."""
+    sha = content_hash(text, metadata)
+    meta = dict(metadata)
+    for key, value in derived.items():
+        meta.setdefault(key, value)
+    return Document(doc_id, source, text, sha, meta)
+
+
+def file_metadata(path: Path, mtime_ns: int) -> dict[str, Any]:
+    """What the file itself says about its documents: its type and modification time."""
+    modified = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(mtime_ns / 1e9))
+    return {"file_type": path.suffix.lower().lstrip(".") or "text", "modified": modified}
+
+
+_MD_TITLE = re.compile(r"^#[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
+
+
+def markdown_title(text: str) -> str | None:
+    """The first level-1 heading of a Markdown text, if it has one."""
+    m = _MD_TITLE.search(text)
+    return m.group(1).strip() if m else None
 
 
 class _FileError(Exception):
@@ -135,7 +172,12 @@ def _load_pdf(path: Path) -> tuple[str, dict[str, Any]]:
 
 
 def _record_doc(
-    rec: Any, source: str, line: int | None, fallback_id: str, res: LoadResult
+    rec: Any,
+    source: str,
+    line: int | None,
+    fallback_id: str,
+    res: LoadResult,
+    derived: dict[str, Any],
 ) -> Document | None:
     """One {id, text, metadata} record (a JSONL line or a JSON array item) to a Document."""
     if not isinstance(rec, dict):
@@ -162,10 +204,12 @@ def _record_doc(
     if isinstance(rec.get("title"), str) and "title" not in meta:
         meta["title"] = rec["title"]
     meta.setdefault("source", source)
-    return _make_doc(str(doc_id), source, _tidy(text), meta)
+    return _make_doc(str(doc_id), source, _tidy(text), meta, derived)
 
 
-def _load_jsonl(path: Path, source: str, res: LoadResult) -> list[Document]:
+def _load_jsonl(
+    path: Path, source: str, res: LoadResult, derived: dict[str, Any]
+) -> list[Document]:
     docs = []
     for n, line in enumerate(_read_text(path).splitlines(), 1):
         if not line.strip():
@@ -175,30 +219,32 @@ def _load_jsonl(path: Path, source: str, res: LoadResult) -> list[Document]:
         except json.JSONDecodeError as e:
             res.issues.append(LoadIssue(source, f"malformed JSON ({e.msg}), line skipped", n))
             continue
-        doc = _record_doc(rec, source, n, f"{source}#L{n}", res)
+        doc = _record_doc(rec, source, n, f"{source}#L{n}", res, derived)
         if doc is not None:
             docs.append(doc)
     return docs
 
 
-def _load_json(path: Path, source: str, res: LoadResult) -> list[Document]:
+def _load_json(path: Path, source: str, res: LoadResult, derived: dict[str, Any]) -> list[Document]:
     try:
         data = json.loads(_read_text(path))
     except json.JSONDecodeError as e:
         raise _FileError(f"malformed JSON ({e.msg} at line {e.lineno})") from e
     if isinstance(data, dict) and isinstance(data.get("data"), list):
-        return _load_squad(data["data"], source, res)
+        return _load_squad(data["data"], source, res, derived)
     if isinstance(data, list):  # an array of {id, text, metadata} records, like JSONL
         docs = []
         for i, rec in enumerate(data):
-            doc = _record_doc(rec, source, None, f"{source}#{i}", res)
+            doc = _record_doc(rec, source, None, f"{source}#{i}", res, derived)
             if doc is not None:
                 docs.append(doc)
         return docs
     raise _FileError("unrecognized JSON layout (expected SQuAD {'data': [...]} or a list)")
 
 
-def _load_squad(articles: list[Any], source: str, res: LoadResult) -> list[Document]:
+def _load_squad(
+    articles: list[Any], source: str, res: LoadResult, derived: dict[str, Any]
+) -> list[Document]:
     """One Document per paragraph, id ``squad_doc_id(title, i)``, title kept as metadata."""
     docs = []
     for para in squad_paragraphs(articles, lambda msg: res.issues.append(LoadIssue(source, msg))):
@@ -211,16 +257,18 @@ def _load_squad(articles: list[Any], source: str, res: LoadResult) -> list[Docum
             continue
         meta = {"title": para.title, "source": source}
         # The context is kept verbatim: SQuAD answer offsets point into it.
-        docs.append(_make_doc(squad_doc_id(para.title, para.index), source, para.context, meta))
+        doc_id = squad_doc_id(para.title, para.index)
+        docs.append(_make_doc(doc_id, source, para.context, meta, derived))
     return docs
 
 
-def _load_file(path: Path, source: str, res: LoadResult) -> list[Document]:
+def _load_file(path: Path, source: str, res: LoadResult, mtime_ns: int) -> list[Document]:
     suffix = path.suffix.lower()
+    derived = file_metadata(path, mtime_ns)
     if suffix == ".jsonl":
-        return _load_jsonl(path, source, res)
+        return _load_jsonl(path, source, res, derived)
     if suffix == ".json":
-        return _load_json(path, source, res)
+        return _load_json(path, source, res, derived)
     if suffix in HTML_SUFFIXES:
         text, meta = _load_html(path)
     elif suffix == ".pdf":
@@ -231,7 +279,9 @@ def _load_file(path: Path, source: str, res: LoadResult) -> list[Document]:
     if not text:
         raise _FileError("empty document, skipped")
     meta["source"] = source
-    return [_make_doc(source, source, text, meta)]
+    if suffix in (".md", ".markdown") and (title := markdown_title(text)):
+        derived["title"] = title
+    return [_make_doc(source, source, text, meta, derived)]
 
 
 def _walk(root: Path) -> Iterator[Path]:
@@ -244,8 +294,14 @@ def _walk(root: Path) -> Iterator[Path]:
             yield p
 
 
-def load_paths(paths: Iterable[Path]) -> LoadResult:
-    """Load every supported file under ``paths`` (folders recurse); collect problems as issues."""
+def load_paths(
+    paths: Iterable[Path], known: Mapping[str, tuple[int, int]] | None = None
+) -> LoadResult:
+    """Load every supported file under ``paths`` (folders recurse); collect problems as issues.
+
+    ``known``: source -> (size, mtime_ns) of files as last read; such a file that still has
+    both is not read but listed in ``unchanged_sources``.
+    """
     res = LoadResult()
     seen_files: set[Path] = set()
     seen_ids: dict[str, str] = {}
@@ -272,7 +328,17 @@ def load_paths(paths: Iterable[Path]) -> LoadResult:
             seen_files.add(f)
             source = f.relative_to(base).as_posix()
             try:
-                docs = _load_file(f, source, res)
+                st = f.stat()
+            except OSError as e:
+                res.issues.append(LoadIssue(source, f"cannot read file ({e.strerror or e})"))
+                res.failed_sources.add(source)
+                continue
+            stamp = (st.st_size, st.st_mtime_ns)
+            if known is not None and known.get(source) == stamp:
+                res.unchanged_sources.add(source)
+                continue
+            try:
+                docs = _load_file(f, source, res, st.st_mtime_ns)
             except _FileError as e:
                 res.issues.append(LoadIssue(source, str(e)))
                 res.failed_sources.add(source)
@@ -282,6 +348,7 @@ def load_paths(paths: Iterable[Path]) -> LoadResult:
                 res.failed_sources.add(source)
                 continue
             res.files += 1
+            res.fingerprints[source] = stamp
             for d in docs:
                 if d.id in seen_ids:
                     res.issues.append(

@@ -1,17 +1,25 @@
 """Descriptions of indexes for people and scripts: ``index list`` and ``index show``.
 
 Both read the live version's manifest (``core.manifests.IndexManifest``) and the size of its
-files; nothing is loaded into memory.
+files; ``show`` also asks the chunk store for the sources and a few document ids. Nothing is
+loaded into memory.
 """
 
 from __future__ import annotations
 
 from pydantic import BaseModel
 
+from ragtune.core.chunk_store import ChunkStore
 from ragtune.core.config import Settings
 from ragtune.core.errors import ManifestError
-from ragtune.core.index_store import FAISS_FILE, list_indexes, read_manifest, version_dir
-from ragtune.core.manifests import ChunkerConfig, IndexManifest, IvfInfo
+from ragtune.core.index_store import (
+    FAISS_FILE,
+    list_indexes,
+    read_manifest,
+    store_path,
+    version_dir,
+)
+from ragtune.core.manifests import ChunkerConfig, FieldInfo, IndexManifest, IvfInfo
 
 
 class IndexOverview(BaseModel):
@@ -29,8 +37,10 @@ class IndexOverview(BaseModel):
     chunker: ChunkerConfig
     created: str
     updated: str
-    bytes: int  # the version's files together
+    fields: dict[str, FieldInfo]  # filterable metadata fields
+    bytes: int  # the version's files together (the shared chunk store not included)
     faiss_bytes: int
+    store_bytes: int  # the chunk store, shared by every version of the index
 
 
 class IndexDescription(IndexOverview):
@@ -42,6 +52,7 @@ class IndexDescription(IndexOverview):
 
 def _overview(settings: Settings, name: str, m: IndexManifest) -> IndexOverview:
     vdir = version_dir(settings, name, m.version)
+    store = store_path(settings, name)
     return IndexOverview(
         name=name,
         version=m.version,
@@ -55,8 +66,12 @@ def _overview(settings: Settings, name: str, m: IndexManifest) -> IndexOverview:
         chunker=m.chunker,
         created=m.created,
         updated=m.updated,
-        bytes=sum(f.stat().st_size for f in vdir.iterdir() if f.is_file()),
+        fields=m.fields,
+        bytes=sum(f.stat().st_size for f in vdir.rglob("*") if f.is_file()),
         faiss_bytes=(vdir / FAISS_FILE).stat().st_size,
+        store_bytes=sum(
+            p.stat().st_size for p in (store, store.with_name(store.name + "-wal")) if p.is_file()
+        ),
     )
 
 
@@ -68,13 +83,15 @@ def index_overview(settings: Settings, name: str) -> IndexOverview:
 def describe_index(settings: Settings, name: str, max_documents: int = 20) -> IndexDescription:
     """``index_overview`` plus the sources and a sample of document ids."""
     m = read_manifest(settings, name)
-    sources: dict[str, int] = {}
-    for info in m.documents.values():
-        sources[info.source] = sources.get(info.source, 0) + 1
+    store = ChunkStore(store_path(settings, name))
+    try:
+        sources, ids = store.sources(m.seq), store.document_ids(m.seq, max_documents)
+    finally:
+        store.close()
     return IndexDescription(
         **dict(_overview(settings, name, m)),
         sources=dict(sorted(sources.items())),
-        document_ids=sorted(m.documents)[:max_documents],
+        document_ids=ids,
     )
 
 

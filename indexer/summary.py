@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -31,12 +34,14 @@ class IndexSummary:
     total_chunks: int = 0
     index_type: str = "flat"
     pruned: bool = True  # whether vanished documents were removed in this run
-    files: int = 0
+    files: int = 0  # files read
+    unchanged_files: int = 0  # files not read: size and modification time as last time
     skipped_files: int = 0
     cleaned: int = 0  # leftovers of interrupted runs removed
     seconds: float = 0.0
     embed_seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per step of the run
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,6 +59,7 @@ class IndexSummary:
             f"{c.unchanged} unchanged" + (f", {c.kept} kept" if c.kept else ""),
             f"  total:     {self.total_documents} documents, {self.total_chunks} chunks "
             f"({self.index_type} index); {self.files} files read"
+            + (f", {self.unchanged_files} unchanged (not read)" if self.unchanged_files else "")
             + (f", {self.skipped_files} skipped (unsupported type)" if self.skipped_files else ""),
             f"  time:      {self.seconds:.1f} s (embedding {self.embed_seconds:.1f} s)",
         ]
@@ -63,3 +69,13 @@ class IndexSummary:
             lines.append(f"  problems ({len(self.errors)}):")
             lines.extend(f"    {e}" for e in self.errors)
         return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def timed(summary: IndexSummary, step: str) -> Iterator[None]:
+    """Add the time spent in the block to ``summary.timings[step]``."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        summary.timings[step] = round(summary.timings.get(step, 0.0) + time.perf_counter() - t0, 3)

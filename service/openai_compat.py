@@ -6,7 +6,8 @@
   ``"ragtune": {"retrieval": "hybrid", "index": "docs", "top_k": 3}`` (with the official
   client: ``extra_body={"ragtune": {...}}``); then the answer is grounded on the retrieved
   passages (mode ``rag``, or ``hybrid`` with an adapter) and the response's extra
-  ``ragtune`` field lists them.
+  ``ragtune`` field lists them. ``"filter": {...}`` in it restricts retrieval to chunks
+  whose metadata match (``core.filters``).
 - The question is the last user message (chat) or the prompt (completions); it is rendered
   with ragtune's own prompt template, the one adapters were trained on. In a chat, the
   earlier user/assistant pairs (the last ``MAX_HISTORY_TURNS``) go into the prompt as
@@ -175,6 +176,7 @@ def _to_request(
         index=opts.index if opts and retrieval else None,
         top_k=opts.top_k if opts and retrieval else None,
         retrieval=opts.retrieval if opts and retrieval else None,  # type: ignore[arg-type]
+        filter=opts.filter if opts else None,
         max_new_tokens=max_tokens,
         temperature=temperature,
         history=history,
@@ -212,6 +214,7 @@ def _openai_fields(question_field: str) -> Iterator[None]:
         "history": "messages",
         "max_new_tokens": "max_tokens",
         "adapter": "model",
+        "filter": "ragtune.filter",
     }
     try:
         yield

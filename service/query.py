@@ -34,6 +34,7 @@ def to_request(body: QueryBody) -> QueryRequest:
         max_new_tokens=body.max_new_tokens,
         temperature=body.temperature,
         contexts=tuple(body.contexts) if body.contexts is not None else None,
+        filter=body.filter,
     )
 
 

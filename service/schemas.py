@@ -28,6 +28,14 @@ Temperature = Annotated[float, Meta(ge=0.0, le=2.0, description="0 = greedy")]
 Passage = Annotated[str, Meta(max_length=20_000)]
 Mode = Literal["base", "rag", "finetune", "hybrid"]
 Retrieval = Literal["dense", "bm25", "hybrid"]
+Filter = Annotated[
+    dict[str, Any],
+    Meta(
+        max_length=32,
+        description="Metadata filter applied before the top-k (docs/indexer.md): "
+        '{"field": value, "field": {"in": [...]}, "field": {"gte": 2020, "lt": "2026-01-01"}}',
+    ),
+]
 
 
 # --- /v1/query ------------------------------------------------------------------------------
@@ -43,6 +51,7 @@ class QueryBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_new_tokens: NewTokens | None = None
     temperature: Temperature | None = None
     contexts: Annotated[list[Passage], Meta(max_length=20)] | None = None
+    filter: Filter | None = None
     stream: bool = False
 
 
@@ -156,6 +165,7 @@ class RagtuneOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         ]
         | None
     ) = None
+    filter: Filter | None = None
 
 
 class ContentPart(msgspec.Struct, kw_only=True):

@@ -3,8 +3,9 @@ clear error (naming the file and the problem) for a corrupt manifest or an unkno
 version, through the library and the CLI.
 
 tests/data/legacy holds artifacts written by ragtune at commit 8952068, the last one before
-core.manifests: an index (``kb``: three documents from docs.jsonl, the tiny embedder) and the
-manifest and config of a RAFT adapter trained with --dedup and --forgetting (every section).
+core.manifests: an index (``kb``: three documents from docs.jsonl, the tiny embedder; schema 1,
+chunks.jsonl, which readers now refuse and an update run converts) and the manifest and config
+of a RAFT adapter trained with --dedup and --forgetting (every section).
 """
 
 from __future__ import annotations
@@ -18,9 +19,15 @@ import pytest
 
 from ragtune.cli.main import main
 from ragtune.core.config import Settings
-from ragtune.core.errors import InvalidInput, ManifestError
-from ragtune.core.index_store import current_version, open_index, read_manifest, version_dir
-from ragtune.core.manifests import AdapterManifest, IndexManifest
+from ragtune.core.errors import IndexFormatOutdated, InvalidInput, ManifestError
+from ragtune.core.index_store import (
+    current_version,
+    open_index,
+    read_documents,
+    read_manifest,
+    version_dir,
+)
+from ragtune.core.manifests import AdapterManifest, IndexManifest, LegacyIndexManifest
 from ragtune.core.registry import check_base, get_adapter, list_adapters, remove, scan_adapters
 from tests.helpers import index_docs
 
@@ -67,23 +74,25 @@ def test_index_manifest_round_trip(tiny_settings: Settings, tiny_emb, tmp_path: 
     first = index_docs(tiny_settings, "kb", DOCS, embedder=tiny_emb)
     second = index_docs(tiny_settings, "kb", DOCS | {"x": "Python is a language."}, tiny_emb)
     m = read_manifest(tiny_settings, "kb")
-    assert (m.version, m.previous_version, m.schema_version) == (second, first, 1)
-    assert m.counts.documents == len(m.documents) == 3 and m.next_int_id == 3
+    assert (m.version, m.previous_version, m.schema_version, m.seq) == (second, first, 2, 2)
+    docs = read_documents(tiny_settings, "kb")
+    assert m.counts.documents == len(docs) == 3 and m.next_int_id == 3
     m.write(tmp_path / "copy.json")
     assert IndexManifest.read(tmp_path / "copy.json") == m
     on_disk = json.loads((version_dir(tiny_settings, "kb", second) / "manifest.json").read_text())
     assert on_disk == json.loads((tmp_path / "copy.json").read_text()) == m.to_json()
-    assert on_disk["documents"]["x"]["source"].endswith("kb.jsonl")
+    assert docs["x"]["source"].endswith("kb.jsonl") and "documents" not in on_disk
+    assert on_disk["fields"]["source"] == {"kind": "text", "chunks": 3}
 
 
 def test_legacy_manifests_read_and_write_back_the_same_keys(tmp_path: Path) -> None:
-    for cls, src in ((IndexManifest, LEGACY_INDEX), (AdapterManifest, LEGACY_ADAPTER)):
+    for cls, src in ((LegacyIndexManifest, LEGACY_INDEX), (AdapterManifest, LEGACY_ADAPTER)):
         m = cls.read(src / "manifest.json")
         m.write(tmp_path / "m.json")
         assert cls.read(tmp_path / "m.json") == m
         original = json.loads((src / "manifest.json").read_text())
         # The only difference: keys whose value was null are left out (and read back as None).
-        if cls is IndexManifest:
+        if cls is LegacyIndexManifest:
             assert original.pop("previous_version") is None
         else:
             assert original.pop("init_from") is None
@@ -96,25 +105,43 @@ def test_legacy_manifests_read_and_write_back_the_same_keys(tmp_path: Path) -> N
     assert a.hyperparameters["retrieval"] is None  # nulls inside free-form sections are kept
 
 
-def test_a_legacy_data_folder_keeps_working(tiny_settings: Settings, tiny_emb, cli) -> None:
+def test_a_legacy_index_is_refused_clearly_and_converted_by_an_update(
+    tiny_settings: Settings, tiny_emb, cli
+) -> None:
     from ragtune.indexer.api import build_index, describe_index
 
     _copy_legacy(tiny_settings)
     old = current_version(tiny_settings, "kb")
-    idx = open_index(tiny_settings, "kb", tiny_emb)
-    assert idx.size == 3 and idx.search("Everest", 1, "bm25")[0].doc_id == "everest"
-    assert describe_index(tiny_settings, "kb").sources == {"docs.jsonl": 3}
-    # An incremental run over the same documents reuses the old version; a new one builds on it.
+    path = version_dir(tiny_settings, "kb", old) / "manifest.json"
+    with pytest.raises(IndexFormatOutdated) as e:
+        open_index(tiny_settings, "kb", tiny_emb)
+    assert e.value.status == 409 and e.value.path == str(path)
+    assert "written by an earlier ragtune" in e.value.message
+    assert "`ragtune index PATH... --index kb`" in e.value.message
+    rc, out, err = cli("search", "Everest", "--index", "kb", "--method", "bm25")
+    assert rc == 2 and out == "" and err.startswith("error: index 'kb' was written by an earlier")
+    rc, out, err = cli("index", "list")
+    assert rc == 0 and "warning: index 'kb' was written by an earlier ragtune" in err
+    # An update over the same documents converts it: a new version, nothing re-embedded.
     docs = tiny_settings.data_dir / "docs.jsonl"
     shutil.copy(LEGACY / "docs.jsonl", docs)
+    conv = build_index(tiny_settings, [docs], "kb", progress=False, embedder=tiny_emb)
+    assert conv.changed and conv.previous_version == old and conv.documents.unchanged == 3
+    assert (conv.chunks.added, conv.chunks.updated, conv.chunks.unchanged) == (0, 0, 3)
+    idx = open_index(tiny_settings, "kb", tiny_emb)
+    assert idx.size == 3 and idx.search("Everest", 1, "bm25")[0].doc_id == "everest"
+    assert idx.search("Everest mountain", 1, "dense")[0].doc_id == "everest"
+    hit = idx.search("Everest", 1, "bm25", {"file_type": "jsonl"})[0]
+    assert hit.metadata["source"] == "docs.jsonl" and "modified" in hit.metadata
+    assert describe_index(tiny_settings, "kb").sources == {"docs.jsonl": 3}
     same = build_index(tiny_settings, [docs], "kb", progress=False, embedder=tiny_emb)
-    assert not same.changed and same.documents.unchanged == 3 and same.version == old
+    assert not same.changed and same.unchanged_files == 1
     with docs.open("a") as f:
         f.write(json.dumps({"id": "curie", "text": "Marie Curie won Nobel Prizes."}) + "\n")
     grown = build_index(tiny_settings, [docs], "kb", progress=False, embedder=tiny_emb)
-    assert grown.changed and grown.previous_version == old
+    assert grown.changed and grown.previous_version == conv.version
     assert (grown.documents.added, grown.chunks.unchanged) == (1, 3)  # old vectors reused
-    assert read_manifest(tiny_settings, "kb").documents["curie"].chunks == [3]
+    assert read_documents(tiny_settings, "kb")["curie"]["chunks"] == [3]
 
     info = get_adapter(tiny_settings, "old-raft")
     assert info.method == "lora" and info.created_at == "2026-11-30T13:58:08+00:00"
@@ -150,7 +177,7 @@ CORRUPTIONS = {
     "not an object": (lambda m: "[1, 2]", "is not a JSON object (found list)"),
     "unknown schema": (
         lambda m: json.dumps(m | {"schema_version": 99}),
-        "has schema version 99, but this ragtune reads version 1",
+        "has schema version 99, but this ragtune reads version 2",
     ),
     "no schema": (
         lambda m: json.dumps({k: v for k, v in m.items() if k != "schema_version"}),
@@ -161,8 +188,8 @@ CORRUPTIONS = {
         "has wrong or missing fields: embedding_dim: Input should be a valid integer",
     ),
     "missing key": (
-        lambda m: json.dumps({k: v for k, v in m.items() if k != "documents"}),
-        "has wrong or missing fields: documents: missing",
+        lambda m: json.dumps({k: v for k, v in m.items() if k != "counts"}),
+        "has wrong or missing fields: counts: missing",
     ),
 }
 

@@ -85,3 +85,51 @@ def test_eval_config_of_the_wrong_type_is_a_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert e.value.code != 0 and "Traceback" not in err
     assert "error: eval setting batch_size: Input should be a valid integer" in err
+
+
+def test_eval_run_filter_from_the_flag_and_the_config_file(tiny_env, tmp_path):
+    settings, squad = tiny_env
+    title = json.loads(squad.read_text())["data"][0]["title"]
+    out = tmp_path / "filtered"
+    flt = json.dumps({"title": title})
+    _invoke(
+        [
+            *_global(settings), "eval", "run", "--dataset", str(squad), "--index", "squad",
+            "--modes", "base,rag", "--limit", "4", "--max-new-tokens", "2", "--n-boot", "100",
+            "--filter", flt, "--out", str(out), "-q",
+        ]
+    )  # fmt: skip
+    records = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    ranked = [d for r in records if r.get("kind") == "retrieval" for d in r["ranked"]]
+    sources = [d for r in records if r.get("variant") == "rag" for d in r["sources"]]
+    assert ranked and sources and all(d.startswith(f"{title}#p") for d in ranked + sources)
+    assert json.loads((out / "config.json").read_text())["filter"] == {"title": {"eq": title}}
+    cfg = tmp_path / "eval.toml"
+    cfg.write_text(
+        f'dataset = "{squad}"\nindex = "squad"\nmodes = "rag"\nmax_new_tokens = 2\n'
+        f'n_boot = 100\nfilter = {{ title = {{ in = ["{title}"] }} }}\n'
+    )
+    out2 = tmp_path / "from-config"
+    _invoke(
+        [
+            *_global(settings),
+            "eval",
+            "run",
+            "--config",
+            str(cfg),
+            "--limit",
+            "2",
+            "--out",
+            str(out2),
+            "-q",
+        ]
+    )
+    assert json.loads((out2 / "config.json").read_text())["filter"] == {"title": {"in": [title]}}
+
+
+def test_eval_bad_filter_is_a_clear_error(tmp_path, capsys):
+    for args in (["--filter", '{"year": {"gte": "soon"}}'], ["--filter", "year>2020"]):
+        with pytest.raises(SystemExit) as e:
+            main(["eval", "run", "--dataset", str(tmp_path / "qa.json"), *args])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith("error: filter: ") and "Traceback" not in err

@@ -14,6 +14,7 @@ from ragtune.core.index_store import (
     check_compatible,
     current_version,
     open_index,
+    read_documents,
     read_manifest,
     version_dir,
 )
@@ -51,8 +52,7 @@ def test_first_build_then_search_every_method(tiny_settings, tiny_embedder, corp
 
 def test_incremental_add_update_remove(tiny_settings, tiny_embedder, corpus) -> None:
     first = build(tiny_settings, [corpus], tiny_embedder)
-    m1 = read_manifest(tiny_settings, "kb")
-    keep_ids = m1.documents["curie"].chunks
+    keep_ids = read_documents(tiny_settings, "kb")["curie"]["chunks"]
     old_vecs = open_kb(tiny_settings, tiny_embedder).faiss_index.reconstruct(keep_ids[0])
 
     (corpus / "paris.txt").write_text("The Eiffel Tower is in Paris. It was built in 1889.")
@@ -64,9 +64,9 @@ def test_incremental_add_update_remove(tiny_settings, tiny_embedder, corpus) -> 
     assert (d.added, d.updated, d.removed, d.unchanged) == (1, 1, 1, 3)
     assert (s.chunks.added, s.chunks.updated, s.chunks.removed) == (1, 1, 2)
     assert s.previous_version == first.version and s.total_documents == 5
-    m2 = read_manifest(tiny_settings, "kb")
-    assert "docs/everest.md" not in m2.documents
-    assert m2.documents["curie"].chunks == keep_ids  # unchanged: same chunk ids
+    docs2 = read_documents(tiny_settings, "kb")
+    assert "docs/everest.md" not in docs2
+    assert docs2["curie"]["chunks"] == keep_ids  # unchanged: same chunk ids
     idx = open_kb(tiny_settings, tiny_embedder)
     np.testing.assert_array_equal(idx.faiss_index.reconstruct(keep_ids[0]), old_vecs)
     assert idx.faiss_index.ntotal == len(idx.chunks) == s.total_chunks

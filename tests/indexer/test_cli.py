@@ -55,6 +55,7 @@ def test_index_list_show_rm(run, corpus: Path) -> None:
     assert "kb" in out and "flat" in out
     rc, out, _ = run("index", "show", "kb")
     assert rc == 0 and "docs/people.jsonl  (2 documents)" in out
+    assert "MB chunk store" in out and "modified (date)" in out
     rc, out, _ = run("index", "show", "kb", "--json")
     assert json.loads(out)["documents"] == 5
     rc, out, _ = run("index", "rm", "kb")
@@ -148,3 +149,33 @@ def test_help_does_not_import_torch() -> None:
     assert "HEAVY []" in res.stdout
     assert "ragtune index PATH... --index NAME" in res.stdout
     assert "--queries" in res.stdout
+
+
+def test_search_filter_and_compressed_index_flags(run, corpus: Path, tmp_path: Path) -> None:
+    rc, out, _ = run("index", str(corpus), "--index", "kb", "-q", "--index-type", "ivf_sq8")
+    assert rc == 0 and "flat index" in out  # 5 chunks: too few to train, exact instead
+    flt = '{"file_type": {"in": ["md", "html"]}}'
+    rc, out, _ = run("search", "mountain river", "--index", "kb", "--json", "--filter", flt)
+    payload = json.loads(out)
+    assert rc == 0 and payload["filter"] == {"file_type": {"in": ["md", "html"]}}
+    assert {h["doc_id"] for h in payload["hits"]} <= {"docs/everest.md", "docs/nile.html"}
+    assert all("modified" in h["metadata"] for h in payload["hits"])
+    q = tmp_path / "q.txt"
+    q.write_text("Paris\nCurie chemistry\n")
+    rc, out, _ = run(
+        "search", "--queries", str(q), "--index", "kb", "--method", "bm25",
+        "--filter", '{"topic": "science"}',
+    )  # fmt: skip
+    lines = [json.loads(x) for x in out.splitlines()]
+    assert rc == 0 and lines[0]["hits"] == [] and lines[1]["hits"][0]["doc_id"] == "curie"
+    for bad, message in [
+        ("{file_type: md}", "error: filter: not valid JSON"),
+        ('{"file_type": {"like": "m%"}}', "error: filter: field 'file_type': unknown operator"),
+        ('{"filetype": "md"}', "error: filter: field 'filetype' is not a metadata field of"),
+    ]:
+        rc, out, err = run("search", "x", "--index", "kb", "--method", "bm25", "--filter", bad)
+        assert rc == 2 and out == "" and err.startswith(message), err
+    rc, out, _ = run("index", str(corpus), "--index", "kb", "--json", "-q", "--rescan")
+    assert rc == 0 and json.loads(out)["files"] == 4
+    rc, out, _ = run("index", str(corpus), "--index", "kb", "--json", "-q")
+    assert json.loads(out)["files"] == 0 and json.loads(out)["unchanged_files"] == 4

@@ -35,12 +35,45 @@ def test_formats_and_ids(corpus: Path) -> None:
     assert "The Nile is a river in Africa." in html.text
     assert "var x" not in html.text and "color" not in html.text
     assert html.metadata["title"] == "Nile"
-    assert docs["curie"].metadata == {"topic": "science", "source": "docs/people.jsonl"}
+    curie = docs["curie"].metadata
+    assert curie.pop("modified") == _mtime(corpus / "people.jsonl")
+    assert curie == {"topic": "science", "source": "docs/people.jsonl", "file_type": "jsonl"}
     assert docs["docs/sub/report.pdf"].text == "Glaciers retreat in summer."
-    assert docs["docs/sub/report.pdf"].metadata["pages"] == 1
-    assert docs["docs/paris.txt"].sha256 == content_hash(
-        docs["docs/paris.txt"].text, docs["docs/paris.txt"].metadata
+    pdf = docs["docs/sub/report.pdf"].metadata
+    assert (pdf["pages"], pdf["file_type"]) == (1, "pdf")
+    assert docs["docs/everest.md"].metadata["title"] == "Everest"  # its first # heading
+    assert docs["docs/nile.html"].metadata["file_type"] == "html"
+    # The file's type and time are metadata, but not part of the content hash.
+    paris = docs["docs/paris.txt"]
+    assert paris.metadata["file_type"] == "txt"
+    assert paris.sha256 == content_hash(paris.text, {"source": "docs/paris.txt"})
+
+
+def _mtime(path: Path) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(path.stat().st_mtime))
+
+
+def test_touching_a_file_keeps_its_hash_and_unchanged_files_are_not_read(corpus: Path) -> None:
+    import os
+
+    before = by_id(load_paths([corpus]))
+    st = (corpus / "paris.txt").stat()
+    os.utime(corpus / "paris.txt", ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    res = load_paths([corpus])
+    after = by_id(res)
+    assert after["docs/paris.txt"].sha256 == before["docs/paris.txt"].sha256
+    assert (
+        after["docs/paris.txt"].metadata["modified"]
+        != before["docs/paris.txt"].metadata["modified"]
     )
+    # Files whose size and modification time are known are not read at all.
+    known = dict(res.fingerprints)
+    known["docs/nile.html"] = (0, 0)  # changed since: read again
+    again = load_paths([corpus], known)
+    assert again.unchanged_sources == set(known) - {"docs/nile.html"}
+    assert [d.id for d in again.documents] == ["docs/nile.html"] and again.files == 1
 
 
 def test_ids_do_not_depend_on_the_current_folder(corpus: Path, monkeypatch) -> None:
