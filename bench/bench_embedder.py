@@ -2,6 +2,8 @@
 
     python bench/bench_embedder.py recall [--pairs 2400] [--save]   # ~40 min on a busy 2-core box
     python bench/bench_embedder.py e2e [--limit 40] [--save]        # the demo experiment, twice
+    python bench/bench_embedder.py sweep --sweep '[{}, {"schedule": "cosine"}]'  # validation only
+    python bench/bench_embedder.py recall --sweep '[...]'  # choose on validation, then test once
 
 1. recall: SQuAD v1.1 dev (48 articles, 2,067 paragraphs) split by article (25% test,
    seed 0, ``eval.split.split_groups``, as the experiment splits). The base index (the
@@ -94,10 +96,11 @@ def sweep(
     from ragtune.tuner.embed_api import train_embedder
     from ragtune.tuner.embed_args import EmbedTuneArgs
 
-    lines = [f"recipe sweep ({a.sweep_pairs} pairs each, validation split only):"]
-    best: tuple[float, dict[str, Any]] | None = None
+    lines = [f"recipe sweep ({a.sweep_pairs} pairs each unless given, validation split only):"]
+    best: tuple[tuple[float, float], dict[str, Any]] | None = None
     for cand in json.loads(a.sweep):
-        r = {**recipe, **cand}
+        r = {**recipe, **cand}  # the recipe the final run gets if this candidate wins
+        sized = {"max_pairs": a.sweep_pairs, "max_val_corpus": a.val_corpus, **r}
         t0 = time.perf_counter()
         info = train_embedder(
             settings,
@@ -105,28 +108,48 @@ def sweep(
                 data=[str(train_json)],
                 name="squad-sweep",
                 index="squad-base",
-                max_pairs=a.sweep_pairs,
-                max_val_corpus=a.val_corpus,
                 overwrite=True,
-                **r,
+                **sized,
             ),
             progress=True,
         )
         met = info.manifest.metrics
         k = str(met.k)
-        score = met.best.recall[k] if met.best else 0.0
-        lines.append(
+        score = (met.best.recall[k], met.best.mrr) if met.best else (0.0, 0.0)
+        line = (
             f"  {json.dumps(cand, sort_keys=True)}: val recall@{k} base "
-            f"{met.base.recall[k] if met.base else None} -> {score} (step {met.best.step if met.best else None}; "
+            f"{met.base.recall[k] if met.base else None} -> {score[0]} MRR {score[1]} "
+            f"(step {met.best.step if met.best else None} of {met.steps}"
+            f"{', stopped early' if met.stopped_early else ''}; "
             + ", ".join(f"{h.step}: {h.recall[k]}" for h in met.history)
-            + f"); {time.perf_counter() - t0:.0f} s; {load()}"
+            + f"); {met.val_questions} val questions in {met.val_corpus} passages; "
+            f"loop {met.train_seconds:.0f} s, whole {time.perf_counter() - t0:.0f} s; {load()}"
         )
+        print(line, flush=True)
+        lines.append(line)
         if best is None or score > best[0]:
             best = (score, r)
         remove(settings, "squad-sweep")
     assert best is not None
     lines.append(f"  chosen: {json.dumps(best[1], sort_keys=True)}")
     return best[1], lines
+
+
+def bench_sweep(a: argparse.Namespace) -> list[str]:
+    """Only the recipe sweep: train articles and their validation split, never the test ones."""
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    lines = [f"== sweep ({time.strftime('%Y-%m-%d %H:%M')}, {a.threads} torch thread(s)) =="]
+    lines.append(f"start: {load()}")
+    train_json, _ = split_squad(Path(a.squad), work)
+    from ragtune.indexer.api import build_index
+
+    base = settings_for(work, a.threads)
+    build_index(base, [Path(a.squad)], "squad-base", progress=True)
+    _, sweep_lines = sweep(base, train_json, a, json.loads(a.recipe))
+    lines += sweep_lines
+    lines.append(f"end: {load()}")
+    return lines
 
 
 def bench_recall(a: argparse.Namespace) -> list[str]:
@@ -156,10 +179,8 @@ def bench_recall(a: argparse.Namespace) -> list[str]:
         data=[str(train_json)],
         name="squad-emb",
         index="squad-base",
-        max_pairs=a.pairs,
-        max_val_corpus=a.val_corpus,
         overwrite=True,
-        **recipe,
+        **{"max_pairs": a.pairs, "max_val_corpus": a.val_corpus, **recipe},
     )
     t0 = time.perf_counter()
     info = train_embedder(base, args, progress=True)
@@ -313,7 +334,7 @@ def bench_e2e(a: argparse.Namespace) -> list[str]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("what", choices=["recall", "e2e"])
+    p.add_argument("what", choices=["recall", "sweep", "e2e"])
     p.add_argument("--squad", default=str(DEFAULT_SQUAD))
     p.add_argument("--work", default="/tmp/ragtune-bench-embedder")
     p.add_argument("--threads", type=int, default=1)
@@ -334,7 +355,8 @@ def main() -> None:
     )
     p.add_argument("--save", action="store_true", help=f"append to {RESULTS}")
     a = p.parse_args()
-    lines = bench_recall(a) if a.what == "recall" else bench_e2e(a)
+    run = {"recall": bench_recall, "sweep": bench_sweep, "e2e": bench_e2e}[a.what]
+    lines = run(a)
     text = "\n".join(lines) + "\n"
     print(text)
     if a.save:

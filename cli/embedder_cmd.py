@@ -20,6 +20,7 @@ from ragtune.tuner.embed_args import EmbedTuneArgs, field_docs
 _TYPES: dict[str, Any] = {
     "format": click.Choice(["auto", "prompt", "alpaca", "chat", "squad", "template"]),
     "mine_retrieval": click.Choice(["dense", "bm25", "hybrid"]),
+    "schedule": click.Choice(["linear", "cosine", "constant"]),
     "template": click.Path(dir_okay=False),
 }
 

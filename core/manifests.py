@@ -441,6 +441,7 @@ class MiningInfo(_Model):
     mined: int  # negatives taken from the hits
     filled: int  # pairs short of hits, filled with random passages of the index
     skipped_answer: int  # hits left out because they contain the answer (likely positives)
+    skipped_similar: int = 0  # hits left out for scoring too close to the gold passage
     gold_in_depth: float  # share of training questions whose gold passage was in the hits
 
 

@@ -147,8 +147,8 @@ def _open_index(
                 "with in-batch negatives only: --hard-negatives 0)"
             )
         return None
-    if args.mine_retrieval == "bm25":
-        return open_index(settings, name, None)
+    if args.mine_retrieval == "bm25" and not args.max_negative_ratio:
+        return open_index(settings, name, None)  # no similarity needed: no model to load
     if embedder is None:
         from ragtune.core.models import load_embedder
 

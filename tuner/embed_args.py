@@ -17,6 +17,7 @@ from ragtune.core.errors import InvalidInput
 from ragtune.tuner.args import attribute_docs, parse_data_spec
 
 RETRIEVALS = ("dense", "bm25", "hybrid")
+SCHEDULES = ("linear", "cosine", "constant")
 TOML_TABLE = "tune-embedder"
 
 
@@ -48,6 +49,11 @@ class EmbedTuneArgs:
     """Retrieval method that mines the negatives: dense, bm25 or hybrid."""
     skip_answer_negatives: bool = True
     """Do not use a hit that contains the answer text as a negative (it may answer too)."""
+    max_negative_ratio: float = 0.0
+    """Do not use a hit whose similarity to the question (the index embedder's cosine) is above
+    this share of the gold passage's: that close to the gold, it probably answers too. Needs no
+    answer text, so it works where answers are free text (forums, reviews); 0.95 is
+    NV-Retriever's "TopK-PercPos". 0 = off."""
 
     epochs: float = 1.0
     """Passes over the training pairs (ignored when --max-steps is set)."""
@@ -58,8 +64,10 @@ class EmbedTuneArgs:
     batch_size: int = 32
     """Pairs per step; every other pair's passages are in-batch negatives."""
     lr: float = 1e-4
-    """Peak learning rate (AdamW), linear warmup then linear decay (1e-4 beat 3e-5 on the
-    SQuAD validation split: bench/results/embedder.txt)."""
+    """Peak learning rate (AdamW), reached after the warmup (1e-4 beat 3e-5 on the SQuAD
+    validation split: bench/results/embedder.txt)."""
+    schedule: str = "linear"
+    """After the warmup: linear (decay to zero at the last step), cosine or constant."""
     warmup_ratio: float = 0.1
     """Fraction of the steps spent warming the learning rate up from zero."""
     weight_decay: float = 0.01
@@ -83,8 +91,12 @@ class EmbedTuneArgs:
     max_val_corpus: int = 20000
     """Passages the validation questions are searched in: the whole index when it is at most
     this big, else the validation gold passages, their hard negatives and a seeded sample."""
+    evals_per_epoch: int = 4
+    """Validate this many times per epoch, evenly spaced (the last at the epoch's end), so that
+    the best checkpoint is not lost between two validations."""
     eval_every: int = 0
-    """Validate every N optimizer steps (0 = at the end of each epoch)."""
+    """Validate every N optimizer steps instead (and at each epoch's end; 0 = use
+    --evals-per-epoch)."""
     patience: int = 0
     """Stop after this many validations without improvement (0 = never stop early)."""
     save_every: int = 50
@@ -119,6 +131,8 @@ class EmbedTuneArgs:
             validate_name(self.index, "index")
         if self.format not in FORMATS:
             bad("format", f"unknown format {self.format!r} (use {', '.join(FORMATS)})")
+        if self.schedule not in SCHEDULES:
+            bad("schedule", f"must be one of {', '.join(SCHEDULES)}")
         if self.mine_retrieval not in RETRIEVALS:
             bad("mine-retrieval", f"must be one of {', '.join(RETRIEVALS)}")
         for flag, v in (
@@ -127,6 +141,7 @@ class EmbedTuneArgs:
             ("max-val-examples", self.max_val_examples),
             ("max-val-corpus", self.max_val_corpus),
             ("save-every", self.save_every),
+            ("evals-per-epoch", self.evals_per_epoch),
         ):
             if v < 1:
                 bad(flag, "must be at least 1")
@@ -157,6 +172,8 @@ class EmbedTuneArgs:
             bad("warmup-ratio", "must be in [0, 1)")
         if self.weight_decay < 0:
             bad("weight-decay", "must not be negative")
+        if not 0.0 <= self.max_negative_ratio <= 1.0:
+            bad("max-negative-ratio", "must be in [0, 1] (0 = off)")
         if not self.scale > 0:
             bad("scale", "must be positive")
         if self.grad_clip < 0:

@@ -11,8 +11,10 @@ Every data format the tuner reads gives ``core.qa.QARecord``s; a record's gold p
 Hard negatives are mined from the same index: the top ``mine_depth`` hits of each training
 question (by ``mine_retrieval``) minus its gold document, minus (by default) any hit that
 contains the answer text, since such a passage probably answers the question too and would
-teach the model to push a right answer away. The hardest ``hard_negatives`` remain; a pair
-short of hits is filled with random passages of the index.
+teach the model to push a right answer away, and (``max_negative_ratio``) any hit the index's
+embedder scores nearly as close to the question as the gold passage: the same guard without
+answer text (positive-aware mining, NV-Retriever). The hardest ``hard_negatives`` remain; a
+pair short of hits is filled with random passages of the index.
 
 Validation measures retrieval itself: the held-out questions (whole groups, as the adapter
 tuner's validation split) are searched among the index's passages, or a seeded sample of them
@@ -22,6 +24,7 @@ around the gold and hard-negative passages when the index is larger than ``max_v
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import sys
 from collections.abc import Sequence
@@ -170,7 +173,7 @@ def prepare_pairs(
             val_negatives = [
                 Passage(doc, text)
                 for found in _search(index, [e.question for e in val_ex], 3, mine_method)
-                for doc, text in found
+                for doc, text, _ in found
             ]
     train = [
         Pair(e.question, gold_of[id(e)].text, negs)
@@ -199,13 +202,55 @@ def prepare_pairs(
 
 def _search(
     index: LoadedIndex, questions: list[str], depth: int, method: str
-) -> list[list[tuple[str, str]]]:
-    """(doc id, text) of the top ``depth`` hits of each question, in batches."""
-    out: list[list[tuple[str, str]]] = []
+) -> list[list[tuple[str, str, float]]]:
+    """(doc id, text, score) of the top ``depth`` hits of each question, in batches."""
+    out: list[list[tuple[str, str, float]]] = []
     for i in range(0, len(questions), MINE_BATCH):
         hits = index.search_batch(questions[i : i + MINE_BATCH], depth, method)  # type: ignore[arg-type]
-        out += [[(h.doc_id, h.text) for h in row] for row in hits]
+        out += [[(h.doc_id, h.text, h.score) for h in row] for row in hits]
     return out
+
+
+def similarities(index: LoadedIndex, pairs: Sequence[tuple[str, str]]) -> list[float]:
+    """Cosine of each (question, passage) under the index's embedder; each text encoded once."""
+    import numpy as np
+
+    if not pairs:
+        return []
+    texts = list(dict.fromkeys(t for pair in pairs for t in pair))
+    vecs = np.asarray(index.embed(texts), dtype=np.float32)  # normalized
+    row = {t: i for i, t in enumerate(texts)}
+    return [float(vecs[row[q]] @ vecs[row[p]]) for q, p in pairs]
+
+
+def _similar_limits(
+    index: LoadedIndex,
+    questions: list[str],
+    golds: list[Passage],
+    hits_all: list[list[tuple[str, str, float]]],
+    method: str,
+    ratio: float,
+) -> tuple[list[float], list[list[float]]]:
+    """Per question: the similarity above which a hit counts as too close to the gold passage
+    (``ratio`` x the gold's), and each hit's similarity. Dense hits carry theirs (the index's
+    cosine) and so does a gold passage among them; only the rest is encoded."""
+    dense = method == "dense"
+    gold_sim: list[float | None] = []
+    needed: list[tuple[str, str]] = []
+    for q, gold, hits in zip(questions, golds, hits_all, strict=True):
+        found = next((s for _, t, s in hits if t == gold.text), None) if dense else None
+        gold_sim.append(found)
+        if found is None:
+            needed.append((q, gold.text))
+        if not dense:
+            needed += [(q, t) for _, t, _ in hits]
+    sims = iter(similarities(index, needed))
+    limits: list[float] = []
+    hit_sims: list[list[float]] = []
+    for found, hits in zip(gold_sim, hits_all, strict=True):
+        limits.append(ratio * (next(sims) if found is None else found))
+        hit_sims.append([s for _, _, s in hits] if dense else [next(sims) for _ in hits])
+    return limits, hit_sims
 
 
 def mine(
@@ -222,7 +267,7 @@ def mine(
 
     rng = random.Random(args.seed + 2)
     pool = table.all_passages()
-    hits_all: list[list[tuple[str, str]]] = []
+    hits_all: list[list[tuple[str, str, float]]] = []
     questions = [e.question for e in train_ex]
     with tqdm(
         total=len(questions), desc="mining", unit="q", file=sys.stderr, disable=not progress
@@ -231,18 +276,30 @@ def mine(
             part = questions[i : i + MINE_BATCH]
             hits_all += _search(index, part, args.mine_depth, method)
             bar.update(len(part))
+    golds = [gold_of[id(e)] for e in train_ex]
+    limits: list[float] = [math.inf] * len(train_ex)
+    hit_sims: list[list[float]] = [[0.0] * len(h) for h in hits_all]
+    if args.max_negative_ratio:
+        limits, hit_sims = _similar_limits(
+            index, questions, golds, hits_all, method, args.max_negative_ratio
+        )
     out: list[tuple[str, ...]] = []
-    mined = filled = skipped = gold_found = 0
-    for e, hits in zip(train_ex, hits_all, strict=True):
-        gold = gold_of[id(e)]
+    mined = filled = skipped = similar = gold_found = 0
+    for e, gold, hits, limit, sims in zip(train_ex, golds, hits_all, limits, hit_sims, strict=True):
         gold_docs = set(e.gold_doc_ids) | {gold.doc_id}
-        gold_found += any(doc in gold_docs for doc, _ in hits)
+        gold_found += any(doc in gold_docs for doc, _, _ in hits)
         negs: list[str] = []
-        for doc, text in hits:
+        rejected = {gold.text}  # the random fill must not bring a skipped hit back
+        for (doc, text, _), sim in zip(hits, sims, strict=True):
             if doc in gold_docs or text == gold.text or text in negs:
                 continue
             if args.skip_answer_negatives and _contains_answer(text, e.answers):
                 skipped += 1
+                rejected.add(text)
+                continue
+            if sim > limit:
+                similar += 1
+                rejected.add(text)
                 continue
             if len(negs) < args.hard_negatives:
                 negs.append(text)
@@ -251,7 +308,7 @@ def mine(
         while len(negs) < args.hard_negatives and pool and tries < 50:
             tries += 1
             cand = rng.choice(pool)
-            if cand.doc_id not in gold_docs and cand.text not in negs and cand.text != gold.text:
+            if cand.doc_id not in gold_docs and cand.text not in negs and cand.text not in rejected:
                 negs.append(cand.text)
                 filled += 1
         if len(negs) < args.hard_negatives:
@@ -270,6 +327,7 @@ def mine(
         mined=mined,
         filled=filled,
         skipped_answer=skipped,
+        skipped_similar=similar,
         gold_in_depth=round(gold_found / len(train_ex), 4) if train_ex else 0.0,
     )
     return out, info

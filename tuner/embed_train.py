@@ -14,9 +14,9 @@ passage length. A batch never holds one text twice: the gold passage of a questi
 turn up as another question's negative (SQuAD asks ~5 questions per paragraph), the same rule
 as sentence-transformers' NO_DUPLICATES batch sampler.
 
-Validation (before training, every ``eval_every`` steps or at each epoch's end, and at the
-last step) searches the held-out questions in the validation corpus; the checkpoint with the
-best recall@k (then MRR@10) is kept, the base model included: when no checkpoint beats it,
+Validation (before training, ``evals_per_epoch`` times per epoch or every ``eval_every``
+steps, at each epoch's end and at the last step) searches the held-out questions in the
+validation corpus; the checkpoint with the best recall@k (then MRR@10) is kept, the base model included: when no checkpoint beats it,
 the base weights are what gets published. Checkpoints (weights, optimizer, scheduler, RNG)
 land in the run folder every ``save_every`` steps and at each validation, so a rerun of a
 killed training continues from the last one; the batch order is a function of the seed and
@@ -118,6 +118,17 @@ class Schedule:
     def epoch_ends_at(self, step: int) -> bool:
         """Step ``step`` (1-based) is the last of its epoch."""
         return step == self.total or self.epochs[step] != self.epochs[step - 1]
+
+    def validates_at(self, step: int, every: int, per_epoch: int) -> bool:
+        """Validation is due after step ``step`` (1-based): every ``every`` steps when set,
+        else ``per_epoch`` times per epoch, evenly spaced; always at an epoch's end."""
+        if self.epoch_ends_at(step):
+            return True
+        if every:
+            return step % every == 0
+        pos = step - self.epochs.index(self.epochs[step - 1])  # 1-based, in its epoch
+        n = self.steps_per_epoch
+        return pos * per_epoch // n > (pos - 1) * per_epoch // n
 
 
 # ---- validation ----------------------------------------------------------------------------
@@ -233,7 +244,7 @@ def train_embedder_loop(
     optimizer = torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
     warmup = math.ceil(args.warmup_ratio * schedule.total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda("linear", warmup, schedule.total)
+        optimizer, lr_lambda(args.schedule, warmup, schedule.total)
     )
     full_len = int(model.max_seq_length)
     train_len = min(full_len, args.max_seq_length or full_len)
@@ -292,9 +303,7 @@ def train_embedder_loop(
             bar.set_postfix_str(f"loss {value:.3f}", refresh=False)
             if on_step is not None:
                 on_step(state.step, value)
-            due = (args.eval_every and state.step % args.eval_every == 0) or schedule.epoch_ends_at(
-                state.step
-            )
+            due = schedule.validates_at(state.step, args.eval_every, args.evals_per_epoch)
             if val and due:
                 validate()
             if due or state.step % args.save_every == 0:

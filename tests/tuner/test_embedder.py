@@ -33,8 +33,13 @@ from ragtune.core.manifests import MANIFEST, EmbedderManifest
 from ragtune.core.models import load_embedder, locate_embedder
 from ragtune.tuner.embed_api import train_embedder
 from ragtune.tuner.embed_args import EmbedTuneArgs
-from ragtune.tuner.embed_data import Pair, prepare_pairs
-from ragtune.tuner.embed_train import epoch_batches
+from ragtune.tuner.embed_data import Pair, Passage, ValQuestion, prepare_pairs, similarities
+from ragtune.tuner.embed_train import (
+    Schedule,
+    epoch_batches,
+    retrieval_figures,
+    train_embedder_loop,
+)
 from tests.conftest import REPO
 from tests.eval.conftest import tiny_squad_file  # noqa: F401 (a fixture, used by name)
 from tests.tuner.helpers import write_jsonl
@@ -59,7 +64,7 @@ def quick(data: Path, name: str = "emb", **kw: object) -> EmbedTuneArgs:
 
 def test_training_publishes_a_registry_entry_with_provenance(indexed) -> None:
     settings, squad = indexed
-    info = train_embedder(settings, quick(squad), progress=False)
+    info = train_embedder(settings, quick(squad, evals_per_epoch=1), progress=False)
     m = info.manifest
     assert info.path == settings.embedders_dir / "emb"
     assert m.model_id == f"emb@{m.version}" == info.model_id
@@ -146,6 +151,99 @@ def test_mined_negatives_are_never_the_gold_passage_nor_hold_the_answer(indexed)
     assert bm25.mining is not None and bm25.mining.retrieval == "bm25"
 
 
+def test_the_similarity_filter_keeps_near_gold_hits_out(indexed) -> None:
+    """--max-negative-ratio: no negative (mined or filled) scores above that share of the gold
+    passage's similarity to the question; without answer text to go by."""
+    from ragtune.core.index_store import open_index
+
+    settings, squad = indexed
+    index = open_index(settings, "default", load_embedder(settings))
+    plain = quick(squad, mine_depth=8, val_fraction=0.0, skip_answer_negatives=False)
+    ratio = 0.96  # the tiny random model scores every passage within ~10% of the gold
+    args = quick(
+        squad, mine_depth=8, val_fraction=0.0, skip_answer_negatives=False, max_negative_ratio=ratio
+    )
+    before = prepare_pairs(plain.validate(), index, "dense")
+    data = prepare_pairs(args.validate(), index, "dense")
+    assert data.mining is not None and before.mining is not None
+    assert before.mining.skipped_similar == 0 and data.mining.skipped_similar > 0
+    assert data.mining.skipped_answer == 0
+    for p in data.train:
+        gold, *negs = similarities(
+            index, [(p.question, p.positive)] + [(p.question, n) for n in p.negatives]
+        )
+        assert all(n <= ratio * gold + 1e-6 for n in negs), (p.question, gold, negs)
+    # the filter changed some pair's negative: a hit too close to its gold was the hardest
+    assert [p.negatives for p in data.train] != [p.negatives for p in before.train]
+    # hybrid hits carry fused scores, not similarities: those are computed for the filter
+    hybrid = prepare_pairs(args.validate(), index, "hybrid")
+    assert hybrid.mining is not None and hybrid.mining.skipped_similar > 0
+
+
+def test_validation_is_spread_over_each_epoch() -> None:
+    sched = Schedule(batches=[[0, 1]] * 16, epochs=[0] * 8 + [1] * 8, steps_per_epoch=8)
+    due = [s for s in range(1, 17) if sched.validates_at(s, 0, 4)]
+    assert due == [2, 4, 6, 8, 10, 12, 14, 16]
+    assert [s for s in range(1, 17) if sched.validates_at(s, 0, 3)] == [3, 6, 8, 11, 14, 16]
+    assert [s for s in range(1, 17) if sched.validates_at(s, 0, 1)] == [8, 16]  # epoch ends
+    assert [s for s in range(1, 17) if sched.validates_at(s, 0, 20)] == list(range(1, 17))
+    # --eval-every counts steps (and still validates at each epoch's end)
+    assert [s for s in range(1, 17) if sched.validates_at(s, 5, 4)] == [5, 8, 10, 15, 16]
+    # a run cut short (--max-steps) validates at its last step
+    short = Schedule(batches=[[0, 1]] * 5, epochs=[0] * 5, steps_per_epoch=8)
+    assert [s for s in range(1, 6) if short.validates_at(s, 0, 2)] == [4, 5]
+
+
+def test_a_mid_epoch_checkpoint_is_kept_when_training_goes_past_it(
+    tiny_settings: Settings, tmp_path: Path
+) -> None:
+    """Validated twice per epoch, the loop keeps the mid-epoch weights when the epoch's end
+    is worse (here: made worse on purpose at the last step, as an overshoot would)."""
+    import torch
+
+    model = load_embedder(tiny_settings).model
+    topics = ["river", "mountain", "tower", "python", "desert", "ocean", "forest", "island"]
+    corpus = [
+        Passage(f"d{i}", f"The {t} passage number {i} tells about the {t}.")
+        for i, t in enumerate(topics)
+    ]
+    forms = ["What about the {}?", "Tell me of the {}.", "Where is the {}?", "Which {} is it?"]
+    qs = [(f.format(t), i) for f in forms for i, t in enumerate(topics)]
+    train = [Pair(q, corpus[i].text, ()) for q, i in qs]
+    val = [ValQuestion(q, (f"d{i}",)) for q, i in qs]
+    args = EmbedTuneArgs(
+        data=["unused"],
+        name="mid",
+        batch_size=8,  # 32 pairs: 4 steps, validated after steps 2 and 4
+        lr=1e-3,
+        schedule="constant",
+        warmup_ratio=0.0,
+        evals_per_epoch=2,
+        hard_negatives=0,
+        seed=0,
+    )
+    words = model[0].auto_model.embeddings.word_embeddings.weight
+
+    def overshoot(step: int, loss: float) -> None:
+        if step == 4:  # every token the same vector: retrieval falls to chance
+            with torch.no_grad():
+                words.copy_(words[:1].expand_as(words))
+
+    res = train_embedder_loop(
+        model, train, val, corpus, args, 2, tmp_path / "run", progress=False, on_step=overshoot
+    )
+    hist = res.state.history
+    assert [h["step"] for h in hist] == [0, 2, 4]
+    assert [h["epoch"] for h in hist] == [0.0, 0.5, 1.0]
+    assert (hist[1]["recall"]["2"], hist[1]["mrr"]) > (hist[0]["recall"]["2"], hist[0]["mrr"])
+    assert hist[2]["recall"]["2"] < hist[1]["recall"]["2"]
+    assert res.state.best_step == 2
+    # the model now holds the step-2 weights: it scores exactly as step 2 did
+    recall, mrr = retrieval_figures(model, val, corpus, res.ks)
+    assert recall == hist[1]["recall"] and mrr == hist[1]["mrr"]
+    assert not torch.equal(words[0], words[1])
+
+
 def test_batches_never_hold_a_text_twice() -> None:
     pairs = [Pair(f"q{i}", f"passage {i % 3}", (f"passage {(i + 1) % 3}",)) for i in range(12)]
     for epoch in range(3):
@@ -201,6 +299,12 @@ def test_bad_input_is_refused_before_training(indexed, tmp_path: Path) -> None:
         train_embedder(settings, quick(squad, hard_negatives=4, mine_depth=3), progress=False)
     with pytest.raises(InvalidInput, match="--batch-size"):
         train_embedder(settings, quick(squad, batch_size=1), progress=False)
+    with pytest.raises(InvalidInput, match="--schedule: must be one of linear, cosine, constant"):
+        train_embedder(settings, quick(squad, schedule="step"), progress=False)
+    with pytest.raises(InvalidInput, match="--evals-per-epoch: must be at least 1"):
+        train_embedder(settings, quick(squad, evals_per_epoch=0), progress=False)
+    with pytest.raises(InvalidInput, match=r"--max-negative-ratio: must be in \[0, 1\]"):
+        train_embedder(settings, quick(squad, max_negative_ratio=1.5), progress=False)
     with pytest.raises(InvalidInput, match="invalid embedder name"):
         train_embedder(settings, quick(squad, name="../x"), progress=False)
     with pytest.raises(ModelNotFound):
