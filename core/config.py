@@ -53,6 +53,14 @@ class Settings(BaseSettings):
     torch_threads: int = Field(0, ge=0, description="torch CPU threads (0 = torch's default)")
     device: str = Field("cpu", description="torch device for the generator: cpu, cuda, auto")
 
+    # --- embedding runtime --- (issue 12: core/embed_runtime.py)
+    embedder_backend: Literal["torch", "onnx", "onnx-int8"] = Field(
+        "torch",
+        description="Embedder runtime: torch; onnx (ONNX Runtime, the same fp32 vectors); "
+        "onnx-int8 (int8 weights: other vectors, so indexes built with it only take int8 "
+        "queries). The ONNX graph is exported once into the models cache",
+    )
+
     # --- indexing ---
     chunk_size: int = Field(200, ge=16, le=4096, description="Chunk size in embedder tokens")
     chunk_overlap: int = Field(32, ge=0, description="Overlap between chunks in tokens")

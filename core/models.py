@@ -247,17 +247,14 @@ class Embedder:
 
 
 def load_embedder(settings: Settings) -> Embedder:
-    """Load the configured embedder on the CPU."""
+    """Load the configured embedder on the CPU (on ``settings.embedder_backend``)."""
     loc = locate_embedder(settings.embedder)
     set_torch_threads(settings)
     quiet_loading()
-    from sentence_transformers import SentenceTransformer
+    from ragtune.core import embed_runtime  # torch or ONNX Runtime (settings.embedder_backend)
 
-    try:
-        model = SentenceTransformer(str(loc.path) if loc.path else loc.spec, device="cpu")
-    except (OSError, ValueError) as e:
-        raise ModelNotFound(f"cannot load embedder {settings.embedder!r}: {e}") from e
-    return Embedder(model, loc.model_id)
+    model = embed_runtime.open_sentence_transformer(settings, loc)
+    return Embedder(model, embed_runtime.backend_model_id(loc.model_id, settings.embedder_backend))
 
 
 @dataclass
