@@ -86,6 +86,14 @@ class Settings(BaseSettings):
         1200, ge=100, description="Characters of one passage in a prompt"
     )
 
+    # --- inference kernels --- (issue 12: core/multi_lora.py)
+    lora_kernel: Literal["gathered", "peft"] = Field(
+        "gathered",
+        description="How rows with different LoRA adapters run: 'gathered' = one batched "
+        "matmul pair per layer for all rows (stacked adapter weights, an index per row); "
+        "'peft' = peft's mixed-batch path (one sub-batch per adapter per layer)",
+    )
+
     # --- service ---
     host: str = Field("127.0.0.1", description="Bind address of `ragtune serve`")
     port: int = Field(8000, ge=1, le=65535, description="Port of `ragtune serve`")
