@@ -7,12 +7,12 @@ every layer, one sub-batch per distinct adapter: gather the rows, two small matm
 back. Here each LoRA layer instead keeps its adapters' weights stacked, slot 0 being zeros
 (no adapter)::
 
-    A: [slots, in, r_max]   B: [slots, r_max, out]   scale: [slots]
+    A: [slots, in, r_max]   B: [slots, r_max, out] (times the scaling)
 
-and a batch carries one slot index per row, so a layer adds
-``bmm(bmm(x, A[idx]), B[idx]) * scale[idx]`` to the base output: the same two matmuls
-whatever the mix of adapters. When every row has the same adapter, the plain ``x @ A @ B``
-on that slot runs instead (no gather at all); rows without any adapter skip LoRA entirely.
+and a batch carries one slot index per row, so a layer adds ``bmm(bmm(x, A[idx]), B[idx])``
+to the base output (``baddbmm``: the add is fused into the second matmul): the same two
+matmuls whatever the mix of adapters. When every row has the same adapter, the plain
+``x @ A @ B`` on that slot runs instead (no gather); rows without any adapter skip LoRA.
 
 Only vanilla LoRA on linear layers is stacked; an adapter with anything else (DoRA and other
 variants, LoRA on embeddings or convolutions, LoRA bias) makes ``supported`` False and the
@@ -41,9 +41,8 @@ class _Stack:
     """One LoRA layer's adapters, stacked by slot."""
 
     A: Any  # [slots, in, r_max]
-    B: Any  # [slots, r_max, out]
-    scale: Any  # [slots]
-    each: dict[int, tuple[Any, Any, float]]  # slot -> (A [in, r], B [r, out], scaling) unpadded
+    B: Any  # [slots, r_max, out], times the adapter's scaling
+    each: dict[int, tuple[Any, Any]]  # slot -> (A [in, r], B [r, out] x scaling), unpadded
 
 
 class GatheredLora:
@@ -100,21 +99,24 @@ class GatheredLora:
         assert plan is not None
         if stack is None or plan.single == BASE_SLOT:
             return result
-        out_dtype = result.dtype
+        # B is stored pre-multiplied by the scaling, so the add is fused into the last
+        # matmul (addmm / baddbmm): two ops per layer whatever the mix
+        dtype, n_out = stack.A.dtype, result.shape[-1]
         if plan.single is not None:
             one = stack.each.get(plan.single)
             if one is None:  # this adapter has no LoRA on this layer
                 return result
-            a, b, scaling = one
-            delta = (x.to(a.dtype) @ a) @ b * scaling
+            a, b = one
+            x2 = x.to(dtype).reshape(-1, x.shape[-1])
+            out = torch.addmm(result.to(dtype).reshape(-1, n_out), x2 @ a, b)
         else:
             rows = x.shape[0]
-            x3 = x.to(stack.A.dtype).reshape(rows, -1, x.shape[-1])
+            x3 = x.to(dtype).reshape(rows, -1, x.shape[-1])
             xa = torch.bmm(x3, stack.A.index_select(0, plan.index))
-            delta = torch.bmm(xa, stack.B.index_select(0, plan.index))
-            delta = delta * stack.scale.index_select(0, plan.index).view(rows, 1, 1)
-            delta = delta.reshape(*x.shape[:-1], delta.shape[-1])
-        return result + delta.to(out_dtype)
+            out = torch.baddbmm(
+                result.to(dtype).reshape(rows, -1, n_out), xa, stack.B.index_select(0, plan.index)
+            )
+        return out.reshape(result.shape).to(result.dtype)
 
 
 class RowLoraModel:
@@ -151,16 +153,15 @@ def _stack_of(module: Any, names: list[str], slots: dict[str, int]) -> _Stack | 
     kw = {"dtype": weight.dtype, "device": weight.device}
     A = torch.zeros((len(names) + 1, n_in, r_max), **kw)
     B = torch.zeros((len(names) + 1, r_max, n_out), **kw)
-    scale = torch.zeros(len(names) + 1, **kw)
     each = {}
     for n in present:
         s, a_w, b_w = slots[n], module.lora_A[n].weight, module.lora_B[n].weight
         r = a_w.shape[0]
-        A[s, :, :r] = a_w.detach().T
-        B[s, :r, :] = b_w.detach().T
-        scale[s] = float(module.scaling[n])
-        each[s] = (a_w.detach().T.contiguous(), b_w.detach().T.contiguous(), scale[s].item())
-    return _Stack(A, B, scale, each)
+        a = a_w.detach().T.contiguous()
+        b = (b_w.detach() * float(module.scaling[n])).T.contiguous()
+        A[s, :, :r], B[s, :r, :] = a, b
+        each[s] = (a, b)
+    return _Stack(A, B, each)
 
 
 def _has_extras(module: Any) -> bool:
