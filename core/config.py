@@ -61,6 +61,15 @@ class Settings(BaseSettings):
         "queries). The ONNX graph is exported once into the models cache",
     )
 
+    # --- memory --- (issue 12: core/memory.py)
+    malloc_mmap_threshold_kb: int = Field(
+        1024,
+        ge=0,
+        description="Fixed glibc mmap threshold in KiB: tensors above it go back to the system "
+        "when freed, so RSS follows live memory (0 = glibc's dynamic default, which keeps up "
+        "to 32 MB blocks in the heap)",
+    )
+
     # --- indexing ---
     chunk_size: int = Field(200, ge=16, le=4096, description="Chunk size in embedder tokens")
     chunk_overlap: int = Field(32, ge=0, description="Overlap between chunks in tokens")

@@ -201,6 +201,10 @@ def quiet_loading() -> None:
 
 
 def set_torch_threads(settings: Settings) -> None:
+    """Threads, and the allocator setting (``core.memory``), before a model loads."""
+    from ragtune.core.memory import set_mmap_threshold
+
+    set_mmap_threshold(settings.malloc_mmap_threshold_kb)
     if settings.torch_threads:
         import torch
 
