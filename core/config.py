@@ -102,6 +102,12 @@ class Settings(BaseSettings):
         "matmul pair per layer for all rows (stacked adapter weights, an index per row); "
         "'peft' = peft's mixed-batch path (one sub-batch per adapter per layer)",
     )
+    prefill_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="Precision of prompt prefill on the CPU: bfloat16 runs it under autocast "
+        "(~1.5x faster time to first token with AVX512-BF16; answers can differ slightly); "
+        "decode steps stay in the model's precision",
+    )
 
     # --- service ---
     host: str = Field("127.0.0.1", description="Bind address of `ragtune serve`")

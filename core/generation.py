@@ -235,7 +235,7 @@ class ContinuousBatch:
 
     def __init__(self, engine: GenerationEngine) -> None:
         self._engine = engine
-        self._state = DecodeState(engine.tokenizer, engine._stops)
+        self._state = DecodeState(engine.tokenizer, engine._stops, engine.settings.prefill_dtype)
         self._chunk = engine.settings.prefill_chunk_tokens
         self._prefills: list[Prefill] = []  # long prompts being prefilled, oldest first
         self._chunk_s = 0.0  # how long the last prefill chunk took

@@ -122,3 +122,20 @@ def test_gathered_lora_gives_peft_outputs_on_smollm2(packaged_settings: Settings
     mix = ["s1", "s2", None, "s3", "s2", "s1"]
     reqs = [GenRequest(q, a, 16) for q, a in zip(questions * 2, mix, strict=False)]
     assert _texts(gathered, reqs) == _texts(peft, reqs)
+
+
+def test_bf16_prefill_keeps_fp32_decode_and_answers(tiny_settings: Settings) -> None:
+    """prefill_dtype bfloat16: prompts run under CPU autocast, the cache the decode steps
+    extend is fp32, and on the tiny model the greedy answers stay the same."""
+    _adapters(tiny_settings)
+    fp32 = GenerationEngine(load_generator(tiny_settings), tiny_settings)
+    bf16_settings = tiny_settings.model_copy(update={"prefill_dtype": "bfloat16"})
+    bf16 = GenerationEngine(load_generator(bf16_settings), bf16_settings)
+    reqs = _requests(["a", None, "b", "c"])
+    assert _texts(bf16, reqs) == _texts(fp32, reqs)
+    batch = bf16.batch()
+    from ragtune.core.decode import Row
+
+    batch.add([Row(GenRequest(PROMPTS[0], "b", 4), lambda r: None)])
+    layer = batch._state._cache.layers[0]
+    assert layer.keys.dtype == layer.values.dtype == bf16.gen.model.dtype
