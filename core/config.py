@@ -55,6 +55,23 @@ class Settings(BaseSettings):
     torch_threads: int = Field(0, ge=0, description="torch CPU threads (0 = torch's default)")
     device: str = Field("cpu", description="torch device for the generator: cpu, cuda, auto")
 
+    # --- embedding runtime --- (issue 12: core/embed_runtime.py)
+    embedder_backend: Literal["torch", "onnx", "onnx-int8"] = Field(
+        "torch",
+        description="Embedder runtime: torch; onnx (ONNX Runtime, the same fp32 vectors); "
+        "onnx-int8 (int8 weights: other vectors, so indexes built with it only take int8 "
+        "queries). The ONNX graph is exported once into the models cache",
+    )
+
+    # --- memory --- (issue 12: core/memory.py)
+    malloc_mmap_threshold_kb: int = Field(
+        1024,
+        ge=0,
+        description="Fixed glibc mmap threshold in KiB: tensors above it go back to the system "
+        "when freed, so RSS follows live memory (0 = glibc's dynamic default, which keeps up "
+        "to 32 MB blocks in the heap)",
+    )
+
     # --- indexing ---
     chunk_size: int = Field(200, ge=16, le=4096, description="Chunk size in embedder tokens")
     chunk_overlap: int = Field(32, ge=0, description="Overlap between chunks in tokens")
@@ -93,6 +110,20 @@ class Settings(BaseSettings):
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy")
     max_context_chars: int = Field(
         1200, ge=100, description="Characters of one passage in a prompt"
+    )
+
+    # --- inference kernels --- (issue 12: core/multi_lora.py)
+    lora_kernel: Literal["gathered", "peft"] = Field(
+        "gathered",
+        description="How rows with different LoRA adapters run: 'gathered' = one batched "
+        "matmul pair per layer for all rows (stacked adapter weights, an index per row); "
+        "'peft' = peft's mixed-batch path (one sub-batch per adapter per layer)",
+    )
+    prefill_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="Precision of prompt prefill on the CPU: bfloat16 runs it under autocast "
+        "(~1.5x faster time to first token with AVX512-BF16; answers can differ slightly); "
+        "decode steps stay in the model's precision",
     )
 
     # --- service ---

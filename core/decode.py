@@ -78,9 +78,12 @@ class Prefill:
 class DecodeState:
     """Key/value cache, attention mask and next input token for every active row."""
 
-    def __init__(self, tokenizer: Any, stop_ids: Sequence[int]) -> None:
+    def __init__(
+        self, tokenizer: Any, stop_ids: Sequence[int], prefill_dtype: str = "float32"
+    ) -> None:
         self.tok = tokenizer
         self.stops = frozenset(stop_ids)
+        self.prefill_dtype = prefill_dtype  # "bfloat16": prompts run under CPU autocast
         self.rows: list[Row] = []
         self._cache: Any = None  # transformers DynamicCache, batch dimension = rows
         self._mask: Any = None  # [rows, columns] 1 = real token, 0 = left padding
@@ -157,20 +160,21 @@ class DecodeState:
         start, width = p.done, int(p.input_ids.shape[1])
         end = width if chunk <= 0 else min(width, start + chunk)
         plen = int(p.mask.shape[1]) - width
-        out = _forward(
-            model,
-            extra,
-            p.input_ids[:, start:end],
-            p.mask[:, : plen + end],
-            p.pos[:, start:end],
-            p.cache,
-        )
+        with _prefill_precision(model, self.prefill_dtype):
+            out = _forward(
+                model,
+                extra,
+                p.input_ids[:, start:end],
+                p.mask[:, : plen + end],
+                p.pos[:, start:end],
+                p.cache,
+            )
         p.done = end
         self.prefilled_tokens += (end - start) * len(p.rows)
         if end < width:
             return None
         first = _pick(out.logits[:, -1].float(), [r.request.temperature for r in p.rows])
-        self._merge(p.cache, p.mask, first, p.mask.sum(dim=1))
+        self._merge(_cache_as(p.cache, model), p.mask, first, p.mask.sum(dim=1))
         self.rows.extend(p.rows)
         return self._advance(first.tolist(), offset=len(self.rows) - len(p.rows))
 
@@ -391,6 +395,28 @@ def _forward(model: Any, extra: dict[str, Any], ids: Any, mask: Any, pos: Any, c
             logits_to_keep=1,
             **extra,
         )
+
+
+def _prefill_precision(model: Any, dtype: str) -> Any:
+    """The context a prompt runs in: CPU autocast to bfloat16 when asked (matmuls in bf16 on
+    CPUs with AVX512-BF16 / AMX: about 1.5x faster prefill for SmolLM2, the weights stay
+    fp32), else nothing. Decode steps always run in the model's own precision."""
+    import contextlib
+
+    import torch
+
+    if dtype != "bfloat16" or model.device.type != "cpu":
+        return contextlib.nullcontext()
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+def _cache_as(cache: Any, model: Any) -> Any:
+    """The cache in the model's dtype (an autocast prefill may leave bf16 states)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    dtype, layers = base.dtype, cache.layers
+    if not layers or all(layer.keys.dtype == dtype for layer in layers):
+        return cache
+    return _new_cache([(layer.keys.to(dtype), layer.values.to(dtype)) for layer in layers])
 
 
 def prefix_states(model: Any, extra: dict[str, Any], ids: Sequence[int]) -> list[KV]:

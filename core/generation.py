@@ -26,6 +26,7 @@ from ragtune.core.config import Settings
 from ragtune.core.decode import KV, DecodeState, Prefill, Row, cache_bytes, prefix_states
 from ragtune.core.errors import AdapterBusy, InvalidInput
 from ragtune.core.models import Generator
+from ragtune.core.multi_lora import GatheredLora
 from ragtune.core.registry import AdapterInfo, check_base, get_adapter
 from ragtune.core.types import GenRequest, GenResult
 
@@ -58,6 +59,7 @@ class GenerationEngine:
         self._resolve = resolve_adapter or (lambda name: get_adapter(settings, name))
         self._base = generator.model
         self._peft: Any = None
+        self._lora: GatheredLora | None = None  # stacked LoRA weights (settings.lora_kernel)
         self._loaded: OrderedDict[str, AdapterInfo] = OrderedDict()
         self._in_use: Counter[str] = Counter()  # running rows per adapter
         # The prompt preamble every ragtune prompt shares, and its key/value states per
@@ -109,6 +111,7 @@ class GenerationEngine:
                 self._peft.eval()
             else:
                 self._peft.load_adapter(str(info.path), adapter_name=name, is_trainable=False)
+            self._restack()
             self.stats.loads_ms.append((time.perf_counter() - t0) * 1000)
             self._loaded[name] = info
             return info
@@ -132,14 +135,26 @@ class GenerationEngine:
         if not self._loaded:
             # Last one: take the LoRA layers out so the base model runs at full speed again.
             self._base = self._peft.unload()
-            self._peft = None
+            self._peft = self._lora = None
         else:
             self._peft.delete_adapter(name)
+            self._restack()
+
+    def _restack(self) -> None:
+        """Stack the loaded adapters' LoRA weights for the gathered kernel (under the lock)."""
+        if self.settings.lora_kernel != "gathered":
+            return
+        if self._lora is None:
+            self._lora = GatheredLora(self._peft)
+        else:
+            self._lora.rebuild()
 
     # --- generation -----------------------------------------------------------------------
     def _model_and_names(self, adapters: Sequence[str | None]) -> tuple[Any, dict[str, Any]]:
         if self._peft is None:
             return self._base, {}
+        if self._lora is not None and self._lora.supported:
+            return self._lora.model(adapters), {}  # one gathered LoRA matmul pair per layer
         return self._peft, {"adapter_names": [a or BASE for a in adapters]}
 
     def prefix_for(self, ids: Sequence[int]) -> int:
@@ -220,7 +235,7 @@ class ContinuousBatch:
 
     def __init__(self, engine: GenerationEngine) -> None:
         self._engine = engine
-        self._state = DecodeState(engine.tokenizer, engine._stops)
+        self._state = DecodeState(engine.tokenizer, engine._stops, engine.settings.prefill_dtype)
         self._chunk = engine.settings.prefill_chunk_tokens
         self._prefills: list[Prefill] = []  # long prompts being prefilled, oldest first
         self._chunk_s = 0.0  # how long the last prefill chunk took

@@ -477,12 +477,14 @@ class LoadedIndex:
 
 def check_compatible(manifest: IndexManifest, embedder_id: str, dim: int) -> None:
     """Refuse an index built with another embedding model or dimension."""
+    from ragtune.core.embed_runtime import mismatch_hint
+
     m_id, m_dim = manifest.embedding_model, manifest.embedding_dim
     if m_id != embedder_id or m_dim != dim:
         raise IndexMismatch(
             f"index {manifest.name!r} was built with embedder {m_id!r} ({m_dim}-d), "
             f"but the configured embedder is {embedder_id!r} ({dim}-d); rebuild the index "
-            "or set the embedder it was built with"
+            "or set the embedder it was built with" + mismatch_hint(m_id, embedder_id)
         )
 
 

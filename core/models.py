@@ -225,6 +225,10 @@ def quiet_loading() -> None:
 
 
 def set_torch_threads(settings: Settings) -> None:
+    """Threads, and the allocator setting (``core.memory``), before a model loads."""
+    from ragtune.core.memory import set_mmap_threshold
+
+    set_mmap_threshold(settings.malloc_mmap_threshold_kb)
     if settings.torch_threads:
         import torch
 
@@ -271,17 +275,14 @@ class Embedder:
 
 
 def load_embedder(settings: Settings) -> Embedder:
-    """Load the configured embedder on the CPU."""
+    """Load the configured embedder on the CPU (on ``settings.embedder_backend``)."""
     loc = locate_embedder(settings.embedder, settings)
     set_torch_threads(settings)
     quiet_loading()
-    from sentence_transformers import SentenceTransformer
+    from ragtune.core import embed_runtime  # torch or ONNX Runtime (settings.embedder_backend)
 
-    try:
-        model = SentenceTransformer(str(loc.path) if loc.path else loc.spec, device="cpu")
-    except (OSError, ValueError) as e:
-        raise ModelNotFound(f"cannot load embedder {settings.embedder!r}: {e}") from e
-    return Embedder(model, loc.model_id)
+    model = embed_runtime.open_sentence_transformer(settings, loc)
+    return Embedder(model, embed_runtime.backend_model_id(loc.model_id, settings.embedder_backend))
 
 
 @dataclass

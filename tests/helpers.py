@@ -10,7 +10,14 @@ from ragtune.core.models import folder_fingerprint, generator_folder
 from ragtune.core.registry import AdapterInfo, publish
 
 
-def make_lora_adapter(settings: Settings, name: str, seed: int = 0, r: int = 4) -> AdapterInfo:
+def make_lora_adapter(
+    settings: Settings,
+    name: str,
+    seed: int = 0,
+    r: int = 4,
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj"),
+    alpha: float | None = None,
+) -> AdapterInfo:
     """Publish a LoRA adapter with random (non-zero) weights for the configured generator.
 
     ``init_lora_weights=False`` makes B non-zero, so the adapter really changes the output.
@@ -25,7 +32,10 @@ def make_lora_adapter(settings: Settings, name: str, seed: int = 0, r: int = 4) 
     torch.manual_seed(seed)
     base = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     cfg = LoraConfig(
-        r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+        r=r,
+        lora_alpha=2 * r if alpha is None else alpha,
+        target_modules=list(target_modules),
+        init_lora_weights=False,
     )
     model = get_peft_model(base, cfg)
     with torch.no_grad():

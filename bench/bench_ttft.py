@@ -1,0 +1,250 @@
+"""Time to first token of a top-3 RAG answer on the demo index: where it goes, and
+``ragtune serve`` with fp32 prefill vs bf16 (autocast) prefill, in one run.
+
+Run: ``flock /tmp/ragtune-heavy.lock python bench/bench_ttft.py`` (~15 minutes on a shared
+2-core machine; it builds the demo index first unless ``--data`` names a data dir that has
+it). ``--questions 6 --seconds 10`` for a smoke run.
+
+1. Profile, in process (the pipeline the service runs), per question: validation and token
+   budget, retrieval (hybrid, top 3), prompt rendering and passage fitting, tokenization,
+   and prefill (1 new token), split into attention, MLP and LM head by forward hooks.
+2. ``ragtune serve`` (a child process, real HTTP), once per prefill precision: TTFT =
+   the client's wall time of ``/v1/query`` with ``max_new_tokens`` 1, mode rag, top_k 3,
+   one question at a time (p50, quiet), and with 8 closed-loop clients (p50 under load).
+3. Same answers: every question answered with 24 new tokens, both precisions, in process:
+   how many answers are identical, and the token F1 of each against the gold answers.
+Results: bench/results/ttft.txt (appended).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from bench_service import Server  # noqa: E402
+
+from ragtune.core.config import Settings, resolve_settings  # noqa: E402
+from ragtune.core.pipeline import Pipeline, QueryRequest  # noqa: E402
+from ragtune.core.qa import read_squad  # noqa: E402
+from ragtune.eval.metrics import answer_scores  # noqa: E402
+
+DEMO = REPO / "examples" / "squad-mini" / "demo.json"
+INDEX = "demo-squad"
+RESULTS = REPO / "bench" / "results" / "ttft.txt"
+_lines: list[str] = []
+
+
+def say(line: str = "") -> None:
+    print(line, flush=True)
+    _lines.append(line)
+
+
+def load_avg() -> str:
+    a = os.getloadavg()
+    return f"{a[0]:.2f}/{a[1]:.2f}/{a[2]:.2f}"
+
+
+def settings_for(data: Path, threads: int, prefill: str = "float32") -> Settings:
+    s, _ = resolve_settings(
+        overrides={
+            "data_dir": data,
+            "torch_threads": threads,
+            "default_index": INDEX,
+            "chunk_size": 256,  # the demo's index settings (examples/experiment-demo.toml)
+            "prefill_dtype": prefill,
+        },
+        environ={},
+    )
+    return s
+
+
+def profile(p: Pipeline, questions: list[str]) -> dict[str, float]:
+    """Median milliseconds of each part of a 1-token RAG answer."""
+    model = p.engine.gen.model
+    spans: dict[str, float] = {}
+
+    def timer(name: str) -> tuple[Any, Any]:
+        def pre(*_: Any) -> None:
+            spans[name] = spans.get(name, 0.0) - time.perf_counter()
+
+        def post(*_: Any) -> None:
+            spans[name] += time.perf_counter()
+
+        return pre, post
+
+    hooks = []
+    for name, mods in (
+        ("prefill: attention", [la.self_attn for la in model.model.layers]),
+        ("prefill: MLP", [la.mlp for la in model.model.layers]),
+        ("prefill: LM head", [model.lm_head]),
+    ):
+        pre, post = timer(name)
+        for m in mods:
+            hooks += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+    rows: dict[str, list[float]] = {}
+    tokens = []
+    for i, q in enumerate(questions):
+        spans.clear()
+        t0 = time.perf_counter()
+        r = p.validate(QueryRequest(q, mode="rag", top_k=3, max_new_tokens=1))
+        p.check_budget(r)
+        t1 = time.perf_counter()
+        index = p.index(r.index)
+        hits = index.search_batch([r.question], 3, r.retrieval or "hybrid")[0]
+        t2 = time.perf_counter()
+        prep = p._prepared(r, hits, index.name, index.version, 0.0)
+        t3 = time.perf_counter()
+        ids = p.engine.tokenizer(prep.prompt, add_special_tokens=False)["input_ids"]
+        t4 = time.perf_counter()
+        p.engine.generate_batch([p.gen_request(prep)])
+        t5 = time.perf_counter()
+        if i == 0:
+            continue  # warm-up: the preamble's cache, first-call allocations
+        tokens.append(len(ids))
+        parts = {
+            "validation + token budget": t1 - t0,
+            "retrieval (hybrid, top 3)": t2 - t1,
+            "prompt rendering + fitting": t3 - t2,
+            "tokenization": t4 - t3,
+            "prefill + first token": t5 - t4,
+            **spans,
+            "total": t5 - t0,
+        }
+        for k, v in parts.items():
+            rows.setdefault(k, []).append(v * 1000)
+    for h in hooks:
+        h.remove()
+    out = {k: statistics.median(v) for k, v in rows.items()}
+    out["prompt tokens"] = statistics.median(tokens)
+    return out
+
+
+def served_ttft(
+    data: Path, threads: int, prefill: str, questions: list[str], seconds: float
+) -> tuple[float, float, int]:
+    """(p50 quiet, p50 under 8 clients, requests under 8 clients) in seconds."""
+    port = 18500 + os.getpid() % 400
+    os.environ["RAGTUNE_PREFILL_DTYPE"] = prefill
+    os.environ["RAGTUNE_DEFAULT_INDEX"] = INDEX
+    try:
+        server = Server(data, threads, 1, port, 20.0)
+    finally:
+        del os.environ["RAGTUNE_PREFILL_DTYPE"], os.environ["RAGTUNE_DEFAULT_INDEX"]
+    body = lambda q: {"question": q, "mode": "rag", "top_k": 3, "max_new_tokens": 1}  # noqa: E731
+    try:
+        server.wait_ready()
+        with httpx.Client(base_url=server.url, timeout=600) as c:
+            c.post("/v1/query", json=body(questions[0])).raise_for_status()  # warm up
+            quiet = []
+            for q in questions:
+                t0 = time.perf_counter()
+                c.post("/v1/query", json=body(q)).raise_for_status()
+                quiet.append(time.perf_counter() - t0)
+        lat: list[float] = []
+        stop_at = time.monotonic() + seconds
+
+        def client(k: int) -> None:
+            with httpx.Client(base_url=server.url, timeout=600) as c:
+                i = k
+                while time.monotonic() < stop_at:
+                    t0 = time.perf_counter()
+                    c.post("/v1/query", json=body(questions[i % len(questions)])).raise_for_status()
+                    lat.append(time.perf_counter() - t0)
+                    i += 8
+
+        threads_ = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+        for t in threads_:
+            t.start()
+        for t in threads_:
+            t.join()
+    finally:
+        server.stop()
+    return statistics.median(quiet), statistics.median(lat), len(lat)
+
+
+def answers(p: Pipeline, items: list[Any]) -> list[str]:
+    reqs = [QueryRequest(it.question, mode="rag", top_k=3, max_new_tokens=24) for it in items]
+    out: list[str] = []
+    for i in range(0, len(reqs), 8):
+        out += [a.answer for a in p.answer_batch(reqs[i : i + 8])]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", type=Path, help="a data dir with the demo index (else built)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--questions", type=int, default=20, help="profile and TTFT questions")
+    ap.add_argument("--answers", type=int, default=60, help="questions for the same-answer check")
+    ap.add_argument("--seconds", type=float, default=30.0, help="the 8-client phase")
+    ap.add_argument("--save", action="store_true", help=f"append to {RESULTS.name}")
+    args = ap.parse_args()
+
+    data = args.data or Path(tempfile.mkdtemp(prefix="ragtune-bench-ttft-")) / "data"
+    if not (data / "indexes" / INDEX).is_dir():
+        from ragtune.indexer.api import build_index
+
+        build_index(settings_for(data, args.threads), [DEMO], INDEX, progress=False)
+    items = list(read_squad(DEMO).records)
+    step = max(1, len(items) // max(args.answers, args.questions))
+    picked = items[::step]
+    questions = [it.question for it in picked[: args.questions]]
+    say(
+        f"# bench_ttft {time.strftime('%Y-%m-%d %H:%M')}: SmolLM2-135M + MiniLM, demo index "
+        f"({DEMO.name}), mode rag, top_k 3, {args.threads} torch thread(s), "
+        f"{os.cpu_count()} CPUs, load average {load_avg()}"
+    )
+    pipes = {
+        prec: Pipeline(settings_for(data, args.threads, prec)) for prec in ("float32", "bfloat16")
+    }
+    profiles = {}
+    for prec, p in pipes.items():
+        profiles[prec] = profile(p, questions)
+    say(f"where the time of a 1-token RAG answer goes (in process, p50 ms; load {load_avg()}):")
+    say(f"  {'part':28s} {'fp32':>9s} {'bf16 prefill':>13s}")
+    for k in profiles["float32"]:
+        a, b = profiles["float32"][k], profiles["bfloat16"].get(k, float("nan"))
+        say(f"  {k:28s} {a:9.1f} {b:13.1f}")
+
+    for prec in ("float32", "bfloat16"):
+        quiet, loaded, n = served_ttft(data, args.threads, prec, questions, args.seconds)
+        say(
+            f"ragtune serve, prefill {prec}: TTFT p50 {quiet * 1000:.0f} ms one at a time; "
+            f"{loaded * 1000:.0f} ms with 8 clients ({n} requests); load {load_avg()}"
+        )
+
+    chosen = picked[: args.answers]
+    got = {prec: answers(p, chosen) for prec, p in pipes.items()}
+    same = sum(a == b for a, b in zip(got["float32"], got["bfloat16"], strict=True))
+    f1 = {
+        prec: statistics.mean(
+            answer_scores(a, it.answers)["f1"] for a, it in zip(ans, chosen, strict=True)
+        )
+        for prec, ans in got.items()
+    }
+    say(
+        f"same answers (24 new tokens, {len(chosen)} questions): {same}/{len(chosen)} identical; "
+        f"token F1 fp32 {f1['float32']:.3f}, bf16 prefill {f1['bfloat16']:.3f}"
+    )
+    if args.save:
+        with RESULTS.open("a", encoding="utf-8") as f:
+            f.write("\n".join(_lines) + "\n\n")
+    print(json.dumps({"data": str(data)}))
+
+
+if __name__ == "__main__":
+    main()
