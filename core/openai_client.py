@@ -322,9 +322,18 @@ def path_is_completion(resp: httpx.Response) -> bool:
 
 
 def _reason(e: Exception) -> str:
-    """A short cause for a transport error ("connection refused", "timed out", ...)."""
-    text = str(e).strip() or type(e).__name__
-    lowered = text.lower()
+    """A short cause for a transport error ("connection refused", "timed out", ...), from
+    the exception or the OS error under it."""
+    seen: BaseException | None = e
+    texts = []
+    while seen is not None and len(texts) < 8:
+        if isinstance(seen, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(seen, ConnectionResetError):
+            return "connection reset"
+        texts.append(str(seen))
+        seen = seen.__cause__ or seen.__context__
+    lowered = " ".join(texts).lower()
     for key, short in (
         ("refused", "connection refused"),
         ("reset", "connection reset"),
