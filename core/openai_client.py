@@ -325,7 +325,7 @@ def _reason(e: Exception) -> str:
     """A short cause for a transport error ("connection refused", "timed out", ...), from
     the exception or the OS error under it."""
     seen: BaseException | None = e
-    texts = []
+    texts: list[str] = []
     while seen is not None and len(texts) < 8:
         if isinstance(seen, ConnectionRefusedError):
             return "connection refused"
