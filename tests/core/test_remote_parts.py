@@ -77,3 +77,25 @@ def test_first_line_keeps_leading_blank_lines(text, cut):
     assert first_line(text) == cut
     stream = VisibleText(first_line=True, keep_leading=True)
     assert "".join(stream.feed(ch) for ch in text) == cut
+
+
+def test_config_show_never_prints_the_backend_key():
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    env = os.environ | {"PYTHONPATH": str(repo), "RAGTUNE_GENERATOR_API_KEY": "s3cret"}
+    for extra in ([], ["--json"]):
+        out = subprocess.run(
+            [sys.executable, "-m", "ragtune", "config", "show", *extra],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert "s3cret" not in out and "***set***" in out
+    shown = json.loads(out)["generator_api_key"]
+    assert shown == {"value": "***set***", "source": "env RAGTUNE_GENERATOR_API_KEY"}
