@@ -2,8 +2,8 @@
 # The GPU check: one prepared run of under 8 minutes on a machine with a CUDA GPU.
 #
 #   bench/gpu_check.sh                  # writes bench/results/gpu.txt (and prints it)
-#   STEPS=2 QUESTIONS=6 ROWS=1,4 NEW_TOKENS=8 DEVICE=cpu OUT=/tmp/gpu-smoke.txt bench/gpu_check.sh
-#                                       # the same plumbing on a CPU, in small (a smoke run)
+#   STEPS=2 QUESTIONS=6 ROWS=1,4 NEW_TOKENS=8 DEVICE=cpu TIME_SCALE=8 OUT=/tmp/gpu-smoke.txt \
+#       bench/gpu_check.sh              # the same plumbing on a CPU, in small (a smoke run)
 #
 # Needs: the repository's dependencies with a CUDA build of torch (the lock pins the CPU
 # build: install torch==2.13.0 from PyTorch's CUDA index first), the packaged models
@@ -24,6 +24,7 @@ QUESTIONS=${QUESTIONS:-60}
 ROWS=${ROWS:-1,32}
 NEW_TOKENS=${NEW_TOKENS:-64}
 DEVICE=${DEVICE:-auto}
+TIME_SCALE=${TIME_SCALE:-1}  # multiplies every step's time limit (a CPU smoke run: 8)
 OUT=${OUT:-bench/results/gpu.txt}
 WORK=${WORK:-$(mktemp -d /tmp/ragtune-gpu-check.XXXXXX)}
 DATA=examples/squad-mini/demo.json
@@ -38,7 +39,7 @@ step() {  # step NAME LIMIT_S COMMAND...: run with a time limit, print its wall 
   shift 2
   t0=$(date +%s%N)
   echo "== $name"
-  timeout "$limit" "$@" || rc=$?
+  timeout $((limit * TIME_SCALE)) "$@" || rc=$?
   ms=$((($(date +%s%N) - t0) / 1000000))
   if [ "$rc" -eq 0 ]; then
     printf '== %s: %d.%03d s\n\n' "$name" $((ms / 1000)) $((ms % 1000))
@@ -77,4 +78,4 @@ EOF
   step "6. decode tokens/s" 120 "$PY" bench/bench_device.py --device "$DEVICE" --rows "$ROWS" \
     --new-tokens "$NEW_TOKENS"
   echo "uptime: $(uptime)"
-} 2>&1 | grep -v -e "Warning" -e "warnings.warn" | tee "$OUT"
+} 2>&1 | grep --line-buffered -v -e "Warning" -e "warnings.warn" | tee "$OUT"
