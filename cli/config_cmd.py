@@ -22,6 +22,8 @@ def show(app: AppContext, as_json: bool) -> None:
     settings = app.settings()
     sources = app.sources()
     values = settings.model_dump(mode="json")
+    if values.get("generator_api_key"):  # a secret: say that it is set, never what it is
+        values["generator_api_key"] = "***set***"
     if as_json:
         out = {k: {"value": values[k], "source": sources[k]} for k in values}
         click.echo(json.dumps(out, indent=2))

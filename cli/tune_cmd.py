@@ -8,6 +8,8 @@ line leaves out and the dataclass defaults fill in the rest.
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -103,6 +105,15 @@ def tune_command() -> click.Command:
     )
     @click.option("--quiet", is_flag=True, help="No progress bar or data summary.")
     @click.option(
+        "--nproc",
+        type=click.IntRange(min=1),
+        default=1,
+        show_default=True,
+        help="Train data-parallel over N processes on this machine (torch DDP under torchrun: "
+        "gloo on the CPU, NCCL with one GPU each). For several machines run "
+        "`torchrun --nnodes ... -m ragtune tune ...` on each (docs/tuner.md).",
+    )
+    @click.option(
         "--print-args",
         is_flag=True,
         help="Check the options, print them resolved (flags over --config over defaults) "
@@ -110,7 +121,12 @@ def tune_command() -> click.Command:
     )
     @pass_app
     def tune(
-        app: AppContext, tune_config: Path | None, quiet: bool, print_args: bool, **flags: Any
+        app: AppContext,
+        tune_config: Path | None,
+        quiet: bool,
+        nproc: int,
+        print_args: bool,
+        **flags: Any,
     ) -> None:
         """Train a LoRA adapter (or --method full model) and add it to the registry.
 
@@ -126,14 +142,57 @@ def tune_command() -> click.Command:
         if print_args:
             click.echo(json.dumps(args.validate().to_dict(), indent=2))
             return
+        from ragtune.tuner.distributed import Parallel
+
+        parallel = Parallel.from_env(os.environ)  # torchrun tells each worker its rank
+        if nproc > 1 and not parallel.active:
+            args.validate()  # a bad flag fails here, once, not in N workers
+            sys.exit(_launch(nproc))
         from ragtune.tuner.api import train_adapter
 
-        info = train_adapter(app.settings(), args, progress=not quiet)
-        _print_summary(info.name, info.manifest)
+        info = train_adapter(app.settings(), args, progress=not quiet, parallel=parallel)
+        if parallel.is_writer:
+            _print_summary(info.name, info.manifest)
 
     for opt in TUNE_OPTIONS:  # tune is already a Command: options append in this order
         tune = opt(tune)
     return tune
+
+
+def _launch(nproc: int) -> int:
+    """Run this same command in ``nproc`` workers under torchrun's agent on this machine
+    (``torch.distributed.run``, a free rendezvous port); returns 0, or 1 when a worker
+    failed (the agent then stops the others; each worker prints its own error)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    # The command's own flags go to the workers as they are (torchrun's parser would take
+    # "--r" for one of its abbreviations), so only the launcher's options are parsed.
+    launch = get_args_parser().parse_args(
+        ["--standalone", f"--nproc-per-node={nproc}", "--module", "ragtune"]
+    )
+    launch.training_script_args = _without_nproc(sys.argv[1:])
+    try:
+        run(launch)
+    except ChildFailedError as e:
+        failed = ", ".join(
+            f"rank {f.global_rank} (exit code {f.exitcode})" for f in e.failures.values()
+        )
+        click.echo(f"error: data-parallel training failed: {failed}", err=True)
+        return 1
+    return 0
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
 
 
 def _print_summary(name: str, m: AdapterManifest) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ragtune.core.errors import InvalidInput
@@ -53,7 +53,6 @@ class Settings(BaseSettings):
         description="Generator: 'packaged:SmolLM2-135M-Instruct', a HF id, a folder or a .gguf file",
     )
     torch_threads: int = Field(0, ge=0, description="torch CPU threads (0 = torch's default)")
-    device: str = Field("cpu", description="torch device for the generator: cpu, cuda, auto")
 
     # --- embedding runtime --- (issue 12: core/embed_runtime.py)
     embedder_backend: Literal["torch", "onnx", "onnx-int8"] = Field(
@@ -171,6 +170,66 @@ class Settings(BaseSettings):
         description="On SIGTERM, requests in flight get this long to finish; the rest get 503",
     )
 
+    # --- devices and the generation backend --- (GPU execution; generation on a server)
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",
+        description="torch device for the generator, the embedder and training: auto (CUDA "
+        "where present, else the CPU), cpu, cuda or cuda:N",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="Generator weights (and training autocast): auto = bfloat16 on a GPU "
+        "that supports it, float32 on the CPU",
+    )
+    generator_backend: Literal["local", "openai"] = Field(
+        "local",
+        description="local: generate in this process; openai: send the rendered prompts to an "
+        "OpenAI-compatible server (vLLM, another ragtune) at generator_url",
+    )
+    generator_url: str = Field(
+        "",
+        pattern=r"^(https?://[^\s/]+(/[^\s]*)?)?$",
+        description="Base URL of the generation server (http://host:8000; a trailing /v1 is "
+        "allowed)",
+    )
+    generator_api_key: str = Field(
+        "", description="Bearer token sent to the generation server (empty: none)"
+    )
+    generator_model: str = Field(
+        "",
+        description="The base model's id on the generation server (its --served-model-name; "
+        "empty: the generator's short name, as /v1/models shows it)",
+    )
+    generator_adapter_dir: str = Field(
+        "",
+        description="The adapter registry folder as the generation server sees it (a shared "
+        "volume mounted elsewhere); empty: the same path as here",
+    )
+    generator_connect_timeout_s: float = Field(
+        5.0, gt=0, description="Connecting to the generation server (then 503)"
+    )
+    generator_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="Longest wait for the generation server's next bytes (then 504)",
+    )
+    generator_retries: int = Field(
+        2,
+        ge=0,
+        le=10,
+        description="Retries of a call the server never started (connection refused or "
+        "reset, 502/503 from it), with exponential backoff",
+    )
+    generator_retry_backoff_s: float = Field(
+        0.25, ge=0, description="First retry's delay; each next one doubles it"
+    )
+    lora_dirs: list[Path] = Field(
+        default_factory=list,
+        description="Folders besides the registry that POST /v1/load_lora_adapter may load "
+        "adapters from (comma-separated in RAGTUNE_LORA_DIRS)",
+    )
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, v: Any) -> Any:
@@ -178,6 +237,19 @@ class Settings(BaseSettings):
         if isinstance(v, str):
             return [k.strip() for k in v.split(",") if k.strip()]
         return v
+
+    @field_validator("lora_dirs", mode="before")
+    @classmethod
+    def _split_dirs(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [d.strip() for d in v.split(",") if d.strip()]
+        return v
+
+    @model_validator(mode="after")
+    def _backend_has_url(self) -> Settings:
+        if self.generator_backend == "openai" and not self.generator_url:
+            raise ValueError("generator_backend 'openai' needs generator_url")
+        return self
 
     # --- derived paths ---
     @property

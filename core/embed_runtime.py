@@ -69,11 +69,15 @@ def open_sentence_transformer(settings: Settings, loc: ModelLocation) -> Any:
     """The configured embedder as a SentenceTransformer on the configured backend."""
     from sentence_transformers import SentenceTransformer
 
+    from ragtune.core.devices import resolve_device
+
+    backend = settings.embedder_backend
+    # ONNX Runtime runs here on the CPU; torch follows the device setting (a GPU where present).
+    device = resolve_device(settings) if backend == "torch" else "cpu"
     try:
-        model = SentenceTransformer(str(loc.path) if loc.path else loc.spec, device="cpu")
+        model = SentenceTransformer(str(loc.path) if loc.path else loc.spec, device=device)
     except (OSError, ValueError) as e:
         raise ModelNotFound(f"cannot load embedder {settings.embedder!r}: {e}") from e
-    backend = settings.embedder_backend
     if backend == "torch":
         return model
     graph = exported_graph(settings, loc, model, int8=backend == "onnx-int8")

@@ -95,6 +95,29 @@ class RequestTimeout(RagtuneError):
     title = "Generation timed out"
 
 
+class BackendError(RagtuneError):
+    """The generation server answered with an error (or refused an adapter); the message
+    carries its own words."""
+
+    status = 502
+    title = "Generation backend error"
+
+
+class BackendUnavailable(RagtuneError):
+    """The generation server cannot be reached, or says it is overloaded; retry later."""
+
+    status = 503
+    title = "Generation backend unavailable"
+    retry_after = 2
+
+
+class BackendTimeout(RagtuneError):
+    """The generation server sent nothing for ``generator_timeout_s``."""
+
+    status = 504
+    title = "Generation backend timed out"
+
+
 class InsufficientResources(RagtuneError):
     """Not enough disk (or memory) to do the job safely."""
 

@@ -284,7 +284,9 @@ class ContinuousBatch:
             if not ready:
                 return
             ids = [
-                eng.tokenizer(r.request.prompt, add_special_tokens=False)["input_ids"]
+                list(r.request.prompt_ids)
+                if r.request.prompt_ids is not None
+                else eng.tokenizer(r.request.prompt, add_special_tokens=False)["input_ids"]
                 for r in ready
             ]
             cached = [eng.prefix_for(i) for i in ids]

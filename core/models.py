@@ -176,6 +176,30 @@ def generator_folder(settings: Settings) -> str:
     return str(loc.path) if loc.path is not None else loc.spec
 
 
+def generator_vocab_size(settings: Settings) -> int | None:
+    """The generator's vocabulary size from its ``config.json`` when that is on disk already
+    (a folder, or a GGUF materialized before); None otherwise. Reads one small file: no
+    model, no transformers import (the service's schema states the token-id range with it)."""
+    try:
+        loc = locate_generator(settings.generator)
+    except ModelNotFound:
+        return None
+    if loc.path is None:
+        return None
+    folder = (
+        loc.path if loc.path.is_dir() else materialized_dir(loc.path, settings.models_cache_dir)
+    )
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    sub = config.get("text_config")
+    vocab = (sub if isinstance(sub, dict) else config).get("vocab_size")
+    return vocab if isinstance(vocab, int) and vocab > 0 else None
+
+
 def check_generator(settings: Settings) -> str:
     """Prepare the generator (materializing a GGUF) and check that its config and tokenizer load."""
     folder = generator_folder(settings)
@@ -275,7 +299,8 @@ class Embedder:
 
 
 def load_embedder(settings: Settings) -> Embedder:
-    """Load the configured embedder on the CPU (on ``settings.embedder_backend``)."""
+    """Load the configured embedder on the configured device (a GPU with ``device = auto``
+    where one is present) and backend (``settings.embedder_backend``)."""
     loc = locate_embedder(settings.embedder, settings)
     set_torch_threads(settings)
     quiet_loading()
@@ -300,6 +325,11 @@ class Generator:
         """Positions the model was built for (prompt + answer), from its config; None when
         the config does not say."""
         return context_length(self.model.config)
+
+    @property
+    def vocab_size(self) -> int | None:
+        """Rows of the input embedding: the token ids the model accepts."""
+        return int(self.model.get_input_embeddings().num_embeddings)
 
 
 # Config fields that hold a causal LM's context length, by model family.
@@ -328,22 +358,61 @@ def load_tokenizer(folder: str) -> Any:
 
 
 def load_generator(settings: Settings) -> Generator:
-    """Load the configured generator (fp32 on the configured device), ready for inference."""
+    """Load the configured generator, ready for inference: on the configured device (a GPU
+    with ``device = auto`` where one is present), in bfloat16 on a GPU and float32 on the
+    CPU (``core.devices``)."""
+    from ragtune.core.devices import model_dtype, resolve_device
+
     loc = locate_generator(settings.generator)
     folder = generator_folder(settings)
     set_torch_threads(settings)
     quiet_loading()
-    import torch
     from transformers import AutoModelForCausalLM
 
+    device = resolve_device(settings)
     try:
         tok = load_tokenizer(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=model_dtype(settings, device))
     except (OSError, ValueError) as e:  # transformers raises ValueError for broken folders
         raise ModelNotFound(f"cannot load generator {settings.generator!r}: {e}") from e
-    device = settings.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)  # type: ignore[arg-type]  # transformers' wrapper hides nn.Module.to's type
     model.eval()
     return Generator(model, tok, loc.model_id, folder, folder_fingerprint(folder))
+
+
+@dataclass
+class GeneratorSpec:
+    """What serving needs of the generator when another process generates: its tokenizer
+    (the prompts are rendered and counted here), name, weights' fingerprint (adapters are
+    checked against it) and context length. No weights are loaded."""
+
+    tokenizer: Any
+    model_id: str
+    folder: str
+    fingerprint: str
+    context_length: int | None
+    vocab_size: int | None
+
+
+def load_generator_spec(settings: Settings) -> GeneratorSpec:
+    """The configured generator's tokenizer and config, without its weights."""
+    loc = locate_generator(settings.generator)
+    folder = generator_folder(settings)
+    quiet_loading()
+    from transformers import AutoConfig
+
+    try:
+        tok = load_tokenizer(folder)
+        config = AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError) as e:
+        raise ModelNotFound(f"cannot load generator {settings.generator!r}: {e}") from e
+    text = getattr(config, "text_config", None) or config
+    vocab = getattr(text, "vocab_size", None)
+    return GeneratorSpec(
+        tok,
+        loc.model_id,
+        folder,
+        folder_fingerprint(folder),
+        context_length(config),
+        vocab if isinstance(vocab, int) else None,
+    )

@@ -18,12 +18,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from ragtune.core.adapter_catalog import AdapterCatalog
 from ragtune.core.config import Settings
+from ragtune.core.engines import Engine, build_engine
 from ragtune.core.errors import InvalidInput
 from ragtune.core.filters import parse_filter
-from ragtune.core.generation import GenerationEngine
 from ragtune.core.index_store import IndexCache, LoadedIndex
-from ragtune.core.models import Embedder, Generator, load_embedder, load_generator
+from ragtune.core.models import Embedder, Generator, load_embedder
 from ragtune.core.prompts import clean_answer, count_tokens, fit_passages, render_prompt
 from ragtune.core.types import (
     MODES,
@@ -72,6 +73,9 @@ class Prepared:
     index_name: str | None
     index_version: str | None
     retrieve_ms: float
+    # A raw completion (a client sent token ids): generated from these ids as they are,
+    # and answered with the generated text itself (``prepare_raw``).
+    prompt_ids: tuple[int, ...] | None = None
 
 
 class Pipeline:
@@ -83,11 +87,14 @@ class Pipeline:
         embedder: Embedder | None = None,
         generator: Generator | None = None,
         index_embedders: dict[str, str] | None = None,
+        adapters: AdapterCatalog | None = None,
     ) -> None:
         self.settings = settings
         self._embedder = embedder
         self._generator = generator
-        self._engine: GenerationEngine | None = None
+        # The adapters requests may name: the registry, plus runtime registrations.
+        self.adapters = adapters or AdapterCatalog(settings)
+        self._engine: Engine | None = None
         self._indexes: IndexCache | None = None
         # index name -> the embedder spec that searches it (default: settings.embedder); the
         # eval harness puts a tuned embedder's index beside the base one this way
@@ -105,13 +112,13 @@ class Pipeline:
         return self._embedder
 
     @property
-    def engine(self) -> GenerationEngine:
+    def engine(self) -> Engine:
+        """The generation engine: the model in this process, or a generation server
+        (``generator_backend``); built on first use."""
         if self._engine is None:
             with self._lock:
                 if self._engine is None:
-                    gen = self._generator or load_generator(self.settings)
-                    self._generator = gen
-                    self._engine = GenerationEngine(gen, self.settings)
+                    self._engine = build_engine(self.settings, self._generator, self.adapters.get)
         return self._engine
 
     @property
@@ -136,7 +143,7 @@ class Pipeline:
         return cache.get(name)
 
     @property
-    def loaded_engine(self) -> GenerationEngine | None:
+    def loaded_engine(self) -> Engine | None:
         """The engine if the generator is loaded already, else None (never loads it)."""
         return self._engine
 
@@ -300,6 +307,43 @@ class Pipeline:
             field="max_new_tokens",
         )
 
+    # --- raw completions --------------------------------------------------------------------
+    def prepare_raw(
+        self,
+        ids: Sequence[int],
+        adapter: str | None = None,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        stop_at_newline: bool = False,
+    ) -> Prepared:
+        """A completion of a prompt given as token ids, used as they are (no template, no
+        retrieval): what a front ragtune sends its generation backend. The ids must be the
+        model's and fit the token budget (400 naming ``prompt`` otherwise)."""
+        s = self.settings
+        req = self.validate(
+            QueryRequest(
+                question="(token ids)",
+                mode="finetune" if adapter else "base",
+                adapter=adapter,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                answer="first_line" if stop_at_newline else "full",
+            )
+        )
+        if not ids:
+            raise InvalidInput("prompt must hold at least one token id", field="prompt")
+        vocab = self.engine.gen.vocab_size
+        bad = next((i for i in ids if i < 0 or (vocab is not None and i >= vocab)), None)
+        if bad is not None:
+            raise InvalidInput(
+                f"prompt: token id {bad} is not in the model's vocabulary (ids 0 to "
+                f"{(vocab or 1) - 1})",
+                field="prompt",
+            )
+        self._check_tokens(len(ids), req.max_new_tokens or s.max_new_tokens, "prompt", "the prompt")
+        prompt = self.engine.tokenizer.decode(list(ids))
+        return Prepared(req, prompt, [], None, None, 0.0, prompt_ids=tuple(ids))
+
     # --- answering ------------------------------------------------------------------------
     def answer_batch(self, requests: Sequence[QueryRequest]) -> list[Answer]:
         """Answer several requests, generating them together (mixed adapters allowed)."""
@@ -324,12 +368,18 @@ class Pipeline:
             r.max_new_tokens or self.settings.max_new_tokens,
             r.temperature or 0.0,
             stop_at_newline=r.answer == "first_line",
+            prompt_ids=p.prompt_ids,
         )
 
     def finish(self, p: Prepared, g: GenResult, started: float) -> Answer:
         """The Answer for a generated row (``started``: perf_counter when the request came)."""
         total = (time.perf_counter() - started) * 1000
-        text = clean_answer(g.text) if p.request.answer == "first_line" else g.text.strip()
+        if p.prompt_ids is not None:  # a raw completion: the generated text itself
+            text = first_line(g.text) if p.request.answer == "first_line" else g.text
+        elif p.request.answer == "first_line":
+            text = clean_answer(g.text)
+        else:
+            text = g.text.strip()
         answer = _answer(p, text, g.prompt_tokens, g.completion_tokens, g.generate_ms, total)
         answer.finish_reason = g.finish_reason
         return answer
@@ -350,6 +400,20 @@ class Pipeline:
             "indexes": self._indexes.loaded() if self._indexes else {},
             "adapters": self._engine.loaded_adapters() if self._engine else [],
         }
+
+    def close(self) -> None:
+        """Let go of what the engine holds open (a generation server's connections)."""
+        close = getattr(self._engine, "close", None)
+        if close is not None:
+            close()
+
+
+def first_line(text: str) -> str:
+    """``text`` up to the end of its first line (leading blank lines do not count), as
+    generation stops there (``GenRequest.stop_at_newline``)."""
+    body = text.lstrip()
+    end = body.find("\n")
+    return text if end < 0 else text[: len(text) - len(body) + end]
 
 
 def _given_hits(contexts: Sequence[str] | None) -> Iterator[Hit]:

@@ -107,6 +107,9 @@ class GenRequest:
     # Stop as soon as the answer's first line has ended (after leading whitespace): the
     # pipeline keeps only that line, so generating past it is wasted work.
     stop_at_newline: bool = False
+    # The prompt's token ids when the caller has them (a client that sent token ids): they
+    # are used as they are, not re-tokenized from ``prompt``.
+    prompt_ids: tuple[int, ...] | None = None
 
 
 @dataclass

@@ -70,7 +70,7 @@ class PipelineTarget:
     def describe(self) -> dict[str, Any]:
         s = self.pipeline.settings
         # Everything in the settings that changes an answer (the defaults a request inherits).
-        return {
+        out = {
             "kind": "pipeline",
             "generator": s.generator,
             "embedder": s.embedder,
@@ -80,6 +80,13 @@ class PipelineTarget:
             "max_new_tokens": s.max_new_tokens,
             "temperature": s.temperature,
         }
+        if s.generator_backend != "local":  # where the generation ran (a server's model)
+            out |= {
+                "generator_backend": s.generator_backend,
+                "generator_url": s.generator_url,
+                "generator_model": s.generator_model or None,
+            }
+        return out
 
     def add_retrievers(self, index_embedders: Mapping[str, str]) -> None:
         self.pipeline.index_embedders.update(index_embedders)

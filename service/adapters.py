@@ -15,7 +15,6 @@ from litestar.di import NamedDependency
 from litestar.params import Parameter
 
 from ragtune.core.index_store import validate_name
-from ragtune.core.registry import get_adapter, list_adapters
 from ragtune.service.errors import problem_responses
 from ragtune.service.schemas import (
     NAME_PATTERN,
@@ -47,7 +46,7 @@ async def adapters_list(svc: NamedDependency[Services]) -> AdapterList:
                 base_model=a.base_model,
                 created_at=a.created_at,
             )
-            for a in list_adapters(svc.settings)
+            for a in svc.pipeline.adapters.all()
         ],
         loaded=loaded,
         max_loaded=svc.settings.max_loaded_adapters,
@@ -63,13 +62,13 @@ async def adapters_list(svc: NamedDependency[Services]) -> AdapterList:
     "/v1/adapters/{name:str}/load",
     status_code=200,
     tags=["adapters"],
-    responses=problem_responses(400, 401, 404, 409),
+    responses=problem_responses(400, 401, 404, 409, 502, 503, 504),
 )
 async def adapters_load(name: AdapterName, svc: NamedDependency[Services]) -> AdapterAction:
     """Load an adapter into memory now (its first request then skips the load). If the
     registry holds a newer version than the one in memory, the new one replaces it."""
     validate_name(name, "adapter")
-    info = get_adapter(svc.settings, name)
+    info = svc.pipeline.adapters.get(name)
 
     def load() -> tuple[list[str], list[str]]:
         engine = svc.pipeline.engine
@@ -94,14 +93,14 @@ async def adapters_load(name: AdapterName, svc: NamedDependency[Services]) -> Ad
     "/v1/adapters/{name:str}",
     status_code=200,
     tags=["adapters"],
-    responses=problem_responses(400, 401, 404),
+    responses=problem_responses(400, 401, 404, 409, 502, 503, 504),
 )
 async def adapters_unload(name: AdapterName, svc: NamedDependency[Services]) -> AdapterAction:
     """Drop an adapter from memory (it stays in the registry and loads again on use)."""
     validate_name(name, "adapter")
     engine = svc.pipeline.engine if svc.pipeline.models_loaded else None
     if engine is None or name not in engine.loaded_adapters():
-        get_adapter(svc.settings, name)  # 404 when it is not in the registry either
+        svc.pipeline.adapters.get(name)  # 404 when it is not in the registry either
         return AdapterAction(
             name=name,
             loaded=False,

@@ -24,7 +24,13 @@ from ragtune.service.schemas import Problem
 log = logging.getLogger("ragtune.service")
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
-OPENAI_PATH_PREFIXES = ("/v1/chat/", "/v1/completions", "/v1/models")
+OPENAI_PATH_PREFIXES = (
+    "/v1/chat/",
+    "/v1/completions",
+    "/v1/models",
+    "/v1/load_lora_adapter",
+    "/v1/unload_lora_adapter",
+)
 # Absolute file paths under the usual filesystem roots (not URL paths like /v1/models),
 # Windows drive paths, and home-relative paths: never echoed to clients.
 _PATH_RE = re.compile(
@@ -46,6 +52,7 @@ TITLES = {
     415: "Unsupported media type",
     499: "Client closed request",
     500: "Internal error",
+    502: "Generation backend error",
     503: "Service overloaded",
     504: "Generation timed out",
 }
@@ -141,7 +148,9 @@ def handle_ragtune(request: Request[Any, Any, Any], exc: RagtuneError) -> Respon
     headers = None
     if status == 503:
         headers = {"Retry-After": str(getattr(exc, "retry_after", 1))}
-    if status >= 500 and status not in (503, 504):
+    # 502/503/504 are about the service's state or its generation backend, and their
+    # messages say what happened (the backend's own words); other 5xx are bugs.
+    if status >= 500 and status not in (502, 503, 504):
         log.error("%s on %s: %s", type(exc).__name__, request.url.path, exc.message)
         return problem_response(request, status, exc.title, title=exc.title)
     return problem_response(

@@ -24,7 +24,10 @@ def healthz() -> Health:
     responses={503: ResponseSpec(data_container=Readiness, description="Not ready yet")},
 )
 async def readyz(svc: NamedDependency[Services]) -> Response[Readiness]:
-    """Ready: the models and the default index are loaded (503 until then)."""
+    """Ready: the models and the default index are loaded, and with a generation server
+    (``generator_backend = "openai"``) that server answers and serves the base model (503
+    until then, with the reason)."""
     await svc.try_load_default_index()
+    await svc.check_backend()
     state = Readiness(**svc.readiness())
     return Response(state, status_code=200 if state.status == "ready" else 503)

@@ -25,7 +25,7 @@ import itertools
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from litestar import Request, get, post
@@ -35,13 +35,13 @@ from litestar.response import Stream
 
 from ragtune.core.errors import InvalidInput, ModelNotFound, RagtuneError, UnknownAdapter
 from ragtune.core.models import locate_generator
-from ragtune.core.pipeline import QueryRequest
-from ragtune.core.registry import get_adapter, list_adapters
+from ragtune.core.pipeline import Prepared, QueryRequest
 from ragtune.core.types import Answer, Mode
 from ragtune.service.auth import require_json
 from ragtune.service.bodies import is_plain
 from ragtune.service.errors import log, problem_body, problem_responses
 from ragtune.service.schemas import (
+    MAX_PROMPTS,
     NAME_PATTERN,
     AssistantMessage,
     ChatChoice,
@@ -62,7 +62,7 @@ from ragtune.service.schemas import (
 from ragtune.service.sse import VisibleText, event, sse_response
 from ragtune.service.state import Services
 
-ERRORS = problem_responses(400, 401, 404, 409, 413, 415, 503, 504)
+ERRORS = problem_responses(400, 401, 404, 409, 413, 415, 502, 503, 504)
 DONE = b"data: [DONE]\n\n"
 MAX_HISTORY_TURNS = 4  # earlier question/answer pairs of a chat that go into the prompt
 _HAS_TEXT = re.compile(r"\S")  # what /schema's pattern for a question says too
@@ -91,8 +91,12 @@ def _created(created_at: str | None, fallback: float) -> int:
 
 def _cards(svc: Services) -> list[ModelCard]:
     base = base_model_id(svc)
-    cards = [ModelCard(id=base, object="model", created=0, owned_by="ragtune")]
-    for info in list_adapters(svc.settings):
+    engine = svc.pipeline.loaded_engine
+    context = engine.gen.context_length if engine is not None else None
+    cards = [
+        ModelCard(id=base, object="model", created=0, owned_by="ragtune", max_model_len=context)
+    ]
+    for info in svc.pipeline.adapters.all():
         cards.append(
             ModelCard(
                 id=info.name,
@@ -138,7 +142,7 @@ def _resolve_model(svc: Services, model: str) -> str | None:
     if model in (base_model_id(svc), svc.settings.generator):
         return None
     try:
-        get_adapter(svc.settings, model)
+        svc.pipeline.adapters.get(model)
     except (UnknownAdapter, InvalidInput):
         raise _model_not_found(model) from None
     return model
@@ -323,12 +327,23 @@ async def completions(
 ) -> Completion:
     """OpenAI (legacy) completion: each prompt is answered as a question; a list of prompts
     is generated as one batch. ``stream: true`` takes a single prompt."""
+    token_prompts = _token_prompts(data.prompt)
+    if token_prompts is not None:
+        return await _complete_tokens(data, token_prompts, svc, request)
     prompts = [data.prompt] if isinstance(data.prompt, str) else list(data.prompt)
     with _openai_fields("prompt"):
+        if not all(isinstance(p, str) for p in prompts):
+            raise InvalidInput(
+                "prompt must be a string, a list of strings, a list of token ids or a list "
+                "of token-id lists",
+                field="prompt",
+            )
+        if len(prompts) > MAX_PROMPTS:
+            raise InvalidInput(f"prompt holds more than {MAX_PROMPTS} questions", field="prompt")
         for p in prompts:
-            svc.check_chars(p, "prompt")
+            svc.check_chars(p, "prompt")  # type: ignore[arg-type]
         reqs = [
-            _to_request(svc, data.model, p, data.max_tokens, data.temperature, data.ragtune)
+            _to_request(svc, data.model, p, data.max_tokens, data.temperature, data.ragtune)  # type: ignore[arg-type]
             for p in prompts
         ]
         if data.stream:
@@ -337,6 +352,81 @@ async def completions(
             usage = bool(data.stream_options and data.stream_options.include_usage)
             return await _stream(svc, reqs[0], data.model, usage, request, chat=False)  # type: ignore[return-value]
         answers = await svc.answer_many(reqs, request.receive)
+    return Completion(
+        id=f"cmpl-{uuid.uuid4().hex}",
+        object="text_completion",
+        created=int(time.time()),
+        model=data.model,
+        choices=[
+            CompletionChoice(index=i, text=a.answer, finish_reason=_finish(a))  # type: ignore[arg-type]
+            for i, a in enumerate(answers)
+        ],
+        usage=_usage(answers),
+        ragtune=[_info(a) for a in answers],
+    )
+
+
+# --- token-id prompts (raw completions) ---------------------------------------------------------
+def _token_prompts(prompt: Any) -> list[list[int]] | None:
+    """The prompts as token-id lists when ``prompt`` holds token ids (one list of ints, or a
+    list of such lists); None for text prompts. A mix is a 400."""
+    if isinstance(prompt, str) or not prompt:
+        return None
+    if all(isinstance(p, int) for p in prompt):
+        return [list(prompt)]
+    if all(isinstance(p, list) for p in prompt):
+        return [list(p) for p in prompt]
+    if all(isinstance(p, str) for p in prompt):
+        return None
+    raise InvalidInput(
+        "prompt must be a string, a list of strings, a list of token ids or a list of "
+        "token-id lists (not a mix)",
+        field="prompt",
+    )
+
+
+def _stops_at_newline(stop: str | list[str] | None) -> bool:
+    """OpenAI's ``stop``, for token-id prompts: a newline ends the answer's first line."""
+    stops = [stop] if isinstance(stop, str) else list(stop or ())
+    return "\n" in stops
+
+
+async def _complete_tokens(
+    data: CompletionBody,
+    prompts: list[list[int]],
+    svc: Services,
+    request: Request[Any, Any, Any],
+) -> Completion:
+    """Complete prompts given as token ids, as they are: no template, no retrieval (vLLM's
+    behaviour, and what a front ragtune sends its generation backend)."""
+    if data.ragtune is not None:
+        raise InvalidInput(
+            "the ragtune field applies to text prompts; a token-id prompt is completed as it is",
+            field="ragtune",
+        )
+    if len(prompts) > MAX_PROMPTS:
+        raise InvalidInput(f"prompt holds more than {MAX_PROMPTS} token-id lists", field="prompt")
+    with _openai_fields("prompt"):
+        adapter = _resolve_model(svc, data.model)
+    newline = _stops_at_newline(data.stop)
+
+    def maker(ids: list[int]) -> Callable[[], Prepared]:
+        def make() -> Prepared:
+            with _openai_fields("prompt"):
+                return svc.pipeline.prepare_raw(
+                    ids, adapter, data.max_tokens, data.temperature, stop_at_newline=newline
+                )
+
+        return make
+
+    makers = [maker(ids) for ids in prompts]
+    if data.stream:
+        if len(makers) != 1:
+            raise InvalidInput("stream takes a single prompt", field="prompt")
+        usage = bool(data.stream_options and data.stream_options.include_usage)
+        items = await svc.stream_raw(makers[0], request.receive)
+        return _stream_items(items, data.model, usage, chat=False, raw=newline)  # type: ignore[return-value]
+    answers = await svc.answer_raw(makers, request.receive)
     return Completion(
         id=f"cmpl-{uuid.uuid4().hex}",
         object="text_completion",
@@ -362,6 +452,22 @@ async def _stream(
     chat: bool,
 ) -> Stream:
     items = await svc.stream(req, request.receive)  # errors before the first token: statuses
+    return _stream_items(
+        items, model, include_usage, chat=chat, first_line=req.answer == "first_line"
+    )
+
+
+def _stream_items(
+    items: AsyncIterator[str | Answer],
+    model: str,
+    include_usage: bool,
+    *,
+    chat: bool,
+    first_line: bool = False,
+    raw: bool | None = None,
+) -> Stream:
+    """OpenAI chunks of a stream of text pieces and a final Answer. ``raw``: a token-id
+    completion (the pieces as generated, cut at the first line's end when True)."""
     cid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
     created = int(time.time())
     kind = "chat.completion.chunk" if chat else "text_completion"
@@ -379,7 +485,10 @@ async def _stream(
         }
 
     async def events() -> AsyncIterator[bytes]:
-        text = VisibleText(first_line=req.answer == "first_line")
+        if raw is None:
+            text = VisibleText(first_line=first_line)
+        else:
+            text = VisibleText(first_line=raw, keep_leading=True)
         if chat:
             first = chunk("")
             first["choices"][0]["delta"]["role"] = "assistant"

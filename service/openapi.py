@@ -30,6 +30,7 @@ from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Schema
 from litestar.openapi.spec.base import _normalize_key
 
 from ragtune.core.config import Settings
+from ragtune.core.models import generator_vocab_size
 from ragtune.service import schemas as body_types
 
 HAS_TEXT = r"\S"  # the same rule as the pipeline's "question must be a non-empty string"
@@ -110,6 +111,17 @@ def tighten_openapi(app: Litestar, settings: Settings) -> None:
     question = {"type": "string", "minLength": 1, "maxLength": q, "pattern": HAS_TEXT}
     text = {"type": "string", "maxLength": q}
     new_tokens = {"maximum": limit}
+    token: dict[str, Any] = {"type": "integer", "minimum": 0}
+    vocab = generator_vocab_size(settings)
+    if vocab is not None:
+        token["maximum"] = vocab - 1
+    token_ids = {
+        "type": "array",
+        "minItems": 1,
+        "maxItems": min(settings.max_prompt_tokens, body_types.MAX_PROMPT_IDS),
+        "items": token,
+    }
+    stop_text = {"type": "string", "maxLength": 64}
     patches: dict[str, dict[str, dict[str, Any]]] = {
         "QueryBody": {
             "question": question | {"description": "The question to answer"},
@@ -152,9 +164,32 @@ def tighten_openapi(app: Litestar, settings: Settings) -> None:
             "prompt": {
                 "oneOf": [
                     question,
-                    {"type": "array", "minItems": 1, "maxItems": 32, "items": question},
+                    {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": body_types.MAX_PROMPTS,
+                        "items": question,
+                    },
+                    token_ids,
+                    {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": body_types.MAX_PROMPTS,
+                        "items": token_ids,
+                    },
                 ],
-                "description": "A question, or a list of questions answered as one batch",
+                "description": "A question, or a list of questions answered as one batch; or "
+                "a prompt of token ids (or a list of such prompts), completed as it is: no "
+                "template, no retrieval",
+            },
+            "stop": {
+                "oneOf": [
+                    stop_text,
+                    {"type": "array", "maxItems": 4, "items": stop_text},
+                    {"type": "null"},
+                ],
+                "description": 'Token-id prompts: "\\n" ends the answer at its first line; '
+                "other stop strings are ignored",
             },
         },
     }
@@ -211,14 +246,38 @@ def tighten_openapi(app: Litestar, settings: Settings) -> None:
                 }
             }
         },
-        # a stream answers one prompt
         "CompletionBody": {
-            "anyOf": [
-                {"properties": {"stream": {"const": False}}},
-                {
-                    "properties": {
-                        "prompt": {"anyOf": [{"type": "string"}, {"type": "array", "maxItems": 1}]}
-                    }
+            "allOf": [
+                {  # a stream answers one prompt
+                    "anyOf": [
+                        {"properties": {"stream": {"const": False}}},
+                        {
+                            "properties": {
+                                "prompt": {
+                                    "anyOf": [
+                                        {"type": "string"},
+                                        {"type": "array", "maxItems": 1},
+                                        {"type": "array", "items": {"type": "integer"}},
+                                    ]
+                                }
+                            }
+                        },
+                    ]
+                },
+                {  # the ragtune field goes with text prompts
+                    "anyOf": [
+                        {"properties": {"ragtune": {"type": "null"}}},
+                        {
+                            "properties": {
+                                "prompt": {
+                                    "anyOf": [
+                                        {"type": "string"},
+                                        {"type": "array", "items": {"type": "string"}},
+                                    ]
+                                }
+                            }
+                        },
+                    ]
                 },
             ]
         },
@@ -235,6 +294,8 @@ def tighten_openapi(app: Litestar, settings: Settings) -> None:
                     prop.contains = more.contains
         if extra.any_of:
             schema.any_of = extra.any_of
+        if extra.all_of:
+            schema.all_of = extra.all_of
 
     for name, schema in components.items():
         struct = getattr(body_types, name, None)

@@ -20,7 +20,7 @@ from ragtune.service.schemas import QueryBody, QueryResponse
 from ragtune.service.sse import VisibleText, event, sse_response
 from ragtune.service.state import Services
 
-ERRORS = problem_responses(400, 401, 404, 409, 413, 415, 503, 504)
+ERRORS = problem_responses(400, 401, 404, 409, 413, 415, 502, 503, 504)
 
 
 def to_request(body: QueryBody) -> QueryRequest:

@@ -1,7 +1,8 @@
 """The continuous-batching scheduler: requests join the running batch between decode steps.
 
 Generation is CPU-bound, so one worker thread owns the decode loop (a
-``core.generation.ContinuousBatch``) while the event loop keeps accepting requests. Before
+``core.generation.ContinuousBatch``; with a generation server, ``core.remote.RemoteBatch``,
+whose rows are requests in flight to it) while the event loop keeps accepting requests. Before
 every step the worker lets waiting requests join the running rows (oldest first, up to
 ``max_batch_size`` rows and ``max_adapters_per_batch`` distinct adapters: more would evict
 adapters that running rows need); each row uses its own adapter (peft ``adapter_names``,
@@ -35,8 +36,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ragtune.core.decode import Row
+from ragtune.core.engines import Batch
 from ragtune.core.errors import Overloaded, RequestTimeout
-from ragtune.core.generation import ContinuousBatch
 from ragtune.core.pipeline import Pipeline, Prepared
 from ragtune.core.types import Answer, GenResult
 
@@ -264,7 +265,7 @@ class BatchScheduler:
                 job.deliver("error", RuntimeError("the generation worker stopped"))
 
     def _loop(self) -> None:
-        batch: ContinuousBatch | None = None
+        batch: Batch | None = None
         while True:
             with self._cond:
                 if not self._wait_for_work(len(batch) if batch else 0):
@@ -289,7 +290,7 @@ class BatchScheduler:
                     self.on_step(rows, time.perf_counter() - t0)
             self._observe(batch)
 
-    def _observe(self, batch: ContinuousBatch | None) -> None:
+    def _observe(self, batch: Batch | None) -> None:
         self._running = {j for j in self._running if not j.cancelled}
         self.rows = len(batch) if batch else 0
         self.prefilling = batch.prefilling if batch else 0
@@ -335,7 +336,7 @@ class BatchScheduler:
     def _drop_cancelled(self) -> None:
         self._pending = deque(j for j in self._pending if not j.cancelled)
 
-    def _take(self, batch: ContinuousBatch | None) -> list[_Job]:
+    def _take(self, batch: Batch | None) -> list[_Job]:
         """Oldest first: the requests that fit beside the running rows (row and adapter
         limits); the rest keep their place in the queue."""
         room = self.max_batch_size - (len(batch) if batch else 0)

@@ -17,6 +17,8 @@ from msgspec import Meta
 NAME_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 MAX_QUESTION_CHARS = 100_000  # hard cap; the settings' max_question_chars is usually lower
 MAX_NEW_TOKENS = 4096  # Settings.max_new_tokens' own upper bound
+MAX_PROMPT_IDS = 65_536  # hard cap on a token-id prompt; max_prompt_tokens is usually lower
+MAX_PROMPTS = 32  # prompts in one completions request
 
 Name = Annotated[str, Meta(pattern=NAME_PATTERN, max_length=64)]
 Question = Annotated[
@@ -134,12 +136,22 @@ class Health(msgspec.Struct):
     status: str
 
 
+class BackendOut(msgspec.Struct):
+    """The generation backend as /readyz sees it (``generator_backend = "openai"``)."""
+
+    kind: Literal["openai"]
+    model: str  # the base model's id on the server
+    reachable: bool
+    detail: str | None = None
+
+
 class Readiness(msgspec.Struct):
     status: Literal["ready", "not ready"]
     models_loaded: bool
     default_index: str
     index_version: str | None
     detail: str | None = None
+    backend: BackendOut | None = None
 
 
 # --- OpenAI-compatible ----------------------------------------------------------------------
@@ -205,16 +217,36 @@ class ChatCompletionBody(msgspec.Struct, kw_only=True):
     ragtune: RagtuneOptions | None = None
 
 
+TokenId = Annotated[int, Meta(ge=0)]
+TokenIds = Annotated[list[TokenId], Meta(min_length=1, max_length=MAX_PROMPT_IDS)]
+
+
 class CompletionBody(msgspec.Struct, kw_only=True):
-    """The OpenAI (legacy) completions request; each prompt is answered as a question."""
+    """The OpenAI (legacy) completions request. Each text prompt is answered as a question;
+    a prompt of token ids (a list of ints, or a list of such lists) is completed as it is,
+    with no template and no retrieval (what a front ragtune sends its generation backend)."""
 
     model: Annotated[str, Meta(min_length=1, max_length=256)]
-    prompt: Question | Annotated[list[Question], Meta(min_length=1, max_length=32)]
+    # str | list[str] (questions) | list[int] | list[list[int]] (token ids); msgspec
+    # allows one array type per union, so the list's items are a union, checked in the route
+    prompt: (
+        Question
+        | Annotated[
+            list[Question | TokenId | TokenIds], Meta(min_length=1, max_length=MAX_PROMPT_IDS)
+        ]
+    )
     max_tokens: NewTokens | None = None
     temperature: Temperature | None = None
     n: Annotated[int, Meta(ge=1, le=1)] = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
+    # Token-id prompts only: "\n" stops generation when the first line has ended (blank
+    # lines before it do not count); other stop strings are ignored.
+    stop: (
+        Annotated[str, Meta(max_length=64)]
+        | Annotated[list[Annotated[str, Meta(max_length=64)]], Meta(max_length=4)]
+        | None
+    ) = None
     ragtune: RagtuneOptions | None = None
 
 
@@ -279,6 +311,26 @@ class ModelCard(msgspec.Struct):
     created: int
     owned_by: str
     parent: str | None = None
+    # The base model's context (vLLM's field; a front ragtune bounds its prompts by it)
+    max_model_len: int | None = None
+
+
+# --- vLLM's runtime LoRA API ------------------------------------------------------------------
+class LoadLoRABody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """vLLM's ``LoadLoRAAdapterRequest``: register the LoRA folder ``lora_path`` as model
+    ``lora_name``. A relative path is taken inside the adapter registry."""
+
+    lora_name: Name
+    lora_path: Annotated[str, Meta(min_length=1, max_length=4096)]
+    load_inplace: bool = False  # replace an adapter registered under that name
+    is_3d_lora_weight: bool = False  # vLLM's MoE weight layout flag: accepted, unused
+
+
+class UnloadLoRABody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """vLLM's ``UnloadLoRAAdapterRequest``."""
+
+    lora_name: Name
+    lora_int_id: int | None = None  # vLLM's internal id: accepted, unused
 
 
 class ModelList(msgspec.Struct):

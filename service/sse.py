@@ -36,23 +36,27 @@ class VisibleText:
 
     ``clean_answer`` keeps the first line of the stripped text; streaming the same rule
     means the joined deltas equal the non-streamed answer (up to trailing spaces). With
-    ``first_line=False`` (whole answers) only the leading whitespace is dropped.
+    ``first_line=False`` (whole answers) only the leading whitespace is dropped; with
+    ``keep_leading`` (raw completions) it is kept, as ``pipeline.first_line`` keeps it.
     """
 
-    def __init__(self, first_line: bool = True) -> None:
+    def __init__(self, first_line: bool = True, keep_leading: bool = False) -> None:
         self._raw = ""
         self._sent = ""
         self.first_line = first_line
+        self.keep_leading = keep_leading  # raw completions: the text as generated
         self.done = False
 
     def feed(self, piece: str) -> str:
         if self.done:
             return ""
         self._raw += piece
-        visible = self._raw.lstrip()
-        if self.first_line and "\n" in visible:
-            visible = visible.split("\n", 1)[0]
+        body = self._raw.lstrip()
+        lead = self._raw[: len(self._raw) - len(body)] if self.keep_leading else ""
+        if self.first_line and "\n" in body:
+            body = body.split("\n", 1)[0]
             self.done = True
+        visible = lead + body
         delta = visible[len(self._sent) :]
         self._sent = visible
         return delta

@@ -21,11 +21,11 @@ from ragtune.core.config import Settings
 from ragtune.core.errors import InvalidInput, RagtuneError
 from ragtune.core.index_store import current_version
 from ragtune.core.pipeline import Pipeline, Prepared, QueryRequest
-from ragtune.core.registry import get_adapter
 from ragtune.core.types import Answer
 from ragtune.service.errors import ClientGone
 from ragtune.service.metrics import BatchStats, Metrics
 from ragtune.service.scheduler import BatchScheduler
+from ragtune.service.schemas import BackendOut
 
 log = logging.getLogger("ragtune.service")
 T = TypeVar("T")
@@ -71,6 +71,11 @@ class Services:
     index_error: str | None = None  # why the default index failed to load
     _warmup: asyncio.Task[None] | None = None
 
+    @property
+    def remote(self) -> bool:
+        """Whether generation happens on a server (``generator_backend = "openai"``)."""
+        return self.settings.generator_backend == "openai"
+
     @classmethod
     def build(cls, settings: Settings, pipeline: Pipeline | None = None) -> Services:
         pipeline = pipeline or Pipeline(settings)
@@ -89,13 +94,21 @@ class Services:
             max_batch_size=settings.max_batch_size,
             queue_size=settings.queue_size,
             timeout_s=settings.request_timeout_s,
-            max_adapters_per_batch=settings.max_loaded_adapters,
+            max_adapters_per_batch=cls.adapters_per_batch(settings),
             on_step=lambda rows, _s: metrics.batch_size.observe(rows),
             on_join=metrics.prefill_rows.observe,
             on_reject=metrics.rejected.inc,
         )
         holder.append(scheduler)
         return cls(settings, pipeline, scheduler, metrics)
+
+    @staticmethod
+    def adapters_per_batch(settings: Settings) -> int:
+        """Distinct adapters one batch may hold: locally the adapters held in memory; a
+        generation server swaps adapters itself (vLLM's max_loras), so any."""
+        if settings.generator_backend == "openai":
+            return settings.max_batch_size
+        return settings.max_loaded_adapters
 
     # --- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -111,6 +124,7 @@ class Services:
         await self.scheduler.stop()
         if self._warmup is not None and not self._warmup.done():
             self._warmup.cancel()
+        await anyio.to_thread.run_sync(self.pipeline.close)
 
     async def _warm_up(self) -> None:
         def load() -> None:
@@ -126,6 +140,10 @@ class Services:
             self.model_error = f"{type(e).__name__} while loading the models"
             log.exception("warm-up failed")
             return
+        if self.remote:
+            health = await self.check_backend()
+            if health is not None and not health.reachable:
+                log.warning("generation backend: %s", health.detail)
         await self.try_load_default_index()
 
     # --- answering ------------------------------------------------------------------------
@@ -142,7 +160,7 @@ class Services:
         """Settings-dependent checks (400 naming the field), then the adapter exists (404)."""
         req = self.pipeline.validate(req)
         if req.adapter:
-            get_adapter(self.settings, req.adapter)  # validate_name + registry lookup
+            self.pipeline.adapters.get(req.adapter)  # name check + runtime/registry lookup
         return req
 
     async def answer_many(
@@ -195,6 +213,41 @@ class Services:
             )
         return prepared[0]
 
+    # --- raw completions (token-id prompts) ---------------------------------------------------
+    async def answer_raw(
+        self, makers: list[Callable[[], Prepared]], receive: Receive | None = None
+    ) -> list[Answer]:
+        """Raw completions (``Pipeline.prepare_raw`` in each of ``makers``): checked on a
+        thread while counted against the queue, then generated in the running batch."""
+        deadline = self.deadline()
+
+        async def one(make: Callable[[], Prepared]) -> Answer:
+            started = time.perf_counter()
+            with self.scheduler.preparing():
+                prepared = await anyio.to_thread.run_sync(make, limiter=self.prepare_limiter)
+            answer = await self.scheduler.submit(prepared, deadline, admit=False, started=started)
+            self.metrics.tokens.labels(answer.mode).inc(answer.usage.completion_tokens)
+            return answer
+
+        async def every() -> list[Answer]:
+            return list(await asyncio.gather(*(one(m) for m in makers)))
+
+        return await unless_gone(every(), receive)
+
+    async def stream_raw(
+        self, make: Callable[[], Prepared], receive: Receive | None = None
+    ) -> AsyncIterator[str | Answer]:
+        """One raw completion, streamed: text pieces, then the Answer."""
+        deadline, started = self.deadline(), time.perf_counter()
+
+        async def first() -> AsyncIterator[str | Answer]:
+            with self.scheduler.preparing():
+                prepared = await anyio.to_thread.run_sync(make, limiter=self.prepare_limiter)
+            return await self.scheduler.stream(prepared, deadline, started=started)
+
+        items = await unless_gone(first(), receive)
+        return self._count_tokens(items)
+
     async def _count_tokens(
         self, items: AsyncIterator[str | Answer]
     ) -> AsyncIterator[str | Answer]:
@@ -209,8 +262,11 @@ class Services:
         indexes = self.pipeline.status()["indexes"]
         version = indexes.get(name)
         models = self.pipeline.models_loaded
+        backend = self._backend_out()
         if self.model_error or not models:
             detail = self.model_error or "models are loading"
+        elif backend is not None and not backend.reachable:
+            detail = backend.detail or "the generation backend is not ready"
         elif version is None:
             detail = self.index_error or f"index {name!r} is not loaded"
         else:
@@ -221,7 +277,31 @@ class Services:
             "default_index": name,
             "index_version": version,
             "detail": detail,
+            "backend": backend,
         }
+
+    def _backend_out(self) -> BackendOut | None:
+        """The generation backend's last health check (None with the local backend)."""
+        if not self.remote:
+            return None
+        engine = self.pipeline.loaded_engine
+        health = getattr(engine, "health", None)
+        model = getattr(engine, "model_name", None) or self.settings.generator_model or "?"
+        if health is None:
+            return BackendOut(kind="openai", model=model, reachable=False, detail="not checked yet")
+        return BackendOut(
+            kind="openai", model=health.model, reachable=health.ok, detail=health.detail
+        )
+
+    async def check_backend(self) -> BackendOut | None:
+        """Ask the generation backend how it is (a thread: it is an HTTP call); None with
+        the local backend or before the models are loaded."""
+        engine = self.pipeline.loaded_engine
+        check = getattr(engine, "check_backend", None)
+        if check is None:
+            return None
+        await anyio.to_thread.run_sync(check)
+        return self._backend_out()
 
     async def try_load_default_index(self) -> None:
         """Load the default index if it exists; an index built after start-up (or rebuilt)

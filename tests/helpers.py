@@ -17,12 +17,14 @@ def make_lora_adapter(
     r: int = 4,
     target_modules: tuple[str, ...] = ("q_proj", "v_proj"),
     alpha: float | None = None,
+    version: str | None = None,
 ) -> AdapterInfo:
     """Publish a LoRA adapter with random (non-zero) weights for the configured generator.
 
     ``init_lora_weights=False`` makes B non-zero, so the adapter really changes the output.
     The manifest is the minimal hand-made form on purpose (no schema_version, only what
-    serving needs): core.manifests reads it as schema version 1.
+    serving needs): core.manifests reads it as schema version 1. ``version``: the training's
+    id, for tests of a republished adapter.
     """
     import torch
     from peft import LoraConfig, get_peft_model
@@ -51,6 +53,8 @@ def make_lora_adapter(
         "base_fingerprint": folder_fingerprint(folder),
         "created_at": "test",
     }
+    if version is not None:  # a training's id (the tuner always writes one)
+        manifest["version"] = version
     (staged / "manifest.json").write_text(json.dumps(manifest))
     return publish(settings, staged, name)
 

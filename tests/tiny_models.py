@@ -1,5 +1,6 @@
 """Build tiny real models from a config (no hub): a WordLevel tokenizer, a 2-layer Llama
-generator with a chat template, and a 1-layer BERT sentence-transformer.
+generator with a chat template (and variants shaped like Llama 3 and Qwen2, each with its
+own template), and a 1-layer BERT sentence-transformer.
 
 They are saved as ordinary model folders, so tests load them through the same code path
 (`core.models`) that users' folders and hub models take.
@@ -16,7 +17,26 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+# Llama 3's template (header tokens, <|eot_id|> ends a turn, BOS in the template itself).
+LLAMA3_TEMPLATE = (
+    "{{ '<|begin_of_text|>' }}"
+    "{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] + '<|eot_id|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+# Qwen2's template (ChatML that adds its own system turn when the messages have none).
+QWEN2_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<|im_start|>", "<|im_end|>", "<s>"]
+LLAMA3_SPECIAL = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+QWEN2_SPECIAL = ["<|endoftext|>"]
 
 CORPUS = [
     "The Eiffel Tower is in Paris, the capital of France.",
@@ -32,13 +52,13 @@ CORPUS = [
 ]
 
 
-def _tokenizer(corpus: list[str]):
+def _tokenizer(corpus: list[str], special: list[str] | None = None):
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
     tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=SPECIAL))
+    tok.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=special or SPECIAL))
     return tok
 
 
@@ -74,6 +94,97 @@ def build_tiny_generator(
         tie_word_embeddings=True,
     )
     model = LlamaForCausalLM(cfg)
+    dest.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(dest)
+    tok.save_pretrained(dest)
+    return dest
+
+
+def build_tiny_llama3_generator(dest: Path, seed: int = 0) -> Path:
+    """A 2-layer LlamaForCausalLM with Llama 3's chat template and end-of-turn token."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=_tokenizer(CORPUS, SPECIAL + LLAMA3_SPECIAL),
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+    )
+    tok.chat_template = LLAMA3_TEMPLATE
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        rope_theta=500000.0,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    return _save(LlamaForCausalLM(cfg), tok, dest)
+
+
+def build_tiny_qwen2_generator(dest: Path, seed: int = 0) -> Path:
+    """A 2-layer Qwen2ForCausalLM (q/k/v biases, sliding-window config) with Qwen2's
+    ChatML template (its own default system turn) and <|endoftext|> as EOS."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tok = _qwen2_tokenizer()
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    return _save(Qwen2ForCausalLM(cfg), tok, dest)
+
+
+def _qwen2_tokenizer():
+    """Qwen2's own tokenizer class (transformers picks it for every qwen2 model folder): a
+    byte-level BPE, trained here on the corpus and ragtune's prompt words, so it has a
+    newline token like the real one."""
+    import json
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+
+    from ragtune.core.prompts import CLOSED_BOOK_INSTRUCTION, CONTEXT_INSTRUCTION, SYSTEM_PROMPT
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=QWEN2_SPECIAL,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    texts = [*CORPUS, SYSTEM_PROMPT, CLOSED_BOOK_INSTRUCTION, CONTEXT_INSTRUCTION]
+    bpe.train_from_iterator([*texts, "Question: Passages:\n[1] system\nuser\nassistant\n"], trainer)
+    merges = [
+        tuple(m) if isinstance(m, list) else tuple(m.split(" "))
+        for m in json.loads(bpe.to_str())["model"]["merges"]
+    ]
+    tok = Qwen2Tokenizer(vocab=bpe.get_vocab(), merges=merges)
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.chat_template = QWEN2_TEMPLATE
+    return tok
+
+
+def _save(model, tok, dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(dest)
     tok.save_pretrained(dest)

@@ -50,6 +50,7 @@ from ragtune.core.registry import (
     registry_writer,
 )
 from ragtune.tuner.args import TuneArgs, parse_data_spec
+from ragtune.tuner.distributed import Parallel
 from ragtune.tuner.formats import MAX_REPORTED, load_examples
 
 if TYPE_CHECKING:
@@ -313,6 +314,7 @@ def train_adapter(
     *,
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
+    parallel: Parallel | None = None,
 ) -> AdapterInfo:
     """Train a LoRA adapter (or a full model) and publish it to the registry.
 
@@ -321,6 +323,8 @@ def train_adapter(
         args: the run's arguments (validated here).
         progress: show a tqdm bar and a data summary on stderr.
         on_step: ``f(step, loss)`` called after each optimizer step (tests interrupt with it).
+        parallel: this process's rank in a data-parallel job (``tuner.distributed``, under
+            torchrun): rank 0 prepares the data and writes; every rank trains its share.
 
     Returns:
         The published registry entry.
@@ -330,24 +334,37 @@ def train_adapter(
         ModelNotFound: unknown base model. AdapterMismatch: --init-from on another base.
         InsufficientResources: too little disk.
     """
-    run = setup(settings, args)  # every check that needs no data: fails in seconds
-    if cleaned := clean_registry(run.settings):  # what killed tunes left in the registry
-        _say(progress, f"cleaned {cleaned} leftover(s) of an interrupted run from the registry")
-    data = prepare_data(run.settings, args, run.tokenizer, progress)
-    counts = data.counts.model_dump(exclude_none=True)
-    _say(progress, "data: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    needed = estimate_disk(args.method, _folder_bytes(run.folder)) + args.min_free_disk_mb * 2**20
-    check_disk(run.settings.adapters_dir, needed)
-    model, metrics = train(run, args, data, progress, on_step)  # resumes a killed run
-    manifest = adapter_manifest(run, args, data, model, metrics)
-    info = save_and_publish(run, args, model, manifest)
-    shutil.rmtree(run_dir(run.settings, args.name), ignore_errors=True)  # the checkpoints
-    _say(
-        progress,
-        f"adapter {args.name!r} ready: val loss {metrics.val_loss}, "
-        f"{metrics.tokens_per_s} tokens/s, peak RSS {metrics.peak_rss_mb} MB",
-    )
-    return info
+    par = parallel or Parallel()
+    writer = par.is_writer
+    # every check that needs no data: fails in seconds; each rank takes its own GPU
+    run = setup(settings, args, par.local_rank if par.active else None)
+    par.start(run.device)
+    try:
+        data: PreparedData | None = None
+        if writer:
+            if cleaned := clean_registry(run.settings):  # what killed tunes left behind
+                _say(progress, f"cleaned {cleaned} leftover(s) of an interrupted run")
+            data = prepare_data(run.settings, args, run.tokenizer, progress)
+            counts = data.counts.model_dump(exclude_none=True)
+            _say(progress, "data: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+            needed = estimate_disk(args.method, _folder_bytes(run.folder))
+            check_disk(run.settings.adapters_dir, needed + args.min_free_disk_mb * 2**20)
+        data = par.broadcast(data)  # the same examples on every rank
+        model, metrics = train(run, args, data, progress and writer, on_step, par)
+        if writer:
+            manifest = adapter_manifest(run, args, data, model, metrics)
+            save_and_publish(run, args, model, manifest)
+            shutil.rmtree(run_dir(run.settings, args.name), ignore_errors=True)  # checkpoints
+            _say(
+                progress,
+                f"adapter {args.name!r} ready: val loss {metrics.val_loss}, "
+                f"{metrics.tokens_per_s} tokens/s over {par.world} process(es), "
+                f"peak RSS {metrics.peak_rss_mb} MB",
+            )
+        par.barrier()  # published before any rank reads it
+    finally:
+        par.stop()
+    return get_adapter(run.settings, args.name)
 
 
 @dataclass
@@ -360,10 +377,12 @@ class Run:
     tokenizer: Any
     fingerprint: str  # of the base weights (recorded, and checked against --init-from)
     init_from: AdapterInfo | None  # the adapter to continue from (--init-from)
+    device: str = "cpu"  # where this process trains (its own GPU in a data-parallel job)
 
 
-def setup(settings: Settings, args: TuneArgs) -> Run:
+def setup(settings: Settings, args: TuneArgs, local_rank: int | None = None) -> Run:
     """Check the args, the adapter name, the base model and --init-from before any data work."""
+    from ragtune.core.devices import resolve_device
     from ragtune.core.models import (
         folder_fingerprint,
         generator_folder,
@@ -397,7 +416,15 @@ def setup(settings: Settings, args: TuneArgs) -> Run:
             raise InvalidInput(
                 f"--init-from {args.init_from}: not a LoRA adapter", field="init_from"
             )
-    return Run(settings, loc, folder, tokenizer, fingerprint, init_from)
+    return Run(
+        settings,
+        loc,
+        folder,
+        tokenizer,
+        fingerprint,
+        init_from,
+        resolve_device(settings, local_rank),
+    )
 
 
 def run_key(run: Run, args: TuneArgs, data: PreparedData) -> dict[str, Any]:
@@ -420,17 +447,23 @@ def train(
     data: PreparedData,
     progress: bool,
     on_step: Callable[[int, float], None] | None,
+    parallel: Parallel | None = None,
 ) -> tuple[Any, TrainMetrics]:
-    """Build the model, train it in the run folder (resuming a killed run), measure it."""
+    """Build the model, train it in the run folder (resuming a killed run), measure it.
+    In a data-parallel job rank 0 alone prepares the run folder and measures perplexity."""
+    from ragtune.core.devices import autocast_dtype
     from ragtune.tuner.forgetting import perplexity
     from ragtune.tuner.train import prepare_workdir, train_loop
 
+    par = parallel or Parallel()
+    measure = args.forgetting and par.is_writer
     t_start = time.perf_counter()
-    model, device = _build_model(run.settings, args, run.folder, run.init_from)
-    base_ppl = perplexity(_unwrapped(model), run.tokenizer) if args.forgetting else None
+    model, device = _build_model(run.settings, args, run.folder, run.init_from, run.device)
+    base_ppl = perplexity(_unwrapped(model), run.tokenizer) if measure else None
     workdir = run_dir(run.settings, args.name)
-    if prepare_workdir(workdir, run_key(run, args, data), args.restart):
+    if par.is_writer and prepare_workdir(workdir, run_key(run, args, data), args.restart):
         _say(progress, f"resuming interrupted run from {RUNS_DIR}/{args.name}")
+    par.barrier()  # the run folder is ready (and its checkpoint, to resume from)
     result = train_loop(
         model,
         data.train,
@@ -442,8 +475,10 @@ def train(
         device=device,
         progress=progress,
         on_step=on_step,
+        parallel=par,
+        amp=autocast_dtype(run.settings, device),
     )
-    tuned_ppl = perplexity(model, run.tokenizer) if args.forgetting else None
+    tuned_ppl = perplexity(model, run.tokenizer) if measure else None
     ppl = None
     if base_ppl and tuned_ppl:
         ppl = Perplexity(
@@ -563,18 +598,20 @@ def _unwrapped_config(model: Any) -> Any:
 
 
 def _build_model(
-    settings: Settings, args: TuneArgs, folder: str, init_info: AdapterInfo | None
+    settings: Settings,
+    args: TuneArgs,
+    folder: str,
+    init_info: AdapterInfo | None,
+    device: str = "cpu",
 ) -> tuple[Any, Any]:
-    """Load the base model in fp32 and make the right parameters trainable."""
+    """Load the base model in fp32 (on a GPU the forward pass runs under bf16 autocast) on
+    ``device`` and make the right parameters trainable."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from ragtune.core.models import set_torch_threads
 
     set_torch_threads(settings)
-    device = settings.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         model: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     except (OSError, ValueError) as e:

@@ -19,6 +19,11 @@ for SmolLM2-135M with LoRA). Choices that matter:
 ``train_loop`` reads top to bottom: plan the steps (``StepPlan``), set up the optimizer
 (``_setup``), resume from the checkpoint, then per step: ``train_step`` -> ``_validate`` ->
 ``save_checkpoint``; at the end ``_finish`` restores the best weights.
+
+Data-parallel runs (``tuner.distributed``, under torchrun) go through the same loop: each
+rank takes its share of a step's micro-batches and of the validation set, the sums are
+added over the ranks, and rank 0 alone writes checkpoints. On a GPU the forward pass runs
+under bfloat16 autocast (``autocast``), with float32 weights and optimizer states.
 """
 
 from __future__ import annotations
@@ -35,7 +40,9 @@ from pathlib import Path
 from typing import Any
 
 from ragtune.core.atomic import replace_dir, staging_dir, write_json_atomic
+from ragtune.core.devices import autocast
 from ragtune.tuner.args import TuneArgs
+from ragtune.tuner.distributed import Parallel
 
 log = logging.getLogger(__name__)
 
@@ -131,21 +138,27 @@ def evaluate(
     pad_id: int,
     device: Any,
     full_logits: bool = False,
+    parallel: Parallel | None = None,
+    amp: Any = None,
 ) -> float:
-    """Mean response-token loss over ``data``."""
+    """Mean response-token loss over ``data`` (each rank its share, summed over the ranks;
+    ``amp``: the autocast dtype, None for float32)."""
     import torch
 
+    par = parallel or Parallel()
+    data = par.share(data)
     was_training = model.training
     model.eval()
     nll, n = 0.0, 0
-    with torch.no_grad():
+    with torch.no_grad(), autocast(str(device), amp):
         for i in range(0, len(data), batch_size):
             b = collate(data[i : i + batch_size], pad_id, full_logits)
             nll += float(loss_sum(model, b, device))
             n += b["n_target"]
     if was_training:
         model.train()
-    return nll / max(n, 1)
+    nll, total = par.sum(nll, float(n))
+    return nll / max(total, 1)
 
 
 def epoch_order(
@@ -314,22 +327,27 @@ def train_loop(
     device: Any = "cpu",
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
+    parallel: Parallel | None = None,
+    amp: Any = None,
 ) -> TrainResult:
     """Train the model's trainable parameters in place; return what happened.
 
     ``workdir`` holds the resumable checkpoint: if one is there (``prepare_workdir`` said so)
     the run continues from it. ``on_step(step, loss)`` is called after every optimizer step.
+    ``parallel``: this process's rank in a data-parallel job (default: alone); ``amp``: the
+    autocast dtype of the forward pass (None: float32).
     """
+    par = parallel or Parallel()
     plan = StepPlan.of([e.dataset for e in train_set], weights or {}, args)
     batches = StepBatches(train_set, weights or {}, args.seed, plan)
-    run = _setup(model, args, workdir, pad_id, device, plan.total)
+    run = _setup(model, args, workdir, pad_id, device, plan.total, par, amp)
     state = load_checkpoint(workdir, model, run.optimizer, run.scheduler) or TrainState()
     resumed_from = state.step or None
     if resumed_from:
         log.info("resuming from step %d of %d", state.step, plan.total)
 
     model.train()
-    bar = _progress_bar(plan.total, state.step, progress)
+    bar = _progress_bar(plan.total, state.step, progress and par.is_writer)
     span = LossSpan()  # response-token loss since the last validation
     last_saved = state.step
     try:
@@ -349,12 +367,13 @@ def train_loop(
                 val = state.history[-1]["val_loss"]
                 bar.set_postfix(loss=f"{loss:.3f}", val=f"{val:.3f}", tok_s=_tok_s(state))
             if (validate or state.step % args.save_every == 0) and state.step < plan.total:
-                save_checkpoint(workdir, model, run.optimizer, run.scheduler, state)
+                if par.is_writer:
+                    save_checkpoint(workdir, model, run.optimizer, run.scheduler, state)
                 last_saved = state.step
             if on_step is not None:
                 on_step(state.step, loss)
     except KeyboardInterrupt:
-        if state.step > last_saved:
+        if state.step > last_saved and par.is_writer:
             save_checkpoint(workdir, model, run.optimizer, run.scheduler, state)
         bar.close()
         raise
@@ -430,9 +449,21 @@ class _Run:
     params: list[Any]  # the trainable parameters
     optimizer: Any
     scheduler: Any
+    parallel: Parallel
+    forward_model: Any  # what the training forward pass calls (DDP around ``model``)
+    amp: Any = None  # autocast dtype (None: float32)
 
 
-def _setup(model: Any, args: TuneArgs, workdir: Path, pad_id: int, device: Any, total: int) -> _Run:
+def _setup(
+    model: Any,
+    args: TuneArgs,
+    workdir: Path,
+    pad_id: int,
+    device: Any,
+    total: int,
+    parallel: Parallel,
+    amp: Any,
+) -> _Run:
     """AdamW over the trainable parameters; warmup then ``args.schedule`` over ``total`` steps."""
     import torch
 
@@ -443,7 +474,20 @@ def _setup(model: Any, args: TuneArgs, workdir: Path, pad_id: int, device: Any, 
         optimizer, lr_lambda(args.schedule, warmup, total)
     )
     full_logits = not supports_logits_to_keep(model)
-    return _Run(model, args, workdir, pad_id, device, full_logits, params, optimizer, scheduler)
+    return _Run(
+        model=model,
+        args=args,
+        workdir=workdir,
+        pad_id=pad_id,
+        device=device,
+        full_logits=full_logits,
+        params=params,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        parallel=parallel,
+        forward_model=parallel.wrap(model, str(device)),
+        amp=amp,
+    )
 
 
 def train_step(run: _Run, chunk: Sequence[Encoded], state: TrainState, span: LossSpan) -> float:
@@ -454,16 +498,23 @@ def train_step(run: _Run, chunk: Sequence[Encoded], state: TrainState, span: Los
     """
     import torch
 
-    args = run.args
-    n_target = sum(e.n_target for e in chunk)
+    args, par = run.args, run.parallel
+    n_target = sum(e.n_target for e in chunk)  # of the whole step, every rank's share included
     t0 = time.perf_counter()
     step_nll, step_tokens = 0.0, 0
-    for i in range(0, len(chunk), args.batch_size):
-        b = collate(chunk[i : i + args.batch_size], run.pad_id, run.full_logits)
-        nll = loss_sum(run.model, b, run.device)
-        (nll / n_target).backward()
-        step_nll += float(nll.detach())
-        step_tokens += b["n_tokens"]
+    micro = par.micro_batches(chunk, args.batch_size)
+    for j, mb in enumerate(micro):
+        b = collate(mb.examples, run.pad_id, run.full_logits)
+        with par.accumulating(run.forward_model, last=j == len(micro) - 1):
+            with autocast(str(run.device), run.amp):
+                nll = loss_sum(run.forward_model, b, run.device)
+            scale = 0.0 if mb.padding else par.loss_scale / n_target
+            (nll * scale).backward()
+        if not mb.padding:
+            step_nll += float(nll.detach())
+            step_tokens += b["n_tokens"]
+    step_nll, tokens = par.sum(step_nll, float(step_tokens))
+    step_tokens = int(tokens)
     if args.grad_clip:
         torch.nn.utils.clip_grad_norm_(run.params, args.grad_clip)
     run.optimizer.step()
@@ -483,7 +534,16 @@ def _validate(
 ) -> None:
     """Record the validation loss; keep the best weights on disk; count towards patience."""
     args = run.args
-    v = evaluate(run.model, val_set, args.batch_size, run.pad_id, run.device, run.full_logits)
+    v = evaluate(
+        run.model,
+        val_set,
+        args.batch_size,
+        run.pad_id,
+        run.device,
+        run.full_logits,
+        run.parallel,
+        run.amp,
+    )
     state.history.append(
         {
             "step": state.step,
@@ -494,7 +554,8 @@ def _validate(
     )
     if state.best_val is None or v < state.best_val:
         state.best_val, state.best_step, state.bad_evals = v, state.step, 0
-        save_weights(run.model, run.workdir / BEST, run.workdir)
+        if run.parallel.is_writer:
+            save_weights(run.model, run.workdir / BEST, run.workdir)
     else:
         state.bad_evals += 1
         if args.patience and state.bad_evals >= args.patience:
@@ -519,6 +580,7 @@ def _finish(
     val_loss = None
     if validated:
         if state.best_step is not None and state.best_step != state.step:
+            run.parallel.barrier()  # rank 0 has written them
             load_trainable(run.model, run.workdir / BEST / WEIGHTS)  # keep the best, not the last
         val_loss = state.best_val
     return TrainResult(state, plan.total, plan.steps_per_epoch, train_loss, val_loss, resumed_from)

@@ -13,8 +13,11 @@ from typing import Any
 
 import schemathesis
 
-# Every integer field of ragtune's request bodies (the rest are numbers, strings, ...).
-INTEGER_FIELDS = frozenset({"top_k", "max_new_tokens", "max_tokens", "max_completion_tokens", "n"})
+# Every integer field of ragtune's request bodies (the rest are numbers, strings, ...);
+# "prompt" holds integers when it is a prompt of token ids.
+INTEGER_FIELDS = frozenset(
+    {"top_k", "max_new_tokens", "max_tokens", "max_completion_tokens", "n", "prompt", "lora_int_id"}
+)
 
 
 def integers_as_integers(value: Any, key: str | None = None) -> Any:

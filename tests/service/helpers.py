@@ -40,12 +40,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def live_server(app: Any) -> Iterator[str]:
-    """Serve ``app`` on a free local port in a thread, with the uvicorn settings and guards
-    of ``ragtune serve`` (``service.server``); yield its base URL."""
+def live_server(app: Any, port: int | None = None) -> Iterator[str]:
+    """Serve ``app`` on a local port (a free one unless given) in a thread, with the uvicorn
+    settings and guards of ``ragtune serve`` (``service.server``); yield its base URL."""
     from ragtune.service.server import build_server
 
-    port = free_port()
+    port = port or free_port()
     settings = app.state.services.settings.model_copy(update={"host": "127.0.0.1", "port": port})
     server = build_server(app, settings, log_level="warning")
     thread = threading.Thread(target=server.run, daemon=True)
@@ -60,3 +60,21 @@ def live_server(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@contextmanager
+def back_server(settings: Settings, port: int | None = None) -> Iterator[str]:
+    """A ragtune app under uvicorn as the generation backend of another (its URL), once its
+    models are loaded: two models loading at once in one process is not safe in
+    transformers, so tests that load models here too wait for it."""
+    import httpx
+
+    from ragtune.service.app import create_app
+
+    with live_server(create_app(settings), port=port) as url:
+        deadline = time.monotonic() + 60
+        while not httpx.get(url + "/readyz").json()["models_loaded"]:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the back never loaded its models")
+            time.sleep(0.05)
+        yield url

@@ -169,3 +169,58 @@ def test_image_builds_and_runs_the_demo(tiny_models_dir: Path, tmp_path: Path) -
         assert (data / "runs" / "demo" / "report.html").is_file()
     finally:
         subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
+
+
+COMPOSE_VLLM = REPO / "docker" / "compose.vllm.yaml"
+
+
+def _env_default(value: str) -> str:
+    """``${NAME:-default}`` -> default (what compose substitutes when NAME is unset)."""
+    m = re.fullmatch(r"\$\{[A-Z_]+:-([^}]*)\}", value)
+    return m.group(1) if m else value
+
+
+def test_compose_runs_ragtune_in_front_of_vllm_with_runtime_lora():
+    from ragtune.core.config import Settings
+
+    compose = yaml.safe_load(COMPOSE_VLLM.read_text())
+    vllm, front = compose["services"]["vllm"], compose["services"]["ragtune"]
+    assert vllm["image"].startswith("vllm/vllm-openai:")
+    flags = dict(a.partition("=")[::2] for a in vllm["command"])
+    assert "--enable-lora" in flags
+    loras, cpu_loras = (
+        int(_env_default(flags["--max-loras"])),
+        int(_env_default(flags["--max-cpu-loras"])),
+    )
+    assert 1 <= loras <= cpu_loras  # vLLM requires max_cpu_loras >= max_loras
+    from ragtune.tuner.args import TuneArgs
+
+    assert int(_env_default(flags["--max-lora-rank"])) >= TuneArgs().r  # default adapters fit
+    assert vllm["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    gpu = vllm["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["capabilities"] == ["gpu"]
+    assert "/health" in " ".join(vllm["healthcheck"]["test"])
+    # ragtune: every variable is a real setting, and they point at the vLLM service
+    env = front["environment"]
+    fields = {f"RAGTUNE_{n.upper()}" for n in Settings.model_fields}
+    assert set(env) <= fields, set(env) - fields
+    assert env["RAGTUNE_GENERATOR_BACKEND"] == "openai"
+    assert env["RAGTUNE_GENERATOR_URL"] == "http://vllm:8000"
+    assert _env_default(env["RAGTUNE_GENERATOR_MODEL"]) == _env_default(
+        flags["--served-model-name"]
+    )
+    assert front["depends_on"]["vllm"]["condition"] == "service_healthy"
+    # the same base model folder for both, from one volume
+    assert env["RAGTUNE_GENERATOR"] == flags["--model"] == "/models/base"
+    assert "models:/models:ro" in vllm["volumes"] and "models:/models:ro" in front["volumes"]
+    # the registry: /data/adapters in ragtune is <vLLM's mount of the same volume>/adapters
+    shared = next(v.split(":")[1] for v in vllm["volumes"] if v.startswith("ragtune-data:"))
+    assert "ragtune-data:/data" in front["volumes"]
+    assert env["RAGTUNE_GENERATOR_ADAPTER_DIR"] == f"{shared}/adapters"
+    assert {"ragtune-data", "models"} <= set(compose["volumes"])
+    # the base-model one-off fills the models volume from the image's prepared cache
+    init = compose["services"]["base-model"]
+    assert init["profiles"] == ["init"] and "models:/models" in init["volumes"]
+    assert "/opt/ragtune/cache/models/SmolLM2-135M-Instruct" in init["command"][0]
+    dockerfile = DOCKERFILE.read_text()
+    assert "RAGTUNE_CACHE_DIR=/opt/ragtune/cache" in dockerfile
