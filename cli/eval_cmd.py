@@ -299,6 +299,8 @@ def run_experiment_cmd(
         say=lambda m: click.echo(m, err=True),
     )
     _print_end(outcome.folder, outcome.verdict_text)
+    if outcome.selection_text:
+        click.echo(outcome.selection_text)
     parts = ", ".join(f"{step} {s:.0f} s" for step, s in outcome.state.step_seconds())
     click.echo(f"time: {time.perf_counter() - t0:.0f} s ({parts})")
     return outcome
