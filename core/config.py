@@ -125,6 +125,13 @@ class Settings(BaseSettings):
         description="On SIGTERM, requests in flight get this long to finish; the rest get 503",
     )
 
+    # --- keys and decisions --- (scoped API keys in a file; published decisions)
+    api_keys_file: Path | None = Field(
+        None,
+        description="Scoped API keys, hashed (ragtune keys add|list|rm); default "
+        "<data_dir>/api-keys.json. Keys in api_keys have every scope",
+    )
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, v: Any) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 from litestar import Response, get
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
@@ -24,7 +25,9 @@ def healthz() -> Health:
     responses={503: ResponseSpec(data_container=Readiness, description="Not ready yet")},
 )
 async def readyz(svc: NamedDependency[Services]) -> Response[Readiness]:
-    """Ready: the models and the default index are loaded (503 until then)."""
+    """Ready: the models and the default index are loaded (503 until then). Published
+    decisions are counted (ok / stale / broken, with the indexes of broken ones); a broken
+    decision does not make the service unready, since every other request is served."""
     await svc.try_load_default_index()
-    state = Readiness(**svc.readiness())
+    state = msgspec.convert(svc.readiness(), Readiness)
     return Response(state, status_code=200 if state.status == "ready" else 503)
