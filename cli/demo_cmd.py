@@ -40,6 +40,12 @@ def demo(app: AppContext, config: Path | None, out: Path | None, fresh: bool, qu
     click.echo("")
     click.echo(f"Serve the winner:  {hint.serve}")
     click.echo(f"  {hint.curl()}")
+    runs = app.settings().runs_dir.resolve()
+    run = outcome.folder.name if outcome.folder.resolve().parent == runs else str(outcome.folder)
+    click.echo(
+        f"Or make it the default for index {outcome.experiment.index}: "
+        f"ragtune decisions publish {run}  (docs/decisions.md)"
+    )
 
 
 def register(cli: click.Group) -> None:

@@ -93,8 +93,27 @@ def _eval_config_file(path: Path) -> dict[str, Any]:
     return dict(raw.get("eval", raw))
 
 
-def build_run_config(config_file: Path | None, flags: dict[str, Any]) -> Any:
-    """The eval config: the TOML file (top level or [eval]) with flags given on top.
+# Keys of a run's config.json that describe the run, not its options.
+RUN_RECORD_KEYS = ("dataset_sha256", "variants", "target", "versions", "started")
+
+
+def _rerun_values(folder: Path) -> dict[str, Any]:
+    """The options of a finished run (its config.json), to evaluate them again."""
+    from ragtune.core.errors import InvalidInput
+
+    path = folder / "config.json"
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise InvalidInput(f"--rerun {folder}: no readable config.json", field="rerun") from e
+    return {k: v for k, v in raw.items() if k not in RUN_RECORD_KEYS}
+
+
+def build_run_config(
+    config_file: Path | None, flags: dict[str, Any], rerun: Path | None = None
+) -> Any:
+    """The eval config: the TOML file (top level or [eval]), or the config of a run to
+    evaluate again (``rerun``), with flags given on top.
 
     A dataset path in the file is relative to the file; one given as a flag, to the
     current folder.
@@ -104,6 +123,10 @@ def build_run_config(config_file: Path | None, flags: dict[str, Any]) -> Any:
 
     values: dict[str, Any] = {}
     base_dir = None
+    if rerun is not None:
+        if config_file is not None:
+            raise InvalidInput("give --rerun or --config, not both", field="rerun")
+        values = _rerun_values(rerun)
     if config_file is not None:
         values = _eval_config_file(config_file)
         base_dir = config_file.parent
@@ -245,6 +268,14 @@ def _print_end(out: Path, verdict: str) -> None:
     default=None,
     help="TOML holding these options (top level or [eval]).",
 )
+@click.option(
+    "--rerun",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    default=None,
+    help="Evaluate a finished run's options again (its config.json: dataset, modes, "
+    "adapters, limits) with today's adapters and index, into a new --out; then "
+    "`eval compare` the two.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @pass_app
 def run_cmd(
@@ -252,14 +283,18 @@ def run_cmd(
     eval_config: Path | None,
     api_key: str | None,
     out: Path | None,
+    rerun: Path | None,
     quiet: bool,
     **flags: Any,
 ) -> None:
     """Answer every question in every mode; write results, summary and report into --out."""
+    from ragtune.core.errors import InvalidInput
     from ragtune.eval.runner import run_eval
 
+    if rerun is not None and (out is None or out.resolve() == rerun.resolve()):
+        raise InvalidInput("--rerun needs a new --out folder (the old run stays)", field="out")
     flags["out"] = str(out) if out else None
-    config = build_run_config(eval_config, flags)
+    config = build_run_config(eval_config, flags, rerun)
     config.validate()
     settings = app.settings()
     if flags.get("out"):
@@ -310,6 +345,8 @@ def run_experiment_cmd(
         say=lambda m: click.echo(m, err=True),
     )
     _print_end(outcome.folder, outcome.verdict_text)
+    if outcome.selection_text:
+        click.echo(outcome.selection_text)
     parts = ", ".join(f"{step} {s:.0f} s" for step, s in outcome.state.step_seconds())
     click.echo(f"time: {time.perf_counter() - t0:.0f} s ({parts})")
     return outcome

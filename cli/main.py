@@ -58,6 +58,8 @@ def _register() -> None:
         "serve_cmd",
         "eval_cmd",
         "demo_cmd",
+        "decisions_cmd",
+        "keys_cmd",
     ):
         try:
             mod = __import__(f"ragtune.cli.{mod_name}", fromlist=["register"])

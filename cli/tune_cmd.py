@@ -114,6 +114,14 @@ def tune_command() -> click.Command:
         "`torchrun --nnodes ... -m ragtune tune ...` on each (docs/tuner.md).",
     )
     @click.option(
+        "--retrain",
+        "retrain",
+        default=None,
+        metavar="NAME",
+        help="Train adapter NAME again with the options and data its manifest records (flags "
+        "given here win), on the live index: a new version of NAME.",
+    )
+    @click.option(
         "--print-args",
         is_flag=True,
         help="Check the options, print them resolved (flags over --config over defaults) "
@@ -125,6 +133,7 @@ def tune_command() -> click.Command:
         tune_config: Path | None,
         quiet: bool,
         nproc: int,
+        retrain: str | None,
         print_args: bool,
         **flags: Any,
     ) -> None:
@@ -137,7 +146,13 @@ def tune_command() -> click.Command:
           ragtune tune --data a.jsonl:2 --data b.jsonl:0.5 --name mix --max-steps 200
           ragtune tune --data reviews.csv --template examples/templates/reviews.toml --name rev
           ragtune tune --config tune.toml --no-dedup --print-args
+          ragtune tune --retrain docs-raft          # again, on the live index: a new version
         """
+        if retrain:
+            if nproc > 1:
+                raise click.UsageError("--retrain runs in one process: leave --nproc out")
+            _retrain(app, retrain, tune_config, quiet, print_args, flags)
+            return
         args = build_args(tune_config, flags)
         if print_args:
             click.echo(json.dumps(args.validate().to_dict(), indent=2))
@@ -195,6 +210,40 @@ def _without_nproc(argv: list[str]) -> list[str]:
     return out
 
 
+def _retrain(
+    app: AppContext,
+    name: str,
+    tune_config: Path | None,
+    quiet: bool,
+    print_args: bool,
+    flags: dict[str, Any],
+) -> None:
+    from ragtune.core.errors import InvalidInput
+    from ragtune.tuner.api import train_adapter
+    from ragtune.tuner.retrain import retrain_args
+
+    if tune_config is not None:
+        raise InvalidInput("--retrain takes its options from the adapter, not --config")
+    if flags.get("name") not in (None, name):
+        raise InvalidInput("--retrain NAME trains NAME again: leave --name out", field="name")
+    given = {k: v for k, v in flags.items() if v is not None and v != ()}
+    if "data" in given:
+        given["data"] = list(given["data"])
+    if "target_modules" in given:
+        given["target_modules"] = split_modules(given["target_modules"])
+    plan = retrain_args(app.settings(), name, given)
+    if print_args:
+        click.echo(json.dumps(plan.args.to_dict(), indent=2))
+        return
+    old = plan.previous.version
+    click.echo(f"retraining {name} (version {old}) with the options it was trained with")
+    for note in plan.notes:
+        click.echo(f"  {note}")
+    info = train_adapter(plan.settings, plan.args, progress=not quiet)
+    _print_summary(info.name, info.manifest)
+    click.echo(f"  version  {old} -> {info.version}")
+
+
 def _print_summary(name: str, m: AdapterManifest) -> None:
     click.echo(f"adapter {name}: {m.method} on {m.base_model}")
     if m.data:
@@ -214,6 +263,11 @@ def _print_summary(name: str, m: AdapterManifest) -> None:
     if m.raft:
         r = m.raft
         click.echo(f"  raft     index {r.index}@{r.index_version} k={r.k} p_oracle={r.p_oracle}")
+        if r.snapshot:
+            click.echo(
+                f"           bound to {r.snapshot.chunks} chunks of {r.snapshot.documents} "
+                f"documents (digest {r.snapshot.digest[:12]})"
+            )
 
 
 @click.group("adapters")
@@ -225,22 +279,28 @@ def adapters() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_app
 def list_cmd(app: AppContext, as_json: bool) -> None:
-    """One line per adapter: name, method, base model, validation loss, created."""
+    """One line per adapter: name, method, base model, validation loss, created; for a RAFT
+    adapter, its index and whether (and how much) the index changed since it was trained."""
+    from ragtune.core.adapter_binding import binding_of
     from ragtune.core.registry import scan_adapters
 
-    found, problems = scan_adapters(app.settings())
+    settings = app.settings()
+    found, problems = scan_adapters(settings)
     for e in problems:  # a broken adapter is named, the others still listed
         click.echo(f"warning: {e.message}", err=True)
     rows = []
     for info in found:
         m = info.manifest
+        binding = binding_of(settings, info)
         rows.append(
             {
                 "name": info.name,
                 "method": info.method,
                 "base_model": info.base_model,
+                "version": info.version,
                 "val_loss": m.metrics.val_loss if m.metrics else None,
                 "raft_index": m.raft.index if m.raft else None,
+                "index_binding": binding.to_dict() if binding else None,
                 "created_at": m.created_at,
             }
         )
@@ -252,21 +312,32 @@ def list_cmd(app: AppContext, as_json: bool) -> None:
         return
     for r in rows:
         raft = f" raft:{r['raft_index']}" if r["raft_index"] else ""
+        b = r["index_binding"]
+        stale = " [stale]" if isinstance(b, dict) and b["stale"] else ""
         click.echo(
             f"{r['name']:<24} {r['method']:<5} {r['base_model']:<24} "
-            f"val_loss={r['val_loss']}{raft}  {r['created_at']}"
+            f"val_loss={r['val_loss']}{raft}{stale}  {r['created_at']}"
         )
+        if stale and isinstance(b, dict):
+            click.echo(f"  {b['text']} (ragtune tune --retrain {r['name']})")
 
 
 @adapters.command("show")
 @click.argument("name")
 @pass_app
 def show_cmd(app: AppContext, name: str) -> None:
-    """Print an adapter's manifest (JSON)."""
+    """Print an adapter's manifest (JSON); for a RAFT adapter also ``index_binding``: its
+    index version and how much of the index changed since (added / updated / removed)."""
+    from ragtune.core.adapter_binding import binding_of
     from ragtune.core.registry import get_adapter
 
-    manifest = get_adapter(app.settings(), name).manifest
-    click.echo(json.dumps(manifest.to_json(), indent=2, sort_keys=True))
+    settings = app.settings()
+    info = get_adapter(settings, name)
+    out = info.manifest.to_json()
+    binding = binding_of(settings, info)
+    if binding is not None:
+        out["index_binding"] = binding.to_dict()
+    click.echo(json.dumps(out, indent=2, sort_keys=True))
 
 
 @adapters.command("rm")

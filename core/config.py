@@ -230,6 +230,13 @@ class Settings(BaseSettings):
         "adapters from (comma-separated in RAGTUNE_LORA_DIRS)",
     )
 
+    # --- keys and decisions --- (scoped API keys in a file; published decisions)
+    api_keys_file: Path | None = Field(
+        None,
+        description="Scoped API keys, hashed (ragtune keys add|list|rm); default "
+        "<data_dir>/api-keys.json. Keys in api_keys have every scope",
+    )
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, v: Any) -> Any:

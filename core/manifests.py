@@ -272,6 +272,7 @@ class DataFile(_Model):
     """One --data file as it was read."""
 
     file: str
+    path: str | None = None  # where it was read from (absolute): --retrain reads it again
     sha256: str
     format: str
     weight: float
@@ -300,6 +301,7 @@ class DataCounts(_Model):
 class AdapterData(_Model):
     hash: str  # over every file's sha256, format, weight and template: the run key's data part
     files: list[DataFile]
+    template: str | None = None  # the --template file's path (absolute), for --retrain
     counts: DataCounts
     bad_examples: list[str] = []  # the first few bad records, for the person reading
 
@@ -352,6 +354,17 @@ class RaftSplitStats(_Model):
     retrieval_recall: float | None = None
 
 
+class SnapshotRef(_Model):
+    """An index version's chunks, as a digest and counts (``core.index_changes``: the full
+    snapshot, document by document, lives in ``index-snapshot.json`` beside the manifest)."""
+
+    index: str
+    version: str
+    chunks: int
+    documents: int
+    digest: str  # sha256 over the sorted (document, chunk ids) pairs
+
+
 class RaftInfo(_Model):
     """Where the RAFT passages came from (the index version pins them)."""
 
@@ -363,6 +376,7 @@ class RaftInfo(_Model):
     quote: bool
     embedding_model: str
     stats: dict[str, RaftSplitStats]  # "train" and "val"
+    snapshot: SnapshotRef | None = None  # the index version's chunks (None: older adapters)
 
 
 class InitFrom(_Model):

@@ -75,6 +75,7 @@ class Answer:
     timings: Timings
     prompt: str = ""
     finish_reason: FinishReason = "stop"
+    decision: str | None = None  # the published decision (run id) that chose mode and adapter
 
     def to_dict(self, *, include_prompt: bool = False) -> dict[str, Any]:
         out = {
@@ -90,6 +91,7 @@ class Answer:
             "usage": asdict(self.usage),
             "timings": asdict(self.timings),
             "finish_reason": self.finish_reason,
+            "decision": self.decision,
         }
         if include_prompt:
             out["prompt"] = self.prompt

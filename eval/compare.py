@@ -3,6 +3,10 @@
 For each variant present in both runs: the metric means of A and B and B - A. Where the runs
 share questions, the F1 change is also tested paired (bootstrap over the shared questions),
 so "the new adapter is better" comes with a CI like everything else.
+
+Each run's ``config.json`` records the index and adapter versions it answered with; the
+comparison says where they differ (a rebuilt index, a retrained adapter), since a change in
+F1 then has more than one possible cause.
 """
 
 from __future__ import annotations
@@ -68,9 +72,12 @@ def compare_runs(a: Path, b: Path, n_boot: int = 5_000) -> dict[str, Any]:
                 "b": ret_b[k]["mean"],
                 "delta": ret_b[k]["mean"] - ret_a[k]["mean"],
             }
+    ca, cb = _config(a), _config(b)
     return {
         "a": str(a),
         "b": str(b),
+        "versions": version_differences(ca, cb),
+        "versions_known": bool(ca.get("versions") and cb.get("versions")),
         "only_a": [n for n in sa["variants"] if n not in sb["variants"]],
         "only_b": [n for n in sb["variants"] if n not in sa["variants"]],
         "variants": rows,
@@ -78,6 +85,48 @@ def compare_runs(a: Path, b: Path, n_boot: int = 5_000) -> dict[str, Any]:
         "winner_a": sa.get("verdict", {}).get("winner"),
         "winner_b": sb.get("verdict", {}).get("winner"),
     }
+
+
+def _config(folder: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def version_differences(ca: dict[str, Any], cb: dict[str, Any]) -> list[dict[str, Any]]:
+    """Where two runs' index and adapter versions differ: one entry per difference
+    (``what``: index / adapter / retriever, ``name``, ``a``, ``b``; None = not in that run)."""
+    va, vb = ca.get("versions") or {}, cb.get("versions") or {}
+    out: list[dict[str, Any]] = []
+    ia, ib = ca.get("index"), cb.get("index")
+    if ia != ib and (ia or ib):
+        out.append({"what": "index name", "name": None, "a": ia, "b": ib})
+    if va.get("index_version") != vb.get("index_version"):
+        out.append(
+            {
+                "what": "index",
+                "name": ib or ia,
+                "a": va.get("index_version"),
+                "b": vb.get("index_version"),
+            }
+        )
+    aa, ab = va.get("adapters") or {}, vb.get("adapters") or {}
+    for name in sorted(set(aa) | set(ab)):
+        if aa.get(name) != ab.get(name):
+            out.append({"what": "adapter", "name": name, "a": aa.get(name), "b": ab.get(name)})
+    ra, rb = va.get("retrievers") or {}, vb.get("retrievers") or {}
+    for label in sorted(set(ra) | set(rb)):
+        if ra.get(label) != rb.get(label):
+            out.append({"what": "retriever", "name": label, "a": ra.get(label), "b": rb.get(label)})
+    return out
+
+
+def _version_line(d: dict[str, Any]) -> str:
+    name = f" {d['name']!r}" if d["name"] else ""
+    a, b = d["a"] or "(not in A)", d["b"] or "(not in B)"
+    return f"  {d['what']}{name}: {a} → {b}"
 
 
 def format_comparison(c: dict[str, Any]) -> str:
@@ -106,4 +155,14 @@ def format_comparison(c: dict[str, Any]) -> str:
         lines.append(f"only in B: {', '.join(c['only_b'])}")
     lines.append(f"winner on F1: A {c['winner_a']}, B {c['winner_b']}")
     lines.append("* = the paired 95% CI excludes zero")
+    diffs = c.get("versions") or []
+    if diffs:
+        lines += [
+            "",
+            "note: the runs answered with different index or adapter versions, so a change "
+            "above may come from either:",
+            *(_version_line(d) for d in diffs),
+        ]
+    elif c.get("versions_known"):
+        lines.append("same index and adapter versions in both runs")
     return "\n".join(lines)

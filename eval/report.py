@@ -15,6 +15,7 @@ from typing import Any
 from ragtune.core.atomic import write_text_atomic
 from ragtune.core.qa import QARecord
 from ragtune.eval.plots import make_plots
+from ragtune.eval.selection import read_selection, selection_markdown, selection_rows
 from ragtune.eval.variants import Variant
 
 TITLES = {
@@ -213,6 +214,8 @@ def render_markdown(ctx: dict[str, Any]) -> str:
     lines += ["", "Means with 95% bootstrap confidence intervals.", ""]
     for c in ctx["charts"]:
         lines.append(f"![{c['title']}](plots/{c['file']})")
+    if ctx["selection"]:
+        lines += ["", *selection_markdown(ctx["selection"])]
     if ctx["retrieval_rows"]:
         lines += ["", "## Retrieval", "", "| metric | value (95% CI) |", "|---|---:|"]
         lines += [f"| {k} | {v} |" for k, v in ctx["retrieval_rows"]]
@@ -317,6 +320,7 @@ def write_report(
         for k, p in plots.items()
     ]
     target = config.get("target") or {}
+    selection = read_selection(out_dir)  # a sweep picked the variant on a validation split
     ctx = {
         "run_name": out_dir.name,
         "n_questions": summary["n_questions"],
@@ -333,6 +337,8 @@ def write_report(
         "disagreements": disagreements(records, items, names),
         "variant_names": names,
         "charts": charts,
+        "selection": selection,
+        "selection_rows": selection_rows(selection) if selection else [],
         "config_json": json.dumps(config, indent=2, sort_keys=True),
     }
     md, html = out_dir / "report.md", out_dir / "report.html"

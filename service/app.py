@@ -20,7 +20,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from ragtune.core.config import Settings
 from ragtune.core.pipeline import Pipeline
-from ragtune.service import adapters, health, lora_api, openai_compat, query
+from ragtune.service import adapters, decisions, health, lora_api, openai_compat, query
 from ragtune.service.auth import require_api_key
 from ragtune.service.bodies import StrictRequest
 from ragtune.service.errors import EXCEPTION_HANDLERS
@@ -54,7 +54,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> Litestar
         finally:
             await services.stop()
 
-    secured = bool(settings.api_keys)
+    secured = services.keys.enabled()
     app = Litestar(
         route_handlers=[
             health.healthz,
@@ -70,6 +70,9 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> Litestar
             adapters.adapters_unload,
             lora_api.load_lora_adapter,
             lora_api.unload_lora_adapter,
+            decisions.decisions_list,
+            decisions.decisions_publish,
+            decisions.decisions_remove,
         ],
         state=State({"services": services}),
         dependencies={"svc": Provide(_provide_services, sync_to_thread=False)},

@@ -72,7 +72,12 @@ def scrub(message: str) -> str:
 
 
 def problem_body(
-    status: int, detail: str, *, title: str | None = None, field: str | None = None
+    status: int,
+    detail: str,
+    *,
+    title: str | None = None,
+    field: str | None = None,
+    scope: str | None = None,
 ) -> Problem:
     return Problem(
         type=f"https://ragtune.dev/problems/{status}",
@@ -80,6 +85,7 @@ def problem_body(
         status=status,
         detail=scrub(detail),
         field=field,
+        scope=scope,
     )
 
 
@@ -91,8 +97,9 @@ def problem_response(
     title: str | None = None,
     field: str | None = None,
     headers: dict[str, str] | None = None,
+    scope: str | None = None,
 ) -> Response[bytes]:
-    body = problem_body(status, detail, title=title, field=field)
+    body = problem_body(status, detail, title=title, field=field, scope=scope)
     detail = body.detail
     path = request.url.path if request is not None else ""
     if path.startswith(OPENAI_PATH_PREFIXES):
@@ -154,7 +161,13 @@ def handle_ragtune(request: Request[Any, Any, Any], exc: RagtuneError) -> Respon
         log.error("%s on %s: %s", type(exc).__name__, request.url.path, exc.message)
         return problem_response(request, status, exc.title, title=exc.title)
     return problem_response(
-        request, status, exc.message, title=exc.title, field=field, headers=headers
+        request,
+        status,
+        exc.message,
+        title=exc.title,
+        field=field,
+        headers=headers,
+        scope=getattr(exc, "scope", None),  # 403: the scope the key lacks
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 from litestar import Response, get
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
@@ -26,8 +27,10 @@ def healthz() -> Health:
 async def readyz(svc: NamedDependency[Services]) -> Response[Readiness]:
     """Ready: the models and the default index are loaded, and with a generation server
     (``generator_backend = "openai"``) that server answers and serves the base model (503
-    until then, with the reason)."""
+    until then, with the reason). Published decisions are counted (ok / stale / broken, with
+    the indexes of broken ones); a broken decision does not make the service unready, since
+    every other request is served."""
     await svc.try_load_default_index()
     await svc.check_backend()
-    state = Readiness(**svc.readiness())
+    state = msgspec.convert(svc.readiness(), Readiness)
     return Response(state, status_code=200 if state.status == "ready" else 503)

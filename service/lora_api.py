@@ -27,8 +27,9 @@ from litestar.params import JSONBody
 
 from ragtune.core.adapter_catalog import read_lora_folder
 from ragtune.core.errors import InvalidInput, NotFound, RagtuneError
-from ragtune.service.auth import require_json
+from ragtune.service.auth import SCOPE, principal_of, require_json
 from ragtune.service.errors import log, problem_responses
+from ragtune.service.keys import MANAGE_ADAPTERS
 from ragtune.service.schemas import LoadLoRABody, UnloadLoRABody
 from ragtune.service.state import Services
 
@@ -40,11 +41,15 @@ from ragtune.service.state import Services
     guards=[require_json],
     responses=problem_responses(400, 401, 403, 404, 409, 413, 415, 502, 503, 504),
     tags=["openai"],
+    opt={SCOPE: MANAGE_ADAPTERS},
 )
-async def load_lora_adapter(data: JSONBody[LoadLoRABody], svc: NamedDependency[Services]) -> str:
+async def load_lora_adapter(
+    data: JSONBody[LoadLoRABody], svc: NamedDependency[Services], request: Request[Any, Any, Any]
+) -> str:
     """Register a LoRA folder as model ``lora_name`` and load it (vLLM's runtime LoRA API)."""
     catalog = svc.pipeline.adapters
     name = data.lora_name
+    principal_of(request).require_adapter(name)
     lora_path = data.lora_path
     if not Path(lora_path).is_absolute():  # a name or path inside the registry
         lora_path = str(svc.settings.adapters_dir.resolve() / lora_path)
@@ -86,15 +91,17 @@ async def load_lora_adapter(data: JSONBody[LoadLoRABody], svc: NamedDependency[S
     status_code=200,
     media_type=MediaType.TEXT,
     guards=[require_json],
-    responses=problem_responses(400, 401, 404, 409, 413, 415, 502, 503, 504),
+    responses=problem_responses(400, 401, 403, 404, 409, 413, 415, 502, 503, 504),
     tags=["openai"],
+    opt={SCOPE: MANAGE_ADAPTERS},
 )
 async def unload_lora_adapter(
-    data: JSONBody[UnloadLoRABody], svc: NamedDependency[Services]
+    data: JSONBody[UnloadLoRABody], svc: NamedDependency[Services], request: Request[Any, Any, Any]
 ) -> str:
     """Unregister a LoRA registered with ``/v1/load_lora_adapter`` and drop it from memory."""
     catalog = svc.pipeline.adapters
     name = data.lora_name
+    principal_of(request).require_adapter(name)
     if not catalog.is_registered(name):
         raise NotFound(f"The lora adapter '{name}' cannot be found.", field="lora_name")
 

@@ -193,7 +193,13 @@ class MetricsMiddleware:
             metrics.latency.labels(route, method).observe(time.perf_counter() - t0)
 
 
-@get("/metrics", include_in_schema=True, media_type=CONTENT_TYPE_LATEST, sync_to_thread=False)
+@get(
+    "/metrics",
+    include_in_schema=True,
+    media_type=CONTENT_TYPE_LATEST,
+    sync_to_thread=False,
+    opt={"scope": "metrics"},  # service.auth.SCOPE: a key needs the metrics scope
+)
 def metrics_endpoint(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Prometheus metrics in the text exposition format."""
     metrics: Metrics = request.app.state.services.metrics

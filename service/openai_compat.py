@@ -16,6 +16,11 @@
 - ``stream: true`` answers with SSE in the OpenAI chunk format, ending with ``data: [DONE]``.
 - Answers are the generation's first line (the QA span; generation stops there) or the whole
   text: the ``openai_answer`` setting, or the request's ``"ragtune": {"answer": "full"}``.
+- ``model`` = ``decision:<index>`` asks for the decision published for that index: its mode,
+  adapter and retrieval settings (``ragtune.decision`` in the response names the run).
+  ``GET /v1/models`` lists one such model per live decision; adapter and decision cards carry
+  an extra ``ragtune`` field (version; a RAFT adapter's index and how much it changed since;
+  a decision's verdict figures and status).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import anyio
 from litestar import Request, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
@@ -37,9 +43,12 @@ from ragtune.core.errors import InvalidInput, ModelNotFound, RagtuneError, Unkno
 from ragtune.core.models import locate_generator
 from ragtune.core.pipeline import Prepared, QueryRequest
 from ragtune.core.types import Answer, Mode
-from ragtune.service.auth import require_json
+from ragtune.service.auth import SCOPE, principal_of, require_json
+from ragtune.service.bindings import adapter_binding
 from ragtune.service.bodies import is_plain
+from ragtune.service.decision_cache import DECISION_MODEL_PREFIX
 from ragtune.service.errors import log, problem_body, problem_responses
+from ragtune.service.keys import QUERY, READ, Principal
 from ragtune.service.schemas import (
     MAX_PROMPTS,
     NAME_PATTERN,
@@ -52,6 +61,7 @@ from ragtune.service.schemas import (
     CompletionBody,
     CompletionChoice,
     ModelCard,
+    ModelInfo,
     ModelList,
     RagtuneInfo,
     RagtuneOptions,
@@ -60,9 +70,9 @@ from ragtune.service.schemas import (
     sources_out,
 )
 from ragtune.service.sse import VisibleText, event, sse_response
-from ragtune.service.state import Services
+from ragtune.service.state import Asked, Services
 
-ERRORS = problem_responses(400, 401, 404, 409, 413, 415, 502, 503, 504)
+ERRORS = problem_responses(400, 401, 403, 404, 409, 413, 415, 502, 503, 504)
 DONE = b"data: [DONE]\n\n"
 MAX_HISTORY_TURNS = 4  # earlier question/answer pairs of a chat that go into the prompt
 _HAS_TEXT = re.compile(r"\S")  # what /schema's pattern for a question says too
@@ -89,14 +99,27 @@ def _created(created_at: str | None, fallback: float) -> int:
         return int(fallback)
 
 
-def _cards(svc: Services) -> list[ModelCard]:
+def _cards(svc: Services, principal: Principal) -> list[ModelCard]:
+    """The base model, the adapters and the decisions this key may use."""
+    from ragtune.core.decisions import list_decisions
+    from ragtune.service.decisions import decision_out
+
     base = base_model_id(svc)
     engine = svc.pipeline.loaded_engine
     context = engine.gen.context_length if engine is not None else None
     cards = [
-        ModelCard(id=base, object="model", created=0, owned_by="ragtune", max_model_len=context)
+        ModelCard(
+            id=base,
+            object="model",
+            created=0,
+            owned_by="ragtune",
+            max_model_len=context,
+            ragtune=ModelInfo(kind="base"),
+        )
     ]
     for info in svc.pipeline.adapters.all():
+        if not principal.may_adapter(info.name):
+            continue
         cards.append(
             ModelCard(
                 id=info.name,
@@ -104,24 +127,57 @@ def _cards(svc: Services) -> list[ModelCard]:
                 created=_created(info.created_at, info.path.stat().st_mtime),
                 owned_by="ragtune",
                 parent=base,
+                ragtune=ModelInfo(
+                    kind="adapter", version=info.version, index=adapter_binding(svc, info)
+                ),
+            )
+        )
+    for d in list_decisions(svc.settings)[0]:
+        if not principal.may_index(d.index):
+            continue
+        cards.append(
+            ModelCard(
+                id=DECISION_MODEL_PREFIX + d.index,
+                object="model",
+                created=_created(d.published_at, 0),
+                owned_by="ragtune",
+                parent=base,
+                ragtune=ModelInfo(kind="decision", decision=decision_out(svc, d)),
             )
         )
     return cards
 
 
-@get("/v1/models", tags=["openai"], responses=problem_responses(401))
-async def list_models(svc: NamedDependency[Services]) -> ModelList:
-    """The base model and every adapter in the registry (each usable as ``model``)."""
-    return ModelList(object="list", data=_cards(svc))
+@get("/v1/models", tags=["openai"], opt={SCOPE: READ}, responses=problem_responses(401, 403))
+async def list_models(svc: NamedDependency[Services], request: Request[Any, Any, Any]) -> ModelList:
+    """The base model, every adapter in the registry and every published decision
+    (``decision:<index>``), each usable as ``model``; those this key may use."""
+    principal = principal_of(request)
+    return ModelList(object="list", data=await anyio.to_thread.run_sync(_cards, svc, principal))
 
 
-@get("/v1/models/{model:path}", tags=["openai"], responses=problem_responses(401, 404))
-async def retrieve_model(model: FromPath[str], svc: NamedDependency[Services]) -> ModelCard:
-    """One model card: the base model or an adapter (404 for any other id)."""
+@get(
+    "/v1/models/{model:path}",
+    tags=["openai"],
+    opt={SCOPE: READ},
+    responses=problem_responses(401, 403, 404),
+)
+async def retrieve_model(
+    model: FromPath[str], svc: NamedDependency[Services], request: Request[Any, Any, Any]
+) -> ModelCard:
+    """One model card: the base model, an adapter or a decision (404 for any other id)."""
     model = model.lstrip("/")  # a path parameter keeps its leading slash
     if model == svc.settings.generator:  # the spec in the settings also names the base model
         model = base_model_id(svc)
-    card = next((c for c in _cards(svc) if c.id == model), None)
+    principal = principal_of(request)
+    if model.startswith(DECISION_MODEL_PREFIX):
+        index = model.removeprefix(DECISION_MODEL_PREFIX)
+        if re.fullmatch(NAME_PATTERN, index):
+            principal.require_index(index)
+    elif re.fullmatch(NAME_PATTERN, model) and model != base_model_id(svc):
+        principal.require_adapter(model)
+    cards = await anyio.to_thread.run_sync(_cards, svc, principal)
+    card = next((c for c in cards if c.id == model), None)
     if card is None:
         raise _model_not_found(model)
     return card
@@ -137,15 +193,33 @@ def _model_not_found(model: str) -> ModelNotFound:
     return ModelNotFound(f"model {model!r} not found: {hint}", field="model")
 
 
-def _resolve_model(svc: Services, model: str) -> str | None:
+def _resolve_model(svc: Services, model: str, principal: Principal) -> str | None:
     """The adapter named by ``model``, or None for the base model."""
     if model in (base_model_id(svc), svc.settings.generator):
         return None
+    if not is_plain(model) or not re.fullmatch(NAME_PATTERN, model):
+        raise _model_not_found(model)
+    principal.require_adapter(model)  # before the lookup: a key learns nothing outside it
     try:
         svc.pipeline.adapters.get(model)
     except (UnknownAdapter, InvalidInput):
         raise _model_not_found(model) from None
     return model
+
+
+def _decision_index(svc: Services, model: str) -> str | None:
+    """The index of a ``decision:<index>`` model (404 unless it has a decision)."""
+    if not model.startswith(DECISION_MODEL_PREFIX):
+        return None
+    index = model.removeprefix(DECISION_MODEL_PREFIX)
+    if not re.fullmatch(NAME_PATTERN, index):
+        raise _model_not_found(model)
+    if svc.decisions.get(svc.settings, index) is None:
+        raise ModelNotFound(
+            f"model {model!r} not found: no decision is published for index {index!r}",
+            field="model",
+        )
+    return index
 
 
 # Options of the extra ``ragtune`` field that shape the answer, not retrieval.
@@ -163,17 +237,44 @@ def _wants_retrieval(opts: RagtuneOptions | None) -> bool:
 
 def _to_request(
     svc: Services,
+    request: Request[Any, Any, Any],
     model: str,
     question: str,
     max_tokens: int | None,
     temperature: float | None,
     opts: RagtuneOptions | None,
     history: tuple[tuple[str, str], ...] = (),
-) -> QueryRequest:
-    adapter = _resolve_model(svc, model)
+) -> Asked:
+    principal = principal_of(request)
+    answer = (opts.answer if opts else None) or svc.settings.openai_answer
+    index = _decision_index(svc, model)
+    if index is not None:  # the decision says how: retrieval settings may still be given
+        if opts and opts.retrieval == "none":
+            raise InvalidInput(
+                "a decision model answers as the decision says; to turn retrieval off, "
+                "name the base model or an adapter",
+                field="ragtune.retrieval",
+            )
+        if opts and opts.index and opts.index != index:
+            raise InvalidInput(
+                f"model {model!r} answers for index {index!r}; ragtune.index differs",
+                field="ragtune.index",
+            )
+        req = QueryRequest(
+            question=question,
+            index=index,
+            top_k=opts.top_k if opts else None,
+            retrieval=opts.retrieval if opts else None,  # type: ignore[arg-type]
+            max_new_tokens=max_tokens,
+            temperature=temperature,
+            history=history,
+            answer=answer,
+        )
+        return svc.resolve(req, principal, decide=True, decision_index=index)
+    adapter = _resolve_model(svc, model, principal)
     retrieval = _wants_retrieval(opts)
     mode = _MODES[(retrieval, adapter is not None)]
-    return QueryRequest(
+    req = QueryRequest(
         question=question,
         mode=mode,
         adapter=adapter,
@@ -184,8 +285,9 @@ def _to_request(
         max_new_tokens=max_tokens,
         temperature=temperature,
         history=history,
-        answer=(opts.answer if opts else None) or svc.settings.openai_answer,
+        answer=answer,
     )
+    return svc.resolve(req, principal)
 
 
 def _check_lengths(svc: Services, messages: list[ChatMessage]) -> None:
@@ -265,6 +367,7 @@ def _info(answer: Answer) -> RagtuneInfo:
         index_version=answer.index_version,
         sources=sources_out(d),
         timings=TimingsOut(**d["timings"]),
+        decision=answer.decision,
     )
 
 
@@ -281,6 +384,7 @@ def _usage(answers: list[Answer]) -> Usage:
     guards=[require_json],
     responses=ERRORS,
     tags=["openai"],
+    opt={SCOPE: QUERY},
 )
 async def chat_completions(
     data: JSONBody[ChatCompletionBody],
@@ -296,13 +400,13 @@ async def chat_completions(
         )
         _check_lengths(svc, data.messages)
         question, history = _conversation(data.messages)
-        req = _to_request(
-            svc, data.model, question, max_tokens, data.temperature, data.ragtune, history
+        asked = _to_request(
+            svc, request, data.model, question, max_tokens, data.temperature, data.ragtune, history
         )
         if data.stream:
             usage = bool(data.stream_options and data.stream_options.include_usage)
-            return await _stream(svc, req, data.model, usage, request, chat=True)  # type: ignore[return-value]
-        answer = await svc.answer(req, request.receive)
+            return await _stream(svc, asked, data.model, usage, request, chat=True)  # type: ignore[return-value]
+        answer = await svc.answer(asked, request.receive)
     return ChatCompletion(
         id=f"chatcmpl-{uuid.uuid4().hex}",
         object="chat.completion",
@@ -321,7 +425,14 @@ async def chat_completions(
 
 
 # --- completions --------------------------------------------------------------------------
-@post("/v1/completions", status_code=200, guards=[require_json], responses=ERRORS, tags=["openai"])
+@post(
+    "/v1/completions",
+    status_code=200,
+    guards=[require_json],
+    responses=ERRORS,
+    tags=["openai"],
+    opt={SCOPE: QUERY},
+)
 async def completions(
     data: JSONBody[CompletionBody], svc: NamedDependency[Services], request: Request[Any, Any, Any]
 ) -> Completion:
@@ -343,7 +454,15 @@ async def completions(
         for p in prompts:
             svc.check_chars(p, "prompt")  # type: ignore[arg-type]
         reqs = [
-            _to_request(svc, data.model, p, data.max_tokens, data.temperature, data.ragtune)  # type: ignore[arg-type]
+            _to_request(
+                svc,
+                request,
+                data.model,
+                p,  # type: ignore[arg-type]
+                data.max_tokens,
+                data.temperature,
+                data.ragtune,
+            )
             for p in prompts
         ]
         if data.stream:
@@ -407,7 +526,7 @@ async def _complete_tokens(
     if len(prompts) > MAX_PROMPTS:
         raise InvalidInput(f"prompt holds more than {MAX_PROMPTS} token-id lists", field="prompt")
     with _openai_fields("prompt"):
-        adapter = _resolve_model(svc, data.model)
+        adapter = _resolve_model(svc, data.model, principal_of(request))
     newline = _stops_at_newline(data.stop)
 
     def maker(ids: list[int]) -> Callable[[], Prepared]:
@@ -444,14 +563,15 @@ async def _complete_tokens(
 # --- streaming ----------------------------------------------------------------------------
 async def _stream(
     svc: Services,
-    req: QueryRequest,
+    asked: Asked,
     model: str,
     include_usage: bool,
     request: Request[Any, Any, Any],
     *,
     chat: bool,
 ) -> Stream:
-    items = await svc.stream(req, request.receive)  # errors before the first token: statuses
+    req = asked.request
+    items = await svc.stream(asked, request.receive)  # errors before the first token: statuses
     return _stream_items(
         items, model, include_usage, chat=chat, first_line=req.answer == "first_line"
     )

@@ -203,7 +203,8 @@ def tighten_openapi(app: Litestar, settings: Settings) -> None:
                 _replace(prop, patch)
 
     rules: dict[str, dict[str, Any]] = {
-        # mode finetune/hybrid needs an adapter; base/rag (rag is the default) takes none
+        # mode finetune/hybrid needs an adapter; base/rag takes none; no mode (the index's
+        # decision, else rag) takes none either
         "QueryBody": {
             "anyOf": [
                 {
@@ -213,7 +214,12 @@ def tighten_openapi(app: Litestar, settings: Settings) -> None:
                         "adapter": {"type": "string"},
                     },
                 },
-                {"properties": {"mode": {"enum": ["base", "rag"]}, "adapter": {"type": "null"}}},
+                {
+                    "properties": {
+                        "mode": {"enum": ["base", "rag", None]},
+                        "adapter": {"type": "null"},
+                    }
+                },
             ]
         },
         # the question is the last user message with text

@@ -1,4 +1,8 @@
-"""``POST /v1/query``: one question in ragtune's own terms (mode, adapter, index, top_k)."""
+"""``POST /v1/query``: one question in ragtune's own terms (mode, adapter, index, top_k).
+
+A body that names neither ``mode`` nor ``adapter`` gets the decision published for its index
+(``service.decisions``), if there is one, else mode ``rag``; the answer's ``decision`` names it.
+"""
 
 from __future__ import annotations
 
@@ -14,19 +18,20 @@ from litestar.response import Stream
 from ragtune.core.errors import RagtuneError
 from ragtune.core.pipeline import QueryRequest
 from ragtune.core.types import Answer
-from ragtune.service.auth import require_json
+from ragtune.service.auth import SCOPE, principal_of, require_json
 from ragtune.service.errors import log, problem_body, problem_responses
+from ragtune.service.keys import QUERY
 from ragtune.service.schemas import QueryBody, QueryResponse
 from ragtune.service.sse import VisibleText, event, sse_response
-from ragtune.service.state import Services
+from ragtune.service.state import Asked, Services
 
-ERRORS = problem_responses(400, 401, 404, 409, 413, 415, 502, 503, 504)
+ERRORS = problem_responses(400, 401, 403, 404, 409, 413, 415, 502, 503, 504)
 
 
 def to_request(body: QueryBody) -> QueryRequest:
     return QueryRequest(
         question=body.question,
-        mode=body.mode,
+        mode=body.mode or "rag",
         adapter=body.adapter,
         index=body.index,
         top_k=body.top_k,
@@ -49,6 +54,7 @@ def to_response(answer: Answer) -> QueryResponse:
     responses=ERRORS,
     tags=["query"],
     summary="Answer a question",
+    opt={SCOPE: QUERY},
 )
 async def query(
     data: JSONBody[QueryBody], svc: NamedDependency[Services], request: Request[Any, Any, Any]
@@ -56,19 +62,24 @@ async def query(
     """Answer one question: retrieve (modes rag, hybrid), then generate with the base
     model (base, rag) or a named adapter (finetune, hybrid).
 
+    A body without ``mode`` and ``adapter`` is answered with the decision published for its
+    index (the measured winner's mode, adapter and retrieval settings; ``decision`` in the
+    answer names it; 409 if that decision can no longer be served), else in mode ``rag``.
+
     With ``"stream": true`` the answer comes as server-sent events instead: ``token``
     events (``{"text": ...}``) as it is generated, then one ``answer`` event with the full
     response body above (sources included), or an ``error`` event with a problem body.
     """
     svc.check_chars(data.question, "question")
-    req = to_request(data)
+    decide = data.mode is None and data.adapter is None
+    asked = svc.resolve(to_request(data), principal_of(request), decide=decide)
     if data.stream:
-        return await _stream(req, svc, request)  # type: ignore[return-value]
-    return to_response(await svc.answer(req, request.receive))
+        return await _stream(asked, svc, request)  # type: ignore[return-value]
+    return to_response(await svc.answer(asked, request.receive))
 
 
-async def _stream(req: QueryRequest, svc: Services, request: Request[Any, Any, Any]) -> Stream:
-    items = await svc.stream(req, request.receive)  # errors before the first token: statuses
+async def _stream(asked: Asked, svc: Services, request: Request[Any, Any, Any]) -> Stream:
+    items = await svc.stream(asked, request.receive)  # errors before the first token: statuses
 
     async def events() -> AsyncIterator[bytes]:
         text = VisibleText()

@@ -45,7 +45,8 @@ class QueryBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """One question; unset fields take the server's settings."""
 
     question: Question
-    mode: Mode = "rag"
+    # None: the published decision for the index (service.decisions), else "rag"
+    mode: Mode | None = None
     adapter: Name | None = None
     index: Name | None = None
     top_k: TopK | None = None
@@ -86,6 +87,8 @@ class QueryResponse(msgspec.Struct):
     timings: TimingsOut
     # "stop": the answer ended (end of turn, or its first line); "length": max_new_tokens
     finish_reason: Literal["stop", "length"]
+    # the published decision (its run id) that chose mode and adapter; None: the request did
+    decision: str | None = None
 
 
 # --- errors ---------------------------------------------------------------------------------
@@ -97,18 +100,31 @@ class Problem(msgspec.Struct, omit_defaults=True):
     status: int
     detail: str
     field: str | None = None
+    scope: str | None = None  # 403: the scope the API key lacks (query, index:NAME, ...)
     # OpenAI-compatible routes add {"message", "type", "param", "code"} so their clients
     # show the detail instead of a bare status.
     error: dict[str, Any] | None = None
 
 
 # --- adapters -------------------------------------------------------------------------------
+class IndexBinding(msgspec.Struct):
+    """The index a RAFT adapter's passages came from, and how much of it changed since."""
+
+    index: str
+    index_version: str
+    stale: bool  # the live index is not the version it was trained on
+    live_version: str | None
+    changes: dict[str, Any] | None = None  # chunks added / updated / removed, and shares
+
+
 class AdapterOut(msgspec.Struct):
     name: str
     loaded: bool
     method: str
     base_model: str
     created_at: str | None
+    version: str | None = None
+    index: IndexBinding | None = None
 
 
 class AdapterStatsOut(msgspec.Struct):
@@ -145,6 +161,13 @@ class BackendOut(msgspec.Struct):
     detail: str | None = None
 
 
+class DecisionHealth(msgspec.Struct):
+    ok: int
+    stale: int
+    broken: int  # decisions that cannot be served (their requests get 409)
+    broken_indexes: list[str]
+
+
 class Readiness(msgspec.Struct):
     status: Literal["ready", "not ready"]
     models_loaded: bool
@@ -152,6 +175,53 @@ class Readiness(msgspec.Struct):
     index_version: str | None
     detail: str | None = None
     backend: BackendOut | None = None
+    decisions: DecisionHealth | None = None
+
+
+# --- decisions ------------------------------------------------------------------------------
+class PublishBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Publish a finished run (a folder of the server's runs folder) as an index's decision."""
+
+    run: Annotated[str, Meta(pattern=NAME_PATTERN, max_length=64, description="The run id")]
+
+
+class DecisionOut(msgspec.Struct):
+    index: str
+    run: str
+    published_at: str
+    status: Literal["ok", "stale", "broken"]
+    problems: list[str]  # why it is broken
+    notes: list[str]  # why it is stale
+    mode: Mode
+    adapter: str | None
+    adapter_version: str | None  # measured
+    adapter_version_now: str | None
+    index_version: str  # measured
+    index_version_now: str | None
+    serving_index: str
+    top_k: int | None
+    retrieval: str | None
+    winner: str
+    f1: dict[str, float]  # mean, lo, hi (95% CI)
+    em: float
+    n: int
+    runner_up: str | None
+    margin: dict[str, Any] | None  # winner - runner-up on F1, paired CI
+    verdict: str
+    picked: dict[str, str] | None  # the sweep's pick, when the run had one
+    changes: dict[str, Any] | None  # how much the index changed since it was measured
+    model: str  # the OpenAI model id that asks for this decision
+
+
+class DecisionList(msgspec.Struct):
+    decisions: list[DecisionOut]
+    unreadable: list[str] = []  # indexes whose decision file cannot be read (see the log)
+
+
+class DecisionRemoved(msgspec.Struct):
+    index: str
+    run: str | None
+    removed: bool
 
 
 # --- OpenAI-compatible ----------------------------------------------------------------------
@@ -265,6 +335,7 @@ class RagtuneInfo(msgspec.Struct):
     index_version: str | None
     sources: list[Source]
     timings: TimingsOut
+    decision: str | None = None  # the decision (run id) that chose mode and adapter
 
 
 class AssistantMessage(msgspec.Struct):
@@ -305,6 +376,15 @@ class Completion(msgspec.Struct):
     ragtune: list[RagtuneInfo] | None = None
 
 
+class ModelInfo(msgspec.Struct, omit_defaults=True):
+    """ragtune's extra model-card field: what the model is and whether it is still current."""
+
+    kind: Literal["base", "adapter", "decision"]
+    version: str | None = None
+    index: IndexBinding | None = None  # a RAFT adapter's index, and changes since
+    decision: DecisionOut | None = None  # a decision model's figures and status
+
+
 class ModelCard(msgspec.Struct):
     id: str
     object: Literal["model"]
@@ -313,6 +393,7 @@ class ModelCard(msgspec.Struct):
     parent: str | None = None
     # The base model's context (vLLM's field; a front ragtune bounds its prompts by it)
     max_model_len: int | None = None
+    ragtune: ModelInfo | None = None
 
 
 # --- vLLM's runtime LoRA API ------------------------------------------------------------------

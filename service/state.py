@@ -2,7 +2,8 @@
 
 One ``Services`` object lives on ``app.state.services`` (built by ``create_app``, started and
 stopped by its lifespan) and is injected into handlers as ``svc``. The helpers here are the
-one path every answering route takes: validate (fast, on the loop) -> check the adapter ->
+one path every answering route takes: apply a published decision (a request that names no
+mode or adapter) -> validate (fast, on the loop) -> check the adapter and the key's scopes ->
 retrieve + render (a worker thread) -> batched generation (the scheduler).
 """
 
@@ -13,6 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
@@ -20,9 +22,11 @@ import anyio
 from ragtune.core.config import Settings
 from ragtune.core.errors import InvalidInput, RagtuneError
 from ragtune.core.index_store import current_version
-from ragtune.core.pipeline import Pipeline, Prepared, QueryRequest
+from ragtune.core.pipeline import RETRIEVAL_MODES, Pipeline, Prepared, QueryRequest
 from ragtune.core.types import Answer
+from ragtune.service.decision_cache import DecisionCache, apply_decision
 from ragtune.service.errors import ClientGone
+from ragtune.service.keys import EVERYTHING, KeyRing, Principal
 from ragtune.service.metrics import BatchStats, Metrics
 from ragtune.service.scheduler import BatchScheduler
 from ragtune.service.schemas import BackendOut
@@ -58,12 +62,22 @@ async def unless_gone(work: Coroutine[Any, Any, T], receive: Receive | None) -> 
         task.cancel()
 
 
+@dataclass(frozen=True)
+class Asked:
+    """A request ready to answer: validated, with the decision that chose it (or "")."""
+
+    request: QueryRequest
+    decision: str = ""
+
+
 @dataclass
 class Services:
     settings: Settings
     pipeline: Pipeline
     scheduler: BatchScheduler
     metrics: Metrics
+    keys: KeyRing
+    decisions: DecisionCache
     # Retrieval (embedding a question) runs on threads; two at a time is plenty on a CPU
     # whose cores the generator also wants.
     prepare_limiter: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(2))
@@ -100,7 +114,7 @@ class Services:
             on_reject=metrics.rejected.inc,
         )
         holder.append(scheduler)
-        return cls(settings, pipeline, scheduler, metrics)
+        return cls(settings, pipeline, scheduler, metrics, KeyRing(settings), DecisionCache())
 
     @staticmethod
     def adapters_per_batch(settings: Settings) -> int:
@@ -156,29 +170,46 @@ class Services:
         if len(text) > limit:
             raise InvalidInput(f"{field} is longer than {limit} characters", field=field)
 
-    def validate(self, req: QueryRequest) -> QueryRequest:
-        """Settings-dependent checks (400 naming the field), then the adapter exists (404)."""
+    def resolve(
+        self,
+        req: QueryRequest,
+        principal: Principal = EVERYTHING,
+        *,
+        decide: bool = False,
+        decision_index: str | None = None,
+    ) -> Asked:
+        """Apply the index's decision (``decide``: the request named no mode or adapter),
+        then validate (400 naming the field), check the adapter exists (404) and that the
+        key may use the index and the adapter (403 naming the scope)."""
+        decision = ""
+        index = decision_index or req.index  # the index the client asked for
+        if decide:
+            req, decision = apply_decision(self.settings, self.decisions, self.pipeline, req, index)
         req = self.pipeline.validate(req)
+        # scopes first: a key learns nothing about indexes and adapters outside them
+        if decision:  # the index asked for (the decision may search another one for it)
+            principal.require_index(index or self.settings.default_index)
+        elif req.mode in RETRIEVAL_MODES and req.contexts is None and req.index:
+            principal.require_index(req.index)
         if req.adapter:
+            principal.require_adapter(req.adapter)
             self.pipeline.adapters.get(req.adapter)  # name check + runtime/registry lookup
-        return req
+        return Asked(req, decision)
 
-    async def answer_many(
-        self, reqs: list[QueryRequest], receive: Receive | None = None
-    ) -> list[Answer]:
-        """Validate, retrieve and queue each request; each joins the running batch.
+    async def answer_many(self, asked: list[Asked], receive: Receive | None = None) -> list[Answer]:
+        """Retrieve and queue each resolved request; each joins the running batch.
 
         ``receive``: the request's ASGI receive, to stop the work when the client leaves."""
         deadline = self.deadline()
-        checked = [self.validate(r) for r in reqs]
-        return await unless_gone(self._answer_all(checked, deadline), receive)
+        return await unless_gone(self._answer_all(asked, deadline), receive)
 
-    async def _answer_all(self, checked: list[QueryRequest], deadline: float) -> list[Answer]:
+    async def _answer_all(self, checked: list[Asked], deadline: float) -> list[Answer]:
 
-        async def one(r: QueryRequest) -> Answer:
+        async def one(a: Asked) -> Answer:
             started = time.perf_counter()
-            prepared = await self._prepare(r)
+            prepared = await self._prepare(a.request)
             answer = await self.scheduler.submit(prepared, deadline, admit=False, started=started)
+            answer.decision = a.decision or None
             self.metrics.tokens.labels(answer.mode).inc(answer.usage.completion_tokens)
             return answer
 
@@ -186,24 +217,23 @@ class Services:
             return [await one(checked[0])]
         return list(await asyncio.gather(*(one(r) for r in checked)))
 
-    async def answer(self, req: QueryRequest, receive: Receive | None = None) -> Answer:
-        return (await self.answer_many([req], receive))[0]
+    async def answer(self, asked: Asked, receive: Receive | None = None) -> Answer:
+        return (await self.answer_many([asked], receive))[0]
 
     async def stream(
-        self, req: QueryRequest, receive: Receive | None = None
+        self, asked: Asked, receive: Receive | None = None
     ) -> AsyncIterator[str | Answer]:
         """Text pieces, then the final Answer; errors before the first piece raise here."""
         deadline, started = self.deadline(), time.perf_counter()
-        checked = self.validate(req)
 
         async def first() -> AsyncIterator[str | Answer]:
-            prepared = await self._prepare(checked)
+            prepared = await self._prepare(asked.request)
             return await self.scheduler.stream(prepared, deadline, started=started)
 
         # Until the first token the client may leave unnoticed (nothing is sent); once the
         # stream runs, a failed send ends it and frees the row.
         items = await unless_gone(first(), receive)
-        return self._count_tokens(items)
+        return self._count_tokens(items, asked.decision)
 
     async def _prepare(self, req: QueryRequest) -> Prepared:
         """Retrieve and render on a thread; the request counts against the queue meanwhile."""
@@ -249,10 +279,11 @@ class Services:
         return self._count_tokens(items)
 
     async def _count_tokens(
-        self, items: AsyncIterator[str | Answer]
+        self, items: AsyncIterator[str | Answer], decision: str = ""
     ) -> AsyncIterator[str | Answer]:
         async for item in items:
             if isinstance(item, Answer):
+                item.decision = decision or None
                 self.metrics.tokens.labels(item.mode).inc(item.usage.completion_tokens)
             yield item
 
@@ -278,6 +309,7 @@ class Services:
             "index_version": version,
             "detail": detail,
             "backend": backend,
+            "decisions": self.decision_health(),
         }
 
     def _backend_out(self) -> BackendOut | None:
@@ -302,6 +334,26 @@ class Services:
             return None
         await anyio.to_thread.run_sync(check)
         return self._backend_out()
+
+    def decision_health(self) -> dict[str, Any] | None:
+        """How many published decisions hold, are stale, or cannot be served (by index).
+        A broken decision does not make the service unready: other requests are served."""
+        from ragtune.core.decisions import decision_status, list_decisions
+
+        found, unreadable = list_decisions(self.settings)
+        if not found and not unreadable:
+            return None
+        counts = {"ok": 0, "stale": 0, "broken": 0}
+        broken = []
+        for d in found:
+            st = decision_status(self.settings, d, changes=False).status
+            counts[st] += 1
+            if st == "broken":
+                broken.append(d.index)
+        for e in unreadable:
+            counts["broken"] += 1
+            broken.append(Path(e.path).stem if e.path else "?")
+        return {**counts, "broken_indexes": sorted(broken)}
 
     async def try_load_default_index(self) -> None:
         """Load the default index if it exists; an index built after start-up (or rebuilt)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ragtune.core.atomic import staging_dir
 from ragtune.core.config import Settings
 from ragtune.core.errors import DataError, InsufficientResources, InvalidInput, ModelNotFound
+from ragtune.core.index_changes import SNAPSHOT_FILE, IndexSnapshot
 from ragtune.core.manifests import (
     MANIFEST,
     AdapterData,
@@ -98,6 +99,7 @@ class PreparedData:
     bad: list[BadRecord] = field(default_factory=list)
     raft: RaftInfo | None = None
     example: PromptExample | None = None  # the first training example, rendered
+    snapshot: IndexSnapshot | None = None  # RAFT: the index version's chunks (core.index_changes)
 
 
 def _sha256(path: Path) -> str:
@@ -127,6 +129,7 @@ def load_data(args: DataArgs, progress: bool = False) -> LoadedData:
         out.files.append(
             DataFile(
                 file=Path(path).name,
+                path=str(Path(path).resolve()),  # --retrain reads it again
                 sha256=_sha256(Path(path)),
                 format=res.fmt,
                 weight=weight,
@@ -164,9 +167,11 @@ def prepare_data(
         val_capped_to = args.max_val_examples
 
     # (question, target, contexts, dataset) per example; contexts only for RAFT
-    raft = None
+    raft, snapshot = None, None
     if args.raft:
-        train_items, val_items, raft = _raft_items(settings, args, train_ex, val_ex, progress)
+        train_items, val_items, raft, snapshot = _raft_items(
+            settings, args, train_ex, val_ex, progress
+        )
     else:
         train_items = [(e.question, e.answer, None, e.dataset) for e in train_ex]
         val_items = [(e.question, e.answer, None, e.dataset) for e in val_ex]
@@ -215,7 +220,16 @@ def prepare_data(
     for f in loaded.files:
         h.update(f"{f.sha256}|{f.format}|{f.weight}|{f.template_sha256}".encode())
     return PreparedData(
-        train_enc, val_enc, weights, loaded.files, counts, h.hexdigest(), loaded.bad, raft, example
+        train_enc,
+        val_enc,
+        weights,
+        loaded.files,
+        counts,
+        h.hexdigest(),
+        loaded.bad,
+        raft,
+        example,
+        snapshot,
     )
 
 
@@ -225,7 +239,8 @@ def _raft_items(
     train_ex: list[QARecord],
     val_ex: list[QARecord],
     progress: bool,
-) -> tuple[list, list, RaftInfo]:
+) -> tuple[list, list, RaftInfo, IndexSnapshot]:
+    from ragtune.core.index_changes import index_snapshot
     from ragtune.core.index_store import open_index
     from ragtune.core.models import load_embedder
     from ragtune.tuner.raft import build_raft
@@ -249,6 +264,8 @@ def _raft_items(
         f"oracle rate {stats_all['train'].oracle_rate}, "
         f"retrieval recall {stats_all['train'].retrieval_recall}",
     )
+    # the chunks the passages came from: the adapter is bound to this index version
+    snapshot = index_snapshot(settings, name, index.version)
     raft = RaftInfo(
         index=name,
         index_version=index.version,
@@ -258,8 +275,9 @@ def _raft_items(
         quote=args.raft_quote,
         embedding_model=embedder.model_id,
         stats=stats_all,
+        snapshot=snapshot.ref(),
     )
-    return out[0], out[1], raft
+    return out[0], out[1], raft, snapshot
 
 
 # ---- checks before training ----------------------------------------------------------------
@@ -353,7 +371,7 @@ def train_adapter(
         model, metrics = train(run, args, data, progress and writer, on_step, par)
         if writer:
             manifest = adapter_manifest(run, args, data, model, metrics)
-            save_and_publish(run, args, model, manifest)
+            save_and_publish(run, args, model, manifest, data.snapshot)
             shutil.rmtree(run_dir(run.settings, args.name), ignore_errors=True)  # checkpoints
             _say(
                 progress,
@@ -549,6 +567,7 @@ def adapter_manifest(
         data=AdapterData(
             hash=data.data_hash,
             files=data.files,
+            template=str(Path(args.template).resolve()) if args.template else None,
             counts=data.counts,
             bad_examples=[str(b) for b in data.bad[:MAX_REPORTED]],
         ),
@@ -570,10 +589,15 @@ def adapter_manifest(
 
 
 def save_and_publish(
-    run: Run, args: TuneArgs, model: Any, manifest: AdapterManifest
+    run: Run,
+    args: TuneArgs,
+    model: Any,
+    manifest: AdapterManifest,
+    snapshot: IndexSnapshot | None = None,
 ) -> AdapterInfo:
     """Save into a staging folder, manifest last (its presence marks the folder complete),
-    and move it into the registry in one rename."""
+    and move it into the registry in one rename. A RAFT adapter's index snapshot goes
+    beside the manifest (``index-snapshot.json``)."""
     settings = run.settings
     with registry_writer(settings), staging_dir(settings.adapters_dir, f"{args.name}-") as tmp:
         if args.method == "full":
@@ -581,6 +605,8 @@ def save_and_publish(
             run.tokenizer.save_pretrained(tmp)
         else:
             model.save_pretrained(tmp)
+        if snapshot is not None:
+            snapshot.write(tmp / SNAPSHOT_FILE)
         manifest.write(tmp / MANIFEST)
         return publish(settings, tmp, args.name)
 

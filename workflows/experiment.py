@@ -13,18 +13,20 @@ Run folder (``<data>/runs/<name>`` unless ``out_dir``)::
     train.json        train split (SQuAD)       test.json        test split (SQuAD)
     train-<key>.json  each adapter's sample     config.json ... report.html   the eval run
     train-embedder.json  the embedder's sample (with [embedder])
+    train-fit.json, validation.json, sweep/v<i>/, selection.json   with [sweep]
+        (workflows.sweep: the swept adapter's variants, trained on train-fit.json and
+        scored on validation.json; only the picked one is evaluated on test.json)
 """
 
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ragtune.core.config import Settings
 from ragtune.core.qa import load_squad_json, squad_titles
@@ -36,9 +38,16 @@ from ragtune.workflows.experiment_config import (
     Experiment,
     eval_run_config,
 )
+from ragtune.workflows.experiment_run import (
+    ExperimentRun,
+    count_questions,
+    sample_questions,
+    train_or_reuse,
+    training_key,
+    write_json,
+)
 from ragtune.workflows.experiment_state import (
     STATE_FILE,
-    AdapterStep,
     EmbedderStep,
     EvalInputs,
     EvalStep,
@@ -47,8 +56,13 @@ from ragtune.workflows.experiment_state import (
     SplitStep,
 )
 
-if TYPE_CHECKING:
-    from ragtune.core.registry import AdapterInfo
+__all__ = [
+    "EVAL_FILES",
+    "ExperimentOutcome",
+    "count_questions",
+    "run_experiment",
+    "sample_questions",
+]
 
 # Files of the eval run: they are deleted when the index or an adapter changed.
 EVAL_FILES = ("results.jsonl", "summary.json", "config.json")
@@ -73,20 +87,11 @@ class ExperimentOutcome:
         winner = self.summary["verdict"].get("winner")
         return str(winner) if winner else None
 
-
-@dataclass
-class _Run:
-    """One run of an experiment: the config, the settings, the folder and its state."""
-
-    exp: Experiment
-    settings: Settings
-    folder: Path
-    state: ExperimentState
-    progress: bool
-    say: Callable[[str], None]
-
-    def save(self) -> None:
-        self.state.save(self.folder / STATE_FILE)
+    @property
+    def selection_text(self) -> str | None:
+        """Which sweep variant was picked on the validation split, and why (with [sweep])."""
+        sel = self.state.selection
+        return f"Picked on validation: {sel.picked} ({sel.adapter}): {sel.reason}" if sel else None
 
 
 def run_experiment(
@@ -113,8 +118,14 @@ def run_experiment(
     run = _open_run(exp, settings, out_dir, fresh, progress, say)
     train_raw = split_step(run)  # 1. train.json / test.json, by article
     index_version = index_step(run)  # 2. one index over every article
+    swept = exp.sweep.adapter if exp.sweep else None
     for spec in exp.adapters.values():  # 3. each adapter on a sample of the train split
-        adapter_step(run, spec, train_raw, index_version)
+        if spec.key != swept:
+            adapter_step(run, spec, train_raw, index_version)
+    if exp.sweep is not None:  # 3a. the swept adapter: every variant, picked on validation
+        from ragtune.workflows.sweep import run_sweep
+
+        run_sweep(run, exp.sweep, train_raw, index_version)
     if exp.embedder is not None:  # 3b. the retriever too, and a second index built with it
         embedder_step(run, exp.embedder, train_raw, index_version)
         tuned_index_step(run, exp.embedder)
@@ -131,27 +142,27 @@ def _open_run(
     fresh: bool,
     progress: bool,
     say: Callable[[str], None],
-) -> _Run:
+) -> ExperimentRun:
     folder = Path(out_dir) if out_dir else settings.runs_dir / exp.name
     if fresh and folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(exp.source, folder / "experiment.toml")
     state = ExperimentState.load(folder / STATE_FILE)
-    return _Run(exp, settings, folder, state, progress, say)
+    return ExperimentRun(exp, settings, folder, state, progress, say)
 
 
 # ---- 1. split ------------------------------------------------------------------------------
 
 
-def split_step(run: _Run) -> dict[str, Any]:
+def split_step(run: ExperimentRun) -> dict[str, Any]:
     """Split by article: train.json feeds the tuner, test.json the eval. Returns the train side."""
     exp = run.exp
     raw = load_squad_json(exp.dataset, field="dataset")
     train_titles, test_titles = split_groups(squad_titles(raw), exp.split)
     train_raw, test_raw = subset_squad(raw, train_titles), subset_squad(raw, test_titles)
-    _write_json(run.folder / "train.json", train_raw)
-    _write_json(run.folder / "test.json", test_raw)
+    write_json(run.folder / "train.json", train_raw)
+    write_json(run.folder / "test.json", test_raw)
     step = run.state.split = SplitStep(
         dataset=str(exp.dataset),
         dataset_sha256=file_sha256(exp.dataset),
@@ -173,7 +184,7 @@ def split_step(run: _Run) -> dict[str, Any]:
 # ---- 2. index ------------------------------------------------------------------------------
 
 
-def index_step(run: _Run) -> str | None:
+def index_step(run: ExperimentRun) -> str | None:
     """Index every article (retrieval must find test passages among all of them); returns
     the index version."""
     from ragtune.indexer.api import build_index
@@ -197,83 +208,37 @@ def index_step(run: _Run) -> str | None:
 
 
 def adapter_step(
-    run: _Run, spec: AdapterSpec, train_raw: dict[str, Any], index_version: str | None
+    run: ExperimentRun, spec: AdapterSpec, train_raw: dict[str, Any], index_version: str | None
 ) -> None:
     """Train adapter ``spec.key`` on its seeded sample of the train split, unless the run
     folder shows it was already trained with the same arguments, data and index."""
-    from ragtune.tuner.api import train_adapter
     from ragtune.tuner.args import TuneArgs
 
     exp, key = run.exp, spec.key
     name = exp.adapter_name(key)
     data_path = run.folder / f"train-{key}.json"
     sample = sample_questions(train_raw, spec.questions, exp.split.seed)
-    _write_json(data_path, sample)
+    write_json(data_path, sample)
     tune = {**spec.tune, "data": [str(data_path)], "name": name, "format": "squad"}
     if spec.raft:
         tune.setdefault("index", exp.index)
     args = TuneArgs.from_dict(tune)
-    # JSON round trip: the key compares equal to the one read back from experiment.json
-    run_key = json.loads(
-        json.dumps(
-            {
-                "args": args.to_dict(),
-                "data_sha256": file_sha256(data_path),
-                "index_version": index_version if spec.raft else None,
-                "settings": {
-                    k: getattr(run.settings, k) for k in ("generator", "max_context_chars", "top_k")
-                },
-            },
-            default=str,
-        )
-    )
-    if _reusable(run, key, name, run_key):
-        run.say(f"adapter {name!r}: already trained for this run, reused")
-        return
-    args.overwrite = True  # the experiment owns adapters named after it
+    run_key = training_key(args, data_path, run.settings, index_version)
     kind = "RAFT-style (retrieved passages)" if spec.raft else "closed-book QA"
-    run.say(f"adapter {name!r}: {kind} on {count_questions(sample)} questions")
-    t0 = time.perf_counter()
-    info = train_adapter(run.settings, args, progress=run.progress)
-    version, tokens_per_s, val_loss = _manifest_facts(info)
-    run.state.adapters[key] = AdapterStep(
-        name=name,
-        key=run_key,
-        version=version,
-        seconds=round(time.perf_counter() - t0, 1),
-        tokens_per_s=tokens_per_s,
-        val_loss=val_loss,
+    what = f"{kind} on {count_questions(sample)} questions"
+    step, reused = train_or_reuse(
+        run, args, run_key, run.state.adapters.get(key), run.settings, what
     )
-    run.save()
-
-
-def _reusable(run: _Run, key: str, name: str, run_key: dict[str, Any]) -> bool:
-    """The registry still holds the adapter this run folder trained with ``run_key``."""
-    from ragtune.core.errors import UnknownAdapter
-    from ragtune.core.registry import get_adapter
-
-    prev = run.state.adapters.get(key)
-    if prev is None or prev.key != run_key:
-        return False
-    try:
-        info = get_adapter(run.settings, name)
-    except UnknownAdapter:
-        return False
-    return prev.version == _manifest_facts(info)[0]
-
-
-def _manifest_facts(info: AdapterInfo) -> tuple[str | None, float | None, float | None]:
-    """(version, tokens/s, validation loss) of a registry adapter: all the experiment
-    reads of an adapter manifest."""
-    met = info.manifest.metrics
-    return info.version, met.tokens_per_s if met else None, met.val_loss if met else None
+    if not reused:
+        run.state.adapters[key] = step
+        run.save()
 
 
 # ---- 3b. the embedder ----------------------------------------------------------------------
 
 
 def embedder_step(
-    run: _Run, spec: EmbedderSpec, train_raw: dict[str, Any], index_version: str | None
+    run: ExperimentRun, spec: EmbedderSpec, train_raw: dict[str, Any], index_version: str | None
 ) -> None:
     """Tune the embedder on its seeded sample of the train split (hard negatives mined from
     the run's index; validation: held-out train articles), unless the run folder shows it was
@@ -287,7 +252,7 @@ def embedder_step(
     name = exp.embedder_name
     data_path = run.folder / "train-embedder.json"
     sample = sample_questions(train_raw, spec.questions, exp.split.seed)
-    _write_json(data_path, sample)
+    write_json(data_path, sample)
     tune = {**spec.tune, "data": [str(data_path)], "name": name, "format": "squad"}
     tune.setdefault("index", exp.index)
     args = EmbedTuneArgs.from_dict(tune)
@@ -331,7 +296,7 @@ def embedder_step(
     run.save()
 
 
-def tuned_index_step(run: _Run, spec: EmbedderSpec) -> str | None:
+def tuned_index_step(run: ExperimentRun, spec: EmbedderSpec) -> str | None:
     """Index every article again with the tuned embedder, into the second index. An index
     built by an earlier training of the embedder is rebuilt whole (never mixed)."""
     from ragtune.core.embedders import tuned_spec
@@ -365,13 +330,13 @@ def tuned_index_step(run: _Run, spec: EmbedderSpec) -> str | None:
 # ---- 4. evaluate ---------------------------------------------------------------------------
 
 
-def eval_step(run: _Run, index_version: str | None) -> dict[str, Any]:
+def eval_step(run: ExperimentRun, index_version: str | None) -> dict[str, Any]:
     """Evaluate every mode on the held-out articles; write the report; return the summary."""
-    from ragtune.core.pipeline import Pipeline
     from ragtune.eval.runner import run_eval
     from ragtune.eval.targets import PipelineTarget
 
-    config = eval_run_config(run.exp, run.folder / "test.json")
+    names, retrieval, picked = picked_variant(run)
+    config = eval_run_config(run.exp, run.folder / "test.json", names, retrieval)
     # Results answered by an older index or adapter would mix two experiments: start over.
     emb, tuned = run.state.embedder, run.state.tuned_index
     inputs = EvalInputs(
@@ -379,61 +344,34 @@ def eval_step(run: _Run, index_version: str | None) -> dict[str, Any]:
         adapters={k: run.state.adapters[k].version for k in run.exp.adapters},
         embedder=emb.model_id if run.exp.embedder and emb else None,
         tuned_index_version=tuned.version if run.exp.embedder and tuned else None,
+        picked=picked,
     )
     if run.state.eval is not None and run.state.eval.inputs != inputs:
         for stale in EVAL_FILES:
             (run.folder / stale).unlink(missing_ok=True)
         run.say(
-            "eval: the index, an adapter or the embedder changed since the last run; "
-            "evaluating afresh"
+            "eval: the index, an adapter, the embedder or the sweep's pick changed since the "
+            "last run; evaluating afresh"
         )
     run.state.eval = EvalStep(inputs)
+    if run.state.selection is not None and picked not in run.state.selection.tested:
+        run.state.selection.tested.append(picked or "")  # the test split meets this pick
+        from ragtune.workflows.sweep import write_selection_file
+
+        write_selection_file(run)
     run.save()
     t0 = time.perf_counter()
-    target = PipelineTarget(Pipeline(run.settings))
+    target = PipelineTarget(run.pipeline)
     summary = run_eval(config, target, run.folder, progress=run.progress)
     run.state.eval.seconds = round(time.perf_counter() - t0, 1)
     run.state.eval.n = summary["n_questions"]
     return summary
 
 
-# ---- SQuAD helpers -------------------------------------------------------------------------
-
-
-def sample_questions(raw: dict[str, Any], n: int | None, seed: int) -> dict[str, Any]:
-    """Keep ``n`` seeded-random questions; every paragraph stays, so doc ids stay valid."""
-    slots = [
-        (a_i, p_i, q_i)
-        for a_i, a in enumerate(raw["data"])
-        for p_i, p in enumerate(a["paragraphs"])
-        for q_i in range(len(p["qas"]))
-    ]
-    if n is not None and n < len(slots):
-        keep = set(random.Random(seed).sample(slots, n))
-    else:
-        keep = set(slots)
-    out = {k: v for k, v in raw.items() if k != "data"}
-    out["data"] = [
-        {
-            "title": a["title"],
-            "paragraphs": [
-                {
-                    "context": p["context"],
-                    "qas": [q for q_i, q in enumerate(p["qas"]) if (a_i, p_i, q_i) in keep],
-                }
-                for p_i, p in enumerate(a["paragraphs"])
-            ],
-        }
-        for a_i, a in enumerate(raw["data"])
-    ]
-    return out
-
-
-def count_questions(raw: dict[str, Any]) -> int:
-    return sum(len(p["qas"]) for a in raw["data"] for p in a["paragraphs"])
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(json.dumps(data, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+def picked_variant(run: ExperimentRun) -> tuple[dict[str, str], dict[str, Any], str | None]:
+    """(adapter key -> registry name, retrieval settings, variant key) of the sweep's pick;
+    empty without a sweep."""
+    sweep, sel = run.exp.sweep, run.state.selection
+    if sweep is None or sel is None:
+        return {}, {}, None
+    return {sweep.adapter: sel.adapter}, dict(run.state.sweep[sel.picked].retrieval), sel.picked

@@ -4,8 +4,9 @@ Sections: ``name``, ``description``, ``[settings]`` (ragtune settings for this e
 ``[data]`` (the SQuAD file and its by-article split), ``[index]``, ``[adapters.<key>]`` (a
 sample size and any ``ragtune tune`` option), ``[embedder]`` (optional: a sample size, the
 second index's name and any ``ragtune tune-embedder`` option under ``[embedder.tune]``) and
-``[eval]`` (the eval options). An unknown key is an error naming its section, so a typo never
-silently falls back to a default.
+``[eval]`` (the eval options) and ``[sweep]`` (optional: pick one adapter's recipe on a
+validation split; ``workflows.sweep``). An unknown key is an error naming its section, so a
+typo never silently falls back to a default.
 
 With ``[embedder]``, the experiment tunes the embedder on its train split, builds a second
 index with it, and every rag / hybrid mode of ``[eval]`` also runs on that index
@@ -21,11 +22,22 @@ from typing import TYPE_CHECKING, Any
 from ragtune.core.config import Settings, read_toml, resolve_settings
 from ragtune.core.errors import InvalidInput
 from ragtune.eval.split import SplitSpec
+from ragtune.workflows.sweep_config import SweepSpec, load_sweep
 
 if TYPE_CHECKING:
     from ragtune.eval.runner import RunConfig
 
-TOP_KEYS = {"name", "description", "settings", "data", "index", "adapters", "embedder", "eval"}
+TOP_KEYS = {
+    "name",
+    "description",
+    "settings",
+    "data",
+    "index",
+    "adapters",
+    "embedder",
+    "eval",
+    "sweep",
+}
 DATA_KEYS = {"dataset", "test_fraction", "seed", "test_groups"}
 ADAPTER_KEYS = {"questions", "tune"}
 EMBEDDER_KEYS = {"questions", "tune", "index"}
@@ -79,6 +91,7 @@ class Experiment:
     adapters: dict[str, AdapterSpec]
     eval: dict[str, Any] = field(default_factory=dict)
     embedder: EmbedderSpec | None = None
+    sweep: SweepSpec | None = None
 
     def adapter_name(self, key: str) -> str:
         """The registry name of adapter ``key`` (the experiment owns adapters so named)."""
@@ -136,7 +149,7 @@ def load_experiment(path: Path) -> Experiment:
         )
         if embedder.index == index:
             raise InvalidInput("experiment [embedder] index must differ from [index] name")
-    return Experiment(
+    exp = Experiment(
         name=name,
         source=path,
         settings=dict(raw.get("settings") or {}),
@@ -147,6 +160,9 @@ def load_experiment(path: Path) -> Experiment:
         eval=ev,
         embedder=embedder,
     )
+    if "sweep" in raw:
+        exp.sweep = load_sweep(raw["sweep"] or {}, exp)
+    return exp
 
 
 def experiment_settings(
@@ -157,26 +173,42 @@ def experiment_settings(
     return resolve_settings(config_file, merged)[0]
 
 
-def eval_modes(exp: Experiment) -> list[str]:
-    """The eval modes with adapter keys (``hybrid:raft``) turned into registry names."""
-    modes = exp.eval.get("modes") or ["base", "rag", "oracle"]
-    if isinstance(modes, str):
-        modes = modes.split(",")
+def eval_modes(exp: Experiment, names: dict[str, str] | None = None) -> list[str]:
+    """The eval modes with adapter keys (``hybrid:raft``) turned into registry names
+    (``names`` overrides some: a sweep's picked adapter)."""
+    names = names or {}
     out = []
-    for m in modes:
+    for m in mode_list(exp):
         kind, _, key = m.strip().partition(":")
         if key:
             if key not in exp.adapters:
                 raise InvalidInput(f"experiment [eval] mode {m!r}: no [adapters.{key}]")
-            out.append(f"{kind}:{exp.adapter_name(key)}")
+            out.append(f"{kind}:{names.get(key) or exp.adapter_name(key)}")
         else:
             out.append(kind)
     return out
 
 
-def eval_run_config(exp: Experiment, test_file: Path) -> RunConfig:
+def mode_list(exp: Experiment) -> list[str]:
+    """The [eval] modes as written (adapter keys, not registry names)."""
+    modes = exp.eval.get("modes") or ["base", "rag", "oracle"]
+    if isinstance(modes, str):
+        modes = modes.split(",")
+    return [str(m).strip() for m in modes]
+
+
+def eval_run_config(
+    exp: Experiment,
+    test_file: Path,
+    names: dict[str, str] | None = None,
+    retrieval: dict[str, Any] | None = None,
+) -> RunConfig:
     """The eval run of the experiment: every mode on all of ``test_file`` (the held-out
-    articles; the split already happened, so the runner's own split is ``all``)."""
+    articles; the split already happened, so the runner's own split is ``all``).
+
+    ``names`` maps adapter keys to other registry names and ``retrieval`` overrides
+    ``top_k`` / ``retrieval``: a sweep's picked variant, whose retrieval settings every
+    retrieving mode then shares (rag is compared on the same passages)."""
     from ragtune.core.embedders import tuned_spec
     from ragtune.eval.runner import RunConfig
 
@@ -190,8 +222,9 @@ def eval_run_config(exp: Experiment, test_file: Path) -> RunConfig:
     return RunConfig.from_mapping(
         {
             **exp.eval,
+            **(retrieval or {}),
             "dataset": str(test_file),
-            "modes": eval_modes(exp),
+            "modes": eval_modes(exp, names),
             "index": exp.index,
             "split": "all",
             "retrievers": retrievers,

@@ -5,8 +5,13 @@ it back to decide whether an adapter can be reused and whether the eval results 
 to the current index and adapters. Layout (keys sorted on disk)::
 
     {"steps": {"split": {...}, "index": {...}, "adapter:<key>": {...},
-               "embedder": {...}, "tuned_index": {...}, "eval": {...}},
+               "embedder": {...}, "tuned_index": {...},
+               "validation_split": {...}, "sweep:<variant>": {...}, "selection": {...},
+               "eval": {...}},
      "total_seconds_last_run": 123.4}
+
+The sweep's steps (``validation_split``, one ``sweep:v<i>`` per variant, ``selection``) are
+there only when the experiment has a ``[sweep]``.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from ragtune.core.errors import InvalidInput
 
 STATE_FILE = "experiment.json"
 ADAPTER_PREFIX = "adapter:"
+SWEEP_PREFIX = "sweep:"
 
 
 @dataclass
@@ -55,6 +61,38 @@ class AdapterStep:
     seconds: float = 0.0
     tokens_per_s: float | None = None
     val_loss: float | None = None
+    tokens: int | None = None  # tokens the training processed (a sweep's cost measure)
+
+
+@dataclass
+class ValidationSplitStep:
+    """The sweep's validation split: held-out TRAIN articles (validation.json)."""
+
+    seed: int
+    fraction: float
+    fit_articles: list[str]  # the variants train on these (train-fit.json)
+    validation_articles: list[str]
+    fit_questions: int
+    validation_questions: int  # in validation.json (the eval may sample fewer)
+
+
+@dataclass
+class SweepStep:
+    """One variant of the sweep: its training, then its validation eval."""
+
+    key: str  # v1, v2, ...
+    label: str
+    adapter: AdapterStep  # the trained adapter (shared by variants with one training)
+    retrieval: dict[str, Any] = field(default_factory=dict)  # top_k / retrieval
+    validation: dict[str, Any] | None = None  # inputs, n, f1, em, prompt_tokens, seconds
+
+
+@dataclass
+class SelectionStep:
+    picked: str  # the variant key
+    adapter: str  # its adapter's registry name
+    reason: str
+    tested: list[str] = field(default_factory=list)  # picks the test split was evaluated for
 
 
 @dataclass
@@ -77,6 +115,7 @@ class EvalInputs:
     adapters: dict[str, str | None]  # adapter key -> adapter version
     embedder: str | None = None  # the tuned embedder's model id (name@version)
     tuned_index_version: str | None = None
+    picked: str | None = None  # the sweep's picked variant (its retrieval settings too)
 
 
 @dataclass
@@ -90,7 +129,7 @@ class EvalStep:
         inputs = {
             k: v
             for k, v in asdict(self.inputs).items()
-            if v is not None or k not in ("embedder", "tuned_index_version")
+            if v is not None or k not in ("embedder", "tuned_index_version", "picked")
         }
         out: dict[str, Any] = {"inputs": inputs}
         if self.seconds is not None:
@@ -107,6 +146,9 @@ class ExperimentState:
     adapters: dict[str, AdapterStep] = field(default_factory=dict)  # by adapter key
     embedder: EmbedderStep | None = None
     tuned_index: IndexStep | None = None  # the index built with the tuned embedder
+    validation_split: ValidationSplitStep | None = None
+    sweep: dict[str, SweepStep] = field(default_factory=dict)  # by variant key
+    selection: SelectionStep | None = None
     eval: EvalStep | None = None
     total_seconds_last_run: float | None = None
 
@@ -139,6 +181,15 @@ class ExperimentState:
             },
             embedder=_build(EmbedderStep, steps["embedder"]) if "embedder" in steps else None,
             tuned_index=_build(IndexStep, steps["tuned_index"]) if "tuned_index" in steps else None,
+            validation_split=_build(ValidationSplitStep, steps["validation_split"])
+            if "validation_split" in steps
+            else None,
+            sweep={
+                k.removeprefix(SWEEP_PREFIX): _sweep_step(v)
+                for k, v in steps.items()
+                if k.startswith(SWEEP_PREFIX)
+            },
+            selection=_build(SelectionStep, steps["selection"]) if "selection" in steps else None,
             eval=EvalStep(EvalInputs(**ev["inputs"]), seconds=ev.get("seconds"), n=ev.get("n"))
             if ev
             else None,
@@ -152,11 +203,17 @@ class ExperimentState:
         if self.index is not None:
             steps["index"] = asdict(self.index)
         for key, step in self.adapters.items():
-            steps[ADAPTER_PREFIX + key] = asdict(step)
+            steps[ADAPTER_PREFIX + key] = _adapter_dict(step)
         if self.embedder is not None:
             steps["embedder"] = asdict(self.embedder)
         if self.tuned_index is not None:
             steps["tuned_index"] = asdict(self.tuned_index)
+        if self.validation_split is not None:
+            steps["validation_split"] = asdict(self.validation_split)
+        for key, sweep in self.sweep.items():
+            steps[SWEEP_PREFIX + key] = {**asdict(sweep), "adapter": _adapter_dict(sweep.adapter)}
+        if self.selection is not None:
+            steps["selection"] = asdict(self.selection)
         if self.eval is not None:
             steps["eval"] = self.eval.to_dict()
         out: dict[str, Any] = {"steps": steps}
@@ -175,11 +232,32 @@ class ExperimentState:
             out.append(("embedder", self.embedder.seconds))
         if self.tuned_index is not None:
             out.append(("tuned index", self.tuned_index.seconds))
+        trained: set[str] = set()  # variants that share a training count it once
+        for key, sweep in self.sweep.items():
+            first = sweep.adapter.name not in trained
+            trained.add(sweep.adapter.name)
+            out.append((f"{key} train", sweep.adapter.seconds if first else 0.0))
+            out.append((f"{key} validation", (sweep.validation or {}).get("seconds") or 0.0))
         out.append(("eval", (self.eval.seconds if self.eval else None) or 0.0))
         return out
 
 
 _T = TypeVar("_T")
+
+
+def _adapter_dict(step: AdapterStep) -> dict[str, Any]:
+    # "tokens" only when known (files of older runs round-trip)
+    return {k: v for k, v in asdict(step).items() if v is not None or k != "tokens"}
+
+
+def _sweep_step(data: dict[str, Any]) -> SweepStep:
+    return SweepStep(
+        key=data["key"],
+        label=data["label"],
+        adapter=_build(AdapterStep, data["adapter"]),
+        retrieval=dict(data.get("retrieval") or {}),
+        validation=data.get("validation"),
+    )
 
 
 def _build(cls: type[_T], data: dict[str, Any]) -> _T:

@@ -56,3 +56,35 @@ def test_compare_needs_finished_runs(tmp_path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(InvalidInput, match=r"summary\.json"):
         compare_runs(tmp_path / "empty", tmp_path / "empty")
+
+
+def test_compare_says_when_the_runs_differ_in_index_or_adapter_versions(tmp_path) -> None:
+    import json
+
+    from ragtune.eval.compare import version_differences
+
+    for name, index_v, adapter_v in (("a", "v1", "x1"), ("b", "v2", "x2"), ("c", "v1", "x1")):
+        make_run(tmp_path / name, seed=0)
+        conf_path = tmp_path / name / "config.json"
+        conf = json.loads(conf_path.read_text()) if conf_path.is_file() else {}
+        conf.update(
+            index="kb",
+            versions={"index_version": index_v, "adapters": {"kb-raft": adapter_v}},
+        )
+        conf_path.write_text(json.dumps(conf))
+    c = compare_runs(tmp_path / "a", tmp_path / "b", n_boot=200)
+    assert c["versions"] == [
+        {"what": "index", "name": "kb", "a": "v1", "b": "v2"},
+        {"what": "adapter", "name": "kb-raft", "a": "x1", "b": "x2"},
+    ]
+    text = format_comparison(c)
+    assert "different index or adapter versions" in text
+    assert "index 'kb': v1 → v2" in text and "adapter 'kb-raft': x1 → x2" in text
+    same = compare_runs(tmp_path / "a", tmp_path / "c", n_boot=200)
+    assert same["versions"] == [] and "same index and adapter versions" in format_comparison(same)
+    # an adapter only one run used, and runs with no recorded versions (over HTTP)
+    only = version_differences(
+        {"versions": {"adapters": {"x": "1"}}}, {"versions": {"adapters": {}}}
+    )
+    assert only == [{"what": "adapter", "name": "x", "a": "1", "b": None}]
+    assert version_differences({}, {}) == []

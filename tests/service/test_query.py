@@ -40,9 +40,11 @@ def test_rag_query_returns_answer_with_sources(client):
         "usage",
         "timings",
         "finish_reason",
+        "decision",
     }
     assert body["finish_reason"] in ("stop", "length")
     assert body["mode"] == "rag" and body["index"] == "default" and body["index_version"]
+    assert body["decision"] is None  # no decision is published: the default mode answered
     assert len(body["sources"]) == 2
     assert set(body["sources"][0]) == {"chunk_id", "document", "score", "text"}
     assert body["usage"]["prompt_tokens"] > 0 and 0 < body["usage"]["completion_tokens"] <= 6

@@ -17,6 +17,7 @@ from tests.workflows.conftest import invoke
 def test_demo_runs_the_shipped_config(tiny_settings):
     res = invoke(tiny_settings, "demo", "-q")
     assert "Winner on token F1" in res.output and "Serve the winner" in res.output
+    assert "ragtune decisions publish demo" in res.output
     folder = tiny_settings.data_dir / "runs" / "demo"
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["n_questions"] == 60

@@ -19,7 +19,9 @@ from tests.conftest import REPO
 EXAMPLES = REPO / "examples"
 
 
-@pytest.mark.parametrize("name", ["experiment-demo.toml", "experiment-large.toml"])
+@pytest.mark.parametrize(
+    "name", ["experiment-demo.toml", "experiment-large.toml", "experiment-sweep.toml"]
+)
 def test_shipped_experiments_are_valid(name):
     from ragtune.eval.datasets import load_items
     from ragtune.tuner.args import TuneArgs
@@ -36,6 +38,11 @@ def test_shipped_experiments_are_valid(name):
     raw = json.loads(exp.dataset.read_text())
     assert raw["canary"].startswith("BENCHMARK DATA SHOULD NEVER APPEAR")
     eval_run_config(exp, Path("test.json")).validate()
+    if exp.sweep is not None:  # the sweep's variants are valid tune options and settings
+        assert exp.sweep.adapter == "raft" and 2 <= len(exp.sweep.variants) <= 4
+        for v in exp.sweep.variants:
+            names = {"raft": f"{exp.name}-raft-{v.key}"}
+            eval_run_config(exp, Path("test.json"), names, v.retrieval).validate()
 
 
 def test_paths_resolve_against_the_file_and_adapter_keys_become_names(tiny_experiment: Path):
