@@ -19,9 +19,10 @@ a path outside the allowed folders is a 403. Registrations live as long as the p
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import anyio
-from litestar import MediaType, post
+from litestar import MediaType, Request, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
