@@ -33,6 +33,15 @@ class DataError(InvalidInput):
     title = "Invalid data"
 
 
+class FilterMismatch(InvalidInput):
+    """A well-formed metadata filter that this index cannot answer: a field none of its
+    chunks has, or a range over values of another kind (a state of the index, like an
+    embedder mismatch: the same filter works on an index that has the field)."""
+
+    status = 409
+    title = "Filter does not fit the index"
+
+
 class NotFound(RagtuneError):
     status = 404
     title = "Not found"

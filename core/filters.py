@@ -13,7 +13,9 @@ Operators: ``eq``, ``in``, ``gt``, ``gte``, ``lt``, ``lte``. Strings compare exa
 by value (2020 equals 2020.0), dates as instants. A chunk without the field never matches.
 Parsing checks the syntax (``parse_filter``); evaluating checks the fields against the
 index's metadata columns (``MetadataFilter.mask``). Both raise ``InvalidInput`` with
-``field="filter"`` and a message naming the problem.
+``field="filter"`` and a message naming the problem: bad syntax is a 400; a filter this
+index cannot answer (a field none of its chunks has, a range over another kind of value) is
+a ``FilterMismatch``, 409, like any request that does not fit the index's state.
 """
 
 from __future__ import annotations
@@ -24,12 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from ragtune.core.errors import InvalidInput
+from ragtune.core.errors import FilterMismatch, InvalidInput
 from ragtune.core.fields import BOOL, DATE, NUMBER, FieldColumns, parse_date, text_hash
 
 OPERATORS = ("eq", "in", "gt", "gte", "lt", "lte")
 RANGES = {"gt": np.greater, "gte": np.greater_equal, "lt": np.less, "lte": np.less_equal}
-MAX_CONDITIONS = 32
+MAX_FIELDS = 32
 MAX_IN_VALUES = 1000
 MAX_FIELD_CHARS = 128
 
@@ -38,6 +40,10 @@ Scalar = str | int | float | bool
 
 def _bad(message: str) -> InvalidInput:
     return InvalidInput(f"filter: {message}", field="filter")
+
+
+def _misfit(message: str) -> FilterMismatch:
+    return FilterMismatch(f"filter: {message}", field="filter")
 
 
 @dataclass(frozen=True)
@@ -76,7 +82,7 @@ class MetadataFilter:
             col = columns.column(c.field)
             if col is None:
                 have = ", ".join(columns.names) or "none"
-                raise _bad(
+                raise _misfit(
                     f"field {c.field!r} is not a metadata field of index {index!r} "
                     f"(its fields: {have})"
                 )
@@ -140,7 +146,7 @@ def _condition_mask(
     of_type = types == want
     if not of_type.any():
         what = "dates" if want == DATE else "numbers"
-        raise _bad(
+        raise _misfit(
             f"field {c.field!r}: {c.op} compares {what}, but no chunk of index {index!r} has "
             f"{'a date' if want == DATE else 'a number'} there"
         )
@@ -228,9 +234,9 @@ def parse_filter(obj: Any) -> MetadataFilter | None:
             'a filter is a JSON object of field: condition, e.g. {"file_type": "pdf"} '
             f"(got {type(obj).__name__})"
         )
+    if len(obj) > MAX_FIELDS:
+        raise _bad(f"at most {MAX_FIELDS} fields")
     conditions = [c for field, spec in obj.items() for c in _conditions(field, spec)]
-    if len(conditions) > MAX_CONDITIONS:
-        raise _bad(f"at most {MAX_CONDITIONS} conditions")
     return MetadataFilter(tuple(conditions)) if conditions else None
 
 

@@ -30,6 +30,7 @@ from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Schema
 from litestar.openapi.spec.base import _normalize_key
 
 from ragtune.core.config import Settings
+from ragtune.core.filters import MAX_FIELD_CHARS, MAX_FIELDS, MAX_IN_VALUES
 from ragtune.core.models import generator_vocab_size
 from ragtune.service import schemas as body_types
 
@@ -39,6 +40,47 @@ HAS_TEXT = r"\S"  # the same rule as the pipeline's "question must be a non-empt
 def _json_data(schema: dict[str, Any]) -> dict[str, Any]:
     """An SSE ``data`` field that holds a JSON document matching ``schema``."""
     return {"type": "string", "contentMediaType": "application/json", "contentSchema": schema}
+
+
+# No filter: absent, null or {} (an empty filter is no filter).
+NO_FILTER: dict[str, Any] = {"anyOf": [{"type": "null"}, {"type": "object", "maxProperties": 0}]}
+
+
+def _filter_schema() -> dict[str, Any]:
+    """The filter language of core.filters as JSON Schema (its syntax; whether the index has
+    the fields is the index's state: 409)."""
+    scalar = {"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]}
+    values = {"type": "array", "minItems": 1, "maxItems": MAX_IN_VALUES, "items": scalar}
+    dates = {
+        "anyOf": [{"type": "string", "format": "date"}, {"type": "string", "format": "date-time"}]
+    }
+
+    def condition(bound: dict[str, Any]) -> dict[str, Any]:
+        ops = {"eq": scalar, "in": values} | {op: bound for op in ("gt", "gte", "lt", "lte")}
+        return {
+            "type": "object",
+            "minProperties": 1,
+            "additionalProperties": False,
+            "properties": ops,
+        }
+
+    return {
+        "oneOf": [
+            {
+                "type": "object",
+                "maxProperties": MAX_FIELDS,
+                "propertyNames": {"minLength": 1, "maxLength": MAX_FIELD_CHARS},
+                "additionalProperties": {
+                    "anyOf": [scalar, condition({"type": "number"}), condition(dates)]
+                },
+            },
+            {"type": "null"},
+        ],
+        "description": "Metadata filter applied before the top-k (docs/indexer.md): "
+        '{"field": value, "field": {"in": [...]}, "field": {"gte": 2020, "lt": "2026-01-01"}}. '
+        "Needs retrieval (a retrieving mode, no given contexts). A field the index does not "
+        "have, or a range over another kind of value, is a 409",
+    }
 
 
 def _ref(name: str) -> dict[str, Any]:
@@ -122,6 +164,7 @@ def tighten_openapi(app: Litestar, settings: Settings) -> None:
         "items": token,
     }
     stop_text = {"type": "string", "maxLength": 64}
+    meta_filter = _filter_schema()
     patches: dict[str, dict[str, dict[str, Any]]] = {
         "QueryBody": {
             "question": question | {"description": "The question to answer"},
@@ -137,7 +180,9 @@ def tighten_openapi(app: Litestar, settings: Settings) -> None:
                     {"type": "null"},
                 ]
             },
+            "filter": meta_filter,
         },
+        "RagtuneOptions": {"filter": meta_filter},
         "ChatCompletionBody": {
             "temperature": {"minimum": 0.0},
             "max_tokens": new_tokens,
@@ -206,20 +251,42 @@ def tighten_openapi(app: Litestar, settings: Settings) -> None:
         # mode finetune/hybrid needs an adapter; base/rag takes none; no mode (the index's
         # decision, else rag) takes none either
         "QueryBody": {
+            "allOf": [
+                {
+                    "anyOf": [
+                        {
+                            "required": ["mode", "adapter"],
+                            "properties": {
+                                "mode": {"enum": ["finetune", "hybrid"]},
+                                "adapter": {"type": "string"},
+                            },
+                        },
+                        {
+                            "properties": {
+                                "mode": {"enum": ["base", "rag", None]},
+                                "adapter": {"type": "null"},
+                            }
+                        },
+                    ]
+                },
+                {  # a filter applies to retrieval: a retrieving mode, no given passages
+                    "anyOf": [
+                        {"properties": {"filter": NO_FILTER}},
+                        {
+                            "properties": {
+                                "mode": {"enum": ["rag", "hybrid"]},
+                                "contexts": {"type": "null"},
+                            },
+                            "required": ["mode"],
+                        },
+                    ]
+                },
+            ]
+        },
+        "RagtuneOptions": {
             "anyOf": [
-                {
-                    "required": ["mode", "adapter"],
-                    "properties": {
-                        "mode": {"enum": ["finetune", "hybrid"]},
-                        "adapter": {"type": "string"},
-                    },
-                },
-                {
-                    "properties": {
-                        "mode": {"enum": ["base", "rag", None]},
-                        "adapter": {"type": "null"},
-                    }
-                },
+                {"properties": {"filter": NO_FILTER}},
+                {"properties": {"retrieval": {"enum": ["dense", "bm25", "hybrid", None]}}},
             ]
         },
         # the question is the last user message with text
@@ -335,7 +402,17 @@ def tighten_openapi(app: Litestar, settings: Settings) -> None:
 _FIELDS = {
     f.metadata.get("alias") or _normalize_key(f.name): f.name for f in dataclasses.fields(Schema)
 }
-_ONE = {"items", "contains", "not", "if", "then", "else", "additionalProperties", "contentSchema"}
+_ONE = {
+    "items",
+    "contains",
+    "not",
+    "if",
+    "then",
+    "else",
+    "additionalProperties",
+    "contentSchema",
+    "propertyNames",
+}
 _MANY = {"anyOf", "oneOf", "allOf", "prefixItems"}
 
 

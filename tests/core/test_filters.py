@@ -83,7 +83,7 @@ def test_a_document_s_metadata_covers_its_chunks(tmp_path: Path) -> None:
         ({"x": {"gte": 1, "lt": "2026-01-01"}}, "a range compares either numbers or dates"),
         ({"x": {}}, "an empty condition"),
         ({"": 1}, "field names are 1-128 characters"),
-        ({f"f{i}": 1 for i in range(33)}, "at most 32 conditions"),
+        ({f"f{i}": 1 for i in range(33)}, "at most 32 fields"),
         ({"x": float("nan")}, "is not a usable number"),
     ],
 )
