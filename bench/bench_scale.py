@@ -15,7 +15,8 @@ Measured, each in its own process so that memory is the process's own:
 - build: the real ``build_index`` over the JSONL files (load, chunk, store, FAISS training on
   a sample, BM25, metadata columns), time and disk size;
 - serve: a fresh process at 1 FAISS/BLAS thread opens the index (cold load: open + first
-  query of each method) and runs 1,000 queries per method, with and without a filter;
+  query of each method; again in 3 fresh processes, wall and CPU time) and runs 1,000
+  queries per method, with and without a filter;
   recall@10 of the compressed index vs exact search (numpy over all vectors) at several
   nprobe; peak RSS; baselines measured in the same run: brute-force exact search, and
   bm25s's own ``retrieve`` on the same saved model;
@@ -379,6 +380,24 @@ def stage_serve(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def stage_cold(work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Cold load alone in a fresh process: wall time, and this process's CPU time (on a busy
+    machine the wall time is mostly waiting for a core)."""
+    import faiss
+
+    from ragtune.core.index_store import open_index
+
+    faiss.omp_set_num_threads(1)
+    settings = settings_for(work, args)
+    q = json.loads((work / "queries.json").read_text())[0]["q"]
+    emb = LookupEmbedder(work)
+    t0, c0 = time.perf_counter(), time.process_time()
+    idx = open_index(settings, INDEX, emb)  # type: ignore[arg-type]
+    for method, flt in (("dense", None), ("bm25", None), ("hybrid", FILTER_WIDE)):
+        idx.search(q, 10, method, flt)  # type: ignore[arg-type]
+    return {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
+
+
 def stage_baseline(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Baselines, in their own process (they touch every vector): brute-force exact dense
     search with numpy, and bm25s's own ``retrieve`` on the same saved BM25 model."""
@@ -511,6 +530,7 @@ STAGES = {
     "build": stage_build,
     "serve": stage_serve,
     "baseline": stage_baseline,
+    "cold": stage_cold,
     "share": stage_share,
     "update": stage_update,
 }
@@ -518,7 +538,7 @@ STAGES = {
 
 def child(stage: str, work: Path, args: argparse.Namespace, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, __file__, "--stage", stage, "--work", str(work), *_passthrough(args)]
-    one = stage in ("serve", "share", "baseline")
+    one = stage in ("serve", "share", "baseline", "cold")
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1" if one else "2",
@@ -636,6 +656,14 @@ def main() -> None:
         f"  baselines measured in this run (own process, 1 thread): exact brute force (numpy "
         f"over every vector) p50 {base['exact_ms'][0]:.1f} ms; bm25s's own retrieve on the same "
         f"saved model p50 {base['bm25s_retrieve_ms'][0]:.1f} ms"
+    )
+    colds = [result(child("cold", work, args)) for _ in range(3)]
+    say(
+        f"  cold load again, 3 fresh processes one after another (load avg {load_avg()}): wall "
+        + ", ".join(f"{c['wall_s']:.2f}" for c in colds)
+        + " s; CPU time of the process "
+        + ", ".join(f"{c['cpu_s']:.2f}" for c in colds)
+        + " s"
     )
 
     procs = [child("share", work, args, "--peer", str(i)) for i in (0, 1)]
