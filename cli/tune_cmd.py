@@ -174,13 +174,25 @@ def _launch(nproc: int) -> int:
     launch.training_script_args = _without_nproc(sys.argv[1:])
     try:
         run(launch)
-    except ChildFailedError as e:
+    except ChildFailedError as e:  # its failures are keyed by global rank
         failed = ", ".join(
-            f"rank {f.global_rank} (exit code {f.exitcode})" for f in e.failures.values()
+            f"rank {rank} ({_exit(f.exitcode)})" for rank, f in sorted(e.failures.items())
         )
         click.echo(f"error: data-parallel training failed: {failed}", err=True)
         return 1
     return 0
+
+
+def _exit(code: int) -> str:
+    """A worker's exit status in words (negative: the signal that ended it)."""
+    if code < 0:
+        import signal
+
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
 
 
 def _without_nproc(argv: list[str]) -> list[str]:
