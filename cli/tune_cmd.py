@@ -175,12 +175,22 @@ def _launch(nproc: int) -> int:
     try:
         run(launch)
     except ChildFailedError as e:  # its failures are keyed by global rank
-        failed = ", ".join(
-            f"rank {rank} ({_exit(f.exitcode)})" for rank, f in sorted(e.failures.items())
+        ranks = sorted(
+            e.failures.items(), key=lambda rf: (_likely_consequence(rf[1].exitcode), rf[0])
         )
+        failed = ", ".join(f"rank {rank} ({_exit(f.exitcode)})" for rank, f in ranks)
         click.echo(f"error: data-parallel training failed: {failed}", err=True)
         return 1
     return 0
+
+
+def _likely_consequence(code: int) -> int:
+    """Orders the failed ranks, the cause first: a rank killed by a signal, then one that
+    exited with an error (it may have lost its peer), then the SIGTERMs that the agent sends
+    to stop the rest."""
+    import signal
+
+    return 2 if code == -signal.SIGTERM else 0 if code < 0 else 1
 
 
 def _exit(code: int) -> str:

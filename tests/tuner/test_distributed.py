@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -103,15 +104,17 @@ def worker(launcher: subprocess.Popen, rank: int, timeout: float = 120) -> psuti
 
 
 def test_a_failing_worker_is_one_clear_error_naming_its_rank(tiny_settings, tmp_path):
-    """Rank 0 refuses the data (it alone reads it); the launcher stops rank 1 and says which
-    rank failed and how, after the worker's own message, without a traceback of its own."""
+    """Rank 0 refuses the data (it alone reads it); the launcher stops the job and says which
+    ranks failed and how, after the worker's own message, without a traceback of its own."""
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"foo": 1}\n{"bar": 2}\n', encoding="utf-8")
     done = tune(tiny_settings, bad, "bad", "--max-steps", "2", "--nproc", "2")
     assert done.returncode == 1
     assert "bad.jsonl:1" in done.stderr  # rank 0's data error, with file:line
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: data-parallel training failed: rank 0 (exit code "), last
+    # rank 1 may lose its peer and exit first, and rank 0 be stopped by the agent then
+    assert last.startswith("error: data-parallel training failed: rank "), last
+    assert re.search(r"rank 0 \((exit code [12]|killed by SIGTERM)\)", last), last
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     assert list_adapters(tiny_settings) == []
 
