@@ -189,13 +189,35 @@ def _launch(nproc: int) -> int:
     launch.training_script_args = _without_nproc(sys.argv[1:])
     try:
         run(launch)
-    except ChildFailedError as e:
-        failed = ", ".join(
-            f"rank {f.global_rank} (exit code {f.exitcode})" for f in e.failures.values()
+    except ChildFailedError as e:  # its failures are keyed by global rank
+        ranks = sorted(
+            e.failures.items(), key=lambda rf: (_likely_consequence(rf[1].exitcode), rf[0])
         )
+        failed = ", ".join(f"rank {rank} ({_exit(f.exitcode)})" for rank, f in ranks)
         click.echo(f"error: data-parallel training failed: {failed}", err=True)
         return 1
     return 0
+
+
+def _likely_consequence(code: int) -> int:
+    """Orders the failed ranks, the cause first: a rank killed by a signal, then one that
+    exited with an error (it may have lost its peer), then the SIGTERMs that the agent sends
+    to stop the rest."""
+    import signal
+
+    return 2 if code == -signal.SIGTERM else 0 if code < 0 else 1
+
+
+def _exit(code: int) -> str:
+    """A worker's exit status in words (negative: the signal that ended it)."""
+    if code < 0:
+        import signal
+
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
 
 
 def _without_nproc(argv: list[str]) -> list[str]:

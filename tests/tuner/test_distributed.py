@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -102,6 +103,22 @@ def worker(launcher: subprocess.Popen, rank: int, timeout: float = 120) -> psuti
     raise AssertionError(f"no worker of rank {rank}")
 
 
+def test_a_failing_worker_is_one_clear_error_naming_its_rank(tiny_settings, tmp_path):
+    """Rank 0 refuses the data (it alone reads it); the launcher stops the job and says which
+    ranks failed and how, after the worker's own message, without a traceback of its own."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"foo": 1}\n{"bar": 2}\n', encoding="utf-8")
+    done = tune(tiny_settings, bad, "bad", "--max-steps", "2", "--nproc", "2")
+    assert done.returncode == 1
+    assert "bad.jsonl:1" in done.stderr  # rank 0's data error, with file:line
+    last = done.stderr.strip().splitlines()[-1]
+    # rank 1 may lose its peer and exit first, and rank 0 be stopped by the agent then
+    assert last.startswith("error: data-parallel training failed: rank "), last
+    assert re.search(r"rank 0 \((exit code [12]|killed by SIGTERM)\)", last), last
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert list_adapters(tiny_settings) == []
+
+
 def checkpoint_step(settings, name: str) -> int:
     state = settings.adapters_dir / ".runs" / name / "last" / "state.json"
     try:
@@ -119,7 +136,9 @@ def kill_after(settings, launcher: subprocess.Popen, name: str, rank: int, past:
         assert time.monotonic() < deadline, "no checkpoint"
         time.sleep(0.05)
     victim.send_signal(signal.SIGKILL)
-    assert launcher.wait(120) != 0  # torchrun stopped the other rank and failed
+    assert launcher.wait(120) == 1  # torchrun stopped the other rank and failed
+    said = launcher.stdout.read().decode()  # type: ignore[union-attr]
+    assert f"failed: rank {rank} (killed by SIGKILL)" in said, said[-3000:]
     return step
 
 
