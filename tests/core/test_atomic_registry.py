@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from ragtune.core import atomic
 from ragtune.core.atomic import clean_stale, replace_dir, staging_dir, write_json_atomic
 from ragtune.core.errors import InvalidInput, UnknownAdapter
 from ragtune.core.registry import clean_registry, get_adapter, list_adapters, publish, remove
@@ -20,6 +21,33 @@ def test_replace_dir_swaps_whole_folders(tmp_path):
         replace_dir(tmp, dest)
     assert (dest / "new").is_file() and not (dest / "old").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["x"]
+
+
+def test_replace_dir_without_an_exchange_and_a_crash_between_its_renames(tmp_path, monkeypatch):
+    """Where the OS cannot exchange two folders in one step, the old one goes aside first; a
+    crash right then (dest missing) is repaired: the old folder comes back, never deleted."""
+    monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
+    dest = tmp_path / "last"
+    dest.mkdir()
+    (dest / "state.json").write_text("3")
+    with staging_dir(tmp_path, "t-") as tmp:
+        (tmp / "state.json").write_text("4")
+        replace_dir(tmp, dest)
+    assert (dest / "state.json").read_text() == "4"
+    assert [p.name for p in tmp_path.iterdir()] == ["last"]
+    # the crash: renamed aside, the new one never moved in
+    dest.rename(tmp_path / f"{atomic.ASIDE}last-0123abcd")
+    (tmp_path / ".tmp-ckpt-deadbeef").mkdir()  # its staging folder, half written
+    assert clean_stale(tmp_path) == 1  # the staging folder; the old one is restored
+    assert (dest / "state.json").read_text() == "4"
+    assert [p.name for p in tmp_path.iterdir()] == ["last"]
+    # and the next replacement repairs it too, before it starts
+    dest.rename(tmp_path / f"{atomic.ASIDE}last-0123abcd")
+    with staging_dir(tmp_path, "t-") as tmp:
+        (tmp / "state.json").write_text("5")
+        replace_dir(tmp, dest)
+    assert (dest / "state.json").read_text() == "5"
+    assert [p.name for p in tmp_path.iterdir()] == ["last"]
 
 
 def test_staging_dir_is_removed_on_error(tmp_path):
