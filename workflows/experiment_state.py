@@ -227,7 +227,9 @@ class ExperimentState:
     def step_seconds(self) -> list[tuple[str, float]]:
         """(step, seconds) of the index, each adapter and the eval, in run order."""
         out = [("index", self.index.seconds if self.index else 0.0)]
-        out += [(key, step.seconds) for key, step in self.adapters.items()]
+        # the swept adapter is the picked variant: its training counts once, under the sweep
+        swept = {s.adapter.name for s in self.sweep.values()}
+        out += [(k, s.seconds) for k, s in self.adapters.items() if s.name not in swept]
         if self.embedder is not None:
             out.append(("embedder", self.embedder.seconds))
         if self.tuned_index is not None:

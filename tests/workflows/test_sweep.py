@@ -89,6 +89,15 @@ def test_variants_are_picked_on_train_articles_and_only_the_pick_meets_the_test_
     assert not any(name in v for v in test_variants for name in others)
     assert conf["top_k"] == picked.retrieval["top_k"]
     assert s.selection.tested == [cheapest]
+    # the time summary counts every training once: the pick's under the sweep
+    steps = dict(s.step_seconds())
+    assert "raft" not in steps and steps[f"{cheapest} train"] == picked.adapter.seconds > 0
+    assert sum(steps.values()) == pytest.approx(
+        s.index.seconds  # type: ignore[union-attr]
+        + s.adapters["closed"].seconds
+        + sum(st.adapter.seconds + st.validation["seconds"] for st in s.sweep.values())  # type: ignore[index]
+        + s.eval.seconds  # type: ignore[union-attr]
+    )
     # the report shows the sweep table and why
     sel = json.loads((folder / "selection.json").read_text())
     assert sel["picked"] == cheapest and sel["split"]["articles"] == sorted(val)
