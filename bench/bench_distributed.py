@@ -7,7 +7,8 @@ process, same data, same global batch, same cores.
 The packaged SmolLM2-135M-Instruct with a LoRA (r 16 on q,k,v,o) on closed-book questions
 of examples/squad-mini/demo.json; every step is 8 examples (batch 4 x 2 micro-batches). The
 one-process run gets 2 torch threads, each of the two processes 1, so both use the same two
-cores; runs alternate (1, 2, 1, 2, ...) so the machine's load hits both alike. The figure is
+cores; a third run is one process on one thread; runs alternate so the machine's load hits
+them alike. The figure is
 the training loop's tokens/s from each adapter's manifest (every rank's tokens, over rank 0's
 loop time) and the command's wall time (model loading and process start included). The load
 average is printed with every run: on a shared machine it moves the absolute figures a lot.
@@ -28,10 +29,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "examples" / "squad-mini" / "demo.json"
 RESULTS = REPO / "bench" / "results" / "distributed.txt"
+# (processes, torch threads each): the same two cores two ways, and one process on one thread,
+# which shows what an oversubscribed machine does to a 2-thread process (its threads wait
+# for each other at every parallel op while other jobs hold the cores).
+CONFIGS = ((1, 2), (2, 1), (1, 1))
 
 
-def run(data_dir: Path, name: str, nproc: int, steps: int) -> dict[str, float]:
-    threads = 2 // nproc if nproc <= 2 else 1
+def run(data_dir: Path, name: str, nproc: int, threads: int, steps: int) -> dict[str, float]:
     cmd = [sys.executable, "-m", "ragtune", "--data-dir", str(data_dir), "--threads", str(threads)]
     cmd += ["tune", "--data", str(DATA), "--name", name, "--max-steps", str(steps)]
     cmd += ["--batch-size", "4", "--grad-accum", "2", "--val-fraction", "0", "--no-forgetting"]
@@ -66,8 +70,9 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.repeats):
-            for nproc in (1, 2):
-                r = run(Path(tmp) / f"d{rep}-{nproc}", f"b{rep}n{nproc}", nproc, args.steps)
+            for nproc, threads in CONFIGS:
+                key = f"{rep}-{nproc}x{threads}"
+                r = run(Path(tmp) / f"d{key}", f"b{key}", nproc, threads, args.steps)
                 rows.append(r)
                 print(json.dumps(r), flush=True)
     lines = [
@@ -80,12 +85,15 @@ def main() -> None:
             f"{r['nproc']:>5}  {r['threads_each']:>12}  {r['tokens_per_s']:>15}  {r['train_s']:>6}"
             f"  {r['wall_s']:>6}  {r['train_loss']:>10}  {r['load_before']}/{r['load_after']}"
         )
-    for n in (1, 2):
-        best = max(r["tokens_per_s"] for r in rows if r["nproc"] == n)
-        lines.append(f"best tokens/s with {n} process(es): {best}")
-    one = max(r["tokens_per_s"] for r in rows if r["nproc"] == 1)
-    two = max(r["tokens_per_s"] for r in rows if r["nproc"] == 2)
-    lines.append(f"2 processes / 1 process: {two / one:.2f}x")
+    best = {
+        (n, t): max(r["tokens_per_s"] for r in rows if (r["nproc"], r["threads_each"]) == (n, t))
+        for n, t in CONFIGS
+    }
+    for (n, t), b in best.items():
+        lines.append(f"best tokens/s with {n} process(es) x {t} thread(s): {b}")
+    for t in (2, 1):
+        ratio = best[2, 1] / best[1, t]
+        lines.append(f"2 processes x 1 thread / 1 process x {t} thread(s): {ratio:.2f}x")
     report = "\n".join(lines) + "\n"
     print(report)
     if args.save:
