@@ -121,7 +121,7 @@ class Settings(BaseSettings):
     prefill_dtype: Literal["float32", "bfloat16"] = Field(
         "float32",
         description="Precision of prompt prefill on the CPU: bfloat16 runs it under autocast "
-        "(~1.5x faster time to first token with AVX512-BF16; answers can differ slightly); "
+        "(12-14% faster time to first token measured here, bench/results/ttft.txt; answers can differ slightly); "
         "decode steps stay in the model's precision",
     )
 
