@@ -109,8 +109,9 @@ def test_cli_errors_are_one_clean_line(
 def test_tune_and_rm_clean_what_killed_writes_left_and_say_so(
     tiny_settings: Settings, qa_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    """A tune killed while publishing leaves a staging folder (and perhaps the old copy it
-    was replacing) in the registry; the next tune or registry write removes them."""
+    """A tune killed while publishing leaves a staging folder (and, where the OS cannot swap
+    folders in one step, the old copy it was replacing, set aside) in the registry; the next
+    tune or registry write removes the staging folder and puts the old copy back."""
     root = tiny_settings.adapters_dir
     for leftover in (".tmp-killed-1a2b3c4d", ".tmp-old-killed-5e6f7a8b"):
         (root / leftover).mkdir(parents=True)
@@ -121,8 +122,10 @@ def test_tune_and_rm_clean_what_killed_writes_left_and_say_so(
     )
     rc, _, err = _run(tiny_settings, capsys, "tune", "--config", str(cfg), "--name", "fresh")
     assert rc == 0, err
-    assert "cleaned 2 leftover(s) of an interrupted run" in err
+    assert "cleaned 1 leftover(s) of an interrupted run" in err
     assert not [p.name for p in root.iterdir() if p.name.startswith(".tmp-")]
+    # the adapter whose replacement was killed is back in place, not deleted
+    assert (root / "killed" / "adapter_model.safetensors").read_bytes() == b"half"
     assert (root / "fresh" / "manifest.json").is_file()
     (root / ".tmp-fresh-9f8e7d6c").mkdir()
     rc, out, _ = _run(tiny_settings, capsys, "adapters", "rm", "fresh")
@@ -130,4 +133,6 @@ def test_tune_and_rm_clean_what_killed_writes_left_and_say_so(
         "removed adapter fresh",
         "cleaned 1 leftover(s) of an interrupted run",
     ]
-    assert not [p.name for p in root.iterdir() if not p.name.startswith((".lock", ".runs"))]
+    assert not [
+        p.name for p in root.iterdir() if not p.name.startswith((".lock", ".runs", "killed"))
+    ]
