@@ -210,19 +210,24 @@ class GenerationEngine:
 
     def stream(self, request: GenRequest) -> Iterator[str | GenResult]:
         """Yield text pieces as they are decoded, then the GenResult."""
-        pieces: list[str] = []
-        result: list[GenResult | BaseException] = []
-        batch = self.batch()
-        batch.add([Row(request, result.append, on_text=pieces.append)])
-        while True:
-            ready, pieces[:] = pieces[:], []
-            yield from ready
-            if not len(batch):
-                break
-            batch.step()
-        if isinstance(result[0], BaseException):
-            raise result[0]
-        yield result[0]
+        yield from stream_alone(self.batch(), request)
+
+
+def stream_alone(batch: Any, request: GenRequest) -> Iterator[str | GenResult]:
+    """Run ``request`` as the one row of ``batch`` (a local ContinuousBatch or a server's):
+    its text pieces as they come, then its GenResult."""
+    pieces: list[str] = []
+    result: list[GenResult | BaseException] = []
+    batch.add([Row(request, result.append, on_text=pieces.append)])
+    while True:
+        ready, pieces[:] = pieces[:], []
+        yield from ready
+        if not len(batch):
+            break
+        batch.step()
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    yield result[0]
 
 
 class ContinuousBatch:

@@ -37,7 +37,7 @@ from ragtune.core.adapter_catalog import lora_folder_problem
 from ragtune.core.config import Settings
 from ragtune.core.decode import MIN_TEMPERATURE, Row
 from ragtune.core.errors import BackendError, InvalidInput, RagtuneError
-from ragtune.core.generation import AdapterStats, _stop_ids
+from ragtune.core.generation import AdapterStats, _stop_ids, stream_alone
 from ragtune.core.models import GeneratorSpec
 from ragtune.core.openai_client import AlreadyLoaded, BackendConfig, OpenAIBackend, UnknownAtBackend
 from ragtune.core.registry import AdapterInfo, check_base, get_adapter
@@ -142,19 +142,7 @@ class RemoteEngine:
 
     def stream(self, request: GenRequest) -> Iterator[str | GenResult]:
         """Text pieces as the server streams them, then the GenResult."""
-        pieces: list[str] = []
-        result: list[GenResult | BaseException] = []
-        batch = self.batch()
-        batch.add([Row(request, result.append, on_text=pieces.append)])
-        while True:
-            ready, pieces[:] = pieces[:], []
-            yield from ready
-            if not len(batch):
-                break
-            batch.step()
-        if isinstance(result[0], BaseException):
-            raise result[0]
-        yield result[0]
+        yield from stream_alone(self.batch(), request)
 
     def close(self) -> None:
         try:
