@@ -7,6 +7,10 @@ head alone went from 10 to 98 ms). Here each linear layer keeps a bf16 copy of i
 duration; autocast then only casts the activations. The values are those autocast would
 compute (the same rounding of the same weights), at the price of a bf16 copy of the linear
 weights in memory (~270 MB for a 135M model). LoRA's own small matrices are left to autocast.
+
+The LM head is the exception: a prefill needs its logits for one position per row, a
+matrix-vector product, and this CPU's bf16 GEMV is slower than fp32's (59 vs 9 ms for
+SmolLM2's 49,152 x 576 head, bench/results/ttft.txt), so it runs in fp32 outside autocast.
 """
 
 from __future__ import annotations
@@ -48,14 +52,33 @@ def bf16_linears(model: Any) -> Iterator[None]:
     import torch
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    swapped = [(m, m.weight) for m in _linears(base) if m.weight.dtype != torch.bfloat16]
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    swapped = [
+        (m, m.weight) for m in _linears(base) if m is not head and m.weight.dtype != torch.bfloat16
+    ]
     try:
         for module, _ in swapped:
             module._parameters["weight"] = _copy_of(module)
+        if isinstance(head, torch.nn.Linear):
+            setattr(head, "forward", _fp32_forward(head))  # noqa: B010 (instance attr, deleted below)
         yield
     finally:
         for module, weight in swapped:
             module._parameters["weight"] = weight
+        if isinstance(head, torch.nn.Linear):
+            del head.forward
+
+
+def _fp32_forward(head: Any) -> Any:
+    """The LM head's forward in its own precision, outside autocast."""
+    import torch
+    import torch.nn.functional as F
+
+    def forward(x: Any) -> Any:
+        with torch.autocast("cpu", enabled=False):
+            return F.linear(x.to(head.weight.dtype), head.weight, head.bias)
+
+    return forward
 
 
 __all__ = ["bf16_linears"]

@@ -39,9 +39,10 @@ class EmbedTuneArgs:
     index: str | None = None
     """Index to mine hard negatives from and to validate in (default: the default_index
     setting). It must have been built with the configured embedder."""
-    hard_negatives: int = 1
+    hard_negatives: int = 2
     """Hard negatives per pair: top hits of the index that are not the gold passage
-    (0 = in-batch negatives only)."""
+    (0 = in-batch negatives only). Two by default: chosen on the validation split
+    (bench/results/embedder.txt)."""
     mine_depth: int = 10
     """Hits searched per question when mining; the negatives are drawn from the non-gold
     ones among them, hardest first."""
