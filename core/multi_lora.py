@@ -11,11 +11,8 @@ back. Here each LoRA layer instead keeps its adapters' weights stacked, slot 0 b
 
 and a batch carries one slot index per row, so a layer adds ``bmm(bmm(x, A[idx]), B[idx])``
 to the base output (``baddbmm``: the add is fused into the second matmul): the same two
-matmuls whatever the mix of adapters. The gathered ``A[idx]`` / ``B[idx]`` are kept for as
-long as the batch keeps the same rows (every decode step between two joins or leaves), so a
-step reads the weights once instead of copying them first. When every row has the same
-adapter, the plain ``x @ A @ B`` on that slot runs instead (no gather); rows without any
-adapter skip LoRA.
+matmuls whatever the mix of adapters. When every row has the same adapter, the plain
+``x @ A @ B`` on that slot runs instead (no gather); rows without any adapter skip LoRA.
 
 Only vanilla LoRA on linear layers is stacked; an adapter with anything else (DoRA and other
 variants, LoRA on embeddings or convolutions, LoRA bias) makes ``supported`` False and the
@@ -25,7 +22,7 @@ engine falls back to peft's own path. Used only for inference (under the engine'
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 BASE_SLOT = 0
@@ -37,8 +34,6 @@ class _Plan:
 
     single: int | None  # every row uses this slot (None: a mix)
     index: Any  # [rows] slot per row (a mix only)
-    # id(layer) -> (A[index], B[index]): a mix's gathered weights, filled by the first pass
-    gathered: dict[int, tuple[Any, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -61,7 +56,6 @@ class GatheredLora:
         self.supported = False
         self._stacks: dict[int, _Stack] = {}  # id(layer) -> its stack
         self._plan: _Plan | None = None  # set for the duration of one forward pass
-        self._mix: tuple[tuple[int, ...], _Plan] | None = None  # the last mix and its plan
         self.rebuild()
 
     def rebuild(self) -> None:
@@ -70,7 +64,6 @@ class GatheredLora:
         from peft.tuners.tuners_utils import BaseTunerLayer
 
         names = sorted(self.peft.peft_config)
-        self._mix = None  # its gathered weights are the old stacks'
         self.slots = {n: i + 1 for i, n in enumerate(names)}
         self._stacks = {}
         self.supported = True
@@ -93,13 +86,10 @@ class GatheredLora:
         """The base model with LoRA per row: ``adapters[i]`` (None = none) for row i."""
         import torch
 
-        idx = tuple(self.slots[a] if a else BASE_SLOT for a in adapters)
+        idx = [self.slots[a] if a else BASE_SLOT for a in adapters]
         if len(set(idx)) == 1:
             return RowLoraModel(self, _Plan(idx[0], None))
-        if self._mix is None or self._mix[0] != idx:
-            # one mix cached: decode steps repeat the same rows until one joins or leaves
-            self._mix = (idx, _Plan(None, torch.tensor(idx, device=self.base.device)))
-        return RowLoraModel(self, self._mix[1])
+        return RowLoraModel(self, _Plan(None, torch.tensor(idx, device=self.base.device)))
 
     def add_lora(self, layer: Any, x: Any, result: Any) -> Any:
         """The layer's output ``result`` plus each row's LoRA of ``x``."""
@@ -121,16 +111,11 @@ class GatheredLora:
             out = torch.addmm(result.to(dtype).reshape(-1, n_out), x2 @ a, b)
         else:
             rows = x.shape[0]
-            gathered = plan.gathered.get(id(layer))
-            if gathered is None:
-                gathered = (
-                    stack.A.index_select(0, plan.index),
-                    stack.B.index_select(0, plan.index),
-                )
-                plan.gathered[id(layer)] = gathered
             x3 = x.to(dtype).reshape(rows, -1, x.shape[-1])
-            xa = torch.bmm(x3, gathered[0])
-            out = torch.baddbmm(result.to(dtype).reshape(rows, -1, n_out), xa, gathered[1])
+            xa = torch.bmm(x3, stack.A.index_select(0, plan.index))
+            out = torch.baddbmm(
+                result.to(dtype).reshape(rows, -1, n_out), xa, stack.B.index_select(0, plan.index)
+            )
         return out.reshape(result.shape).to(result.dtype)
 
 
