@@ -76,7 +76,7 @@ def test_training_publishes_a_registry_entry_with_provenance(indexed) -> None:
     assert m.mining is not None
     assert m.mining.index == "default"
     assert m.mining.index_version == current_version(settings, "default")
-    assert m.mining.embedding_model == "embedder" and m.mining.per_pair == 1
+    assert m.mining.embedding_model == "embedder" and m.mining.per_pair == 2  # the default
     met = m.metrics
     assert met.k == settings.top_k and met.val_questions == c.val and met.val_corpus == 8
     assert met.base is not None and met.base.step == 0 and met.history[0] == met.base
