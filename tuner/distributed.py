@@ -328,10 +328,10 @@ def decoder_layers(model: Any) -> list[Any]:
     layers = [m for m in base.modules() if type(m).__name__ in names]
     if layers:
         return layers
-    lists = [m for m in base.modules() if isinstance(m, torch.nn.ModuleList)]
+    lists = [list(m) for m in base.modules() if isinstance(m, torch.nn.ModuleList)]
     if not lists:
         raise ValueError(f"{type(base).__name__}: no decoder layers to shard")
-    return list(max(lists, key=lambda m: len(m)))
+    return max(lists, key=len)
 
 
 __all__ = ["STRATEGIES", "MicroBatch", "Parallel"]
