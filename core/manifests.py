@@ -342,8 +342,8 @@ class TrainMetrics(_Model):
     peak_rss_mb: float
     trainable_params: int
     perplexity: Perplexity | None = None  # with --forgetting
-    processes: int = 1  # training processes (tune --nproc); tokens counts all of theirs
-    strategy: str | None = None  # how they shared it: "ddp" or "fsdp" (None: one process)
+    processes: int | None = None  # training processes (tune --nproc N; None: one)
+    strategy: str | None = None  # how they shared the work: "ddp" or "fsdp"
 
 
 class RaftSplitStats(_Model):

@@ -13,8 +13,8 @@ Two strategies (``TuneArgs.strategy``):
   weights (checkpoints, best weights, the final save) goes through ``full_trainable`` /
   ``load_full_trainable`` and the optimizer's ``full_optimizer_state`` /
   ``load_full_optimizer_state``: collectives that every rank calls, with rank 0 alone
-  holding the full tensors (and writing them). The files are the ones a single process or
-  DDP writes, so a checkpoint resumes under either strategy.
+  holding the full tensors (and writing them). The files have the layout a single process
+  or DDP writes (the optimizer state by parameter index).
 
 Each optimizer step's examples are the same as in a one-process run (the data order
 depends only on the seed and the epoch); rank ``r`` takes every N-th of them, in

@@ -271,7 +271,7 @@ def save_checkpoint(
 ) -> None:
     """Everything needed to continue exactly where this step ended; written atomically by
     rank 0 (under FSDP every rank calls this: the weights and optimizer state are gathered).
-    The files are the same whatever the strategy, so a run resumes under any of them."""
+    The files have the same layout whatever the strategy."""
     import torch
     from safetensors.torch import save_file
 

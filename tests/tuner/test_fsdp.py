@@ -83,7 +83,7 @@ def test_fsdp_over_two_processes_trains_what_one_does(tiny_settings, tmp_path):
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-4
     m1, m2 = get_adapter(tiny_settings, "one").manifest, get_adapter(tiny_settings, "two").manifest
     assert m1.metrics and m2.metrics
-    assert (m1.metrics.processes, m1.metrics.strategy) == (1, None)
+    assert (m1.metrics.processes, m1.metrics.strategy) == (None, None)
     assert (m2.metrics.processes, m2.metrics.strategy) == (2, "fsdp")
     assert m2.metrics.trainable_params == m1.metrics.trainable_params  # counted whole
     assert m2.metrics.perplexity and m1.metrics.perplexity  # measured on the sharded model too
