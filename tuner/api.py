@@ -485,7 +485,10 @@ def train(
     # a sharded model's forward pass needs every rank: all measure the tuned one
     measure_tuned = args.forgetting and (par.is_writer or par.sharded)
     t_start = time.perf_counter()
-    model, device = _build_model(run.settings, args, run.folder, run.init_from, run.device)
+    # FSDP: the base loads on the CPU and each rank moves only its shard to its device
+    load_on = "cpu" if par.sharded else run.device
+    model, _ = _build_model(run.settings, args, run.folder, run.init_from, load_on)
+    device = run.device
     base_ppl = perplexity(_unwrapped(model), run.tokenizer) if measure else None
     workdir = run_dir(run.settings, args.name)
     if par.is_writer and prepare_workdir(workdir, run_key(run, args, data), args.restart):

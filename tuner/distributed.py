@@ -304,7 +304,8 @@ def shard(model: Any, device: str, world: int) -> Any:
     """FSDP2 in place: each decoder layer its own unit, then the root (embeddings, final norm,
     LM head). The layers are the model's ``_no_split_modules`` classes (what transformers
     names for any causal LM), else the blocks of its largest ModuleList. Rank 0's trainable
-    weights are broadcast first, so every rank shards the same tensors."""
+    weights are broadcast first, so every rank shards the same tensors. A model on the CPU
+    with a GPU ``device`` keeps only its shards, moved there by ``fully_shard``."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
