@@ -67,6 +67,7 @@ TUNE_OPTIONS = [
     _opt("--group-by", name="group_by", metavar="FIELD"),
     _opt("--eval-every", name="eval_every", type=int),
     _opt("--patience", name="patience", type=int),
+    _opt("--strategy", name="strategy", type=click.Choice(["ddp", "fsdp"])),
     _opt("--save-every", name="save_every", type=int),
     _opt("--grad-clip", name="grad_clip", type=float),
     _opt("--gradient-checkpointing/--no-gradient-checkpointing", name="gradient_checkpointing"),
@@ -109,9 +110,10 @@ def tune_command() -> click.Command:
         type=click.IntRange(min=1),
         default=1,
         show_default=True,
-        help="Train data-parallel over N processes on this machine (torch DDP under torchrun: "
-        "gloo on the CPU, NCCL with one GPU each). For several machines run "
-        "`torchrun --nnodes ... -m ragtune tune ...` on each (docs/tuner.md).",
+        help="Train data-parallel over N processes on this machine under torchrun (gloo on "
+        "the CPU, NCCL with one GPU each): torch DDP, or FSDP2 with --strategy fsdp (the "
+        "model sharded over the processes, for a base too big for one device). For several "
+        "machines run `torchrun --nnodes ... -m ragtune tune ...` on each (docs/tuner.md).",
     )
     @click.option(
         "--retrain",
@@ -149,8 +151,10 @@ def tune_command() -> click.Command:
           ragtune tune --retrain docs-raft          # again, on the live index: a new version
         """
         if retrain:
-            if nproc > 1:
-                raise click.UsageError("--retrain runs in one process: leave --nproc out")
+            if nproc > 1 or flags.get("strategy"):
+                raise click.UsageError(
+                    "--retrain runs in one process: leave --nproc and --strategy out"
+                )
             _retrain(app, retrain, tune_config, quiet, print_args, flags)
             return
         args = build_args(tune_config, flags)
@@ -159,7 +163,11 @@ def tune_command() -> click.Command:
             return
         from ragtune.tuner.distributed import Parallel
 
-        parallel = Parallel.from_env(os.environ)  # torchrun tells each worker its rank
+        parallel = Parallel.from_env(os.environ, args.strategy)  # torchrun: each rank
+        if args.strategy == "fsdp" and nproc < 2 and not parallel.active:
+            raise click.UsageError(
+                "--strategy fsdp shards the model over processes: give --nproc 2 or more"
+            )
         if nproc > 1 and not parallel.active:
             args.validate()  # a bad flag fails here, once, not in N workers
             sys.exit(_launch(nproc))

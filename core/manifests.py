@@ -342,6 +342,8 @@ class TrainMetrics(_Model):
     peak_rss_mb: float
     trainable_params: int
     perplexity: Perplexity | None = None  # with --forgetting
+    processes: int | None = None  # training processes (tune --nproc N; None: one)
+    strategy: str | None = None  # how they shared the work: "ddp" or "fsdp"
 
 
 class RaftSplitStats(_Model):

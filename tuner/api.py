@@ -16,7 +16,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -352,7 +352,12 @@ def train_adapter(
         ModelNotFound: unknown base model. AdapterMismatch: --init-from on another base.
         InsufficientResources: too little disk.
     """
-    par = parallel or Parallel()
+    par = replace(parallel or Parallel(), strategy=args.strategy)
+    if args.strategy == "fsdp" and not par.active:
+        raise InvalidInput(
+            "--strategy fsdp shards the model over processes: give --nproc 2 or more",
+            field="strategy",
+        )
     writer = par.is_writer
     # every check that needs no data: fails in seconds; each rank takes its own GPU
     run = setup(settings, args, par.local_rank if par.active else None)
@@ -369,9 +374,11 @@ def train_adapter(
             check_disk(run.settings.adapters_dir, needed + args.min_free_disk_mb * 2**20)
         data = par.broadcast(data)  # the same examples on every rank
         model, metrics = train(run, args, data, progress and writer, on_step, par)
+        # under FSDP every rank gathers the sharded adapter for rank 0 to save
+        weights = par.full_trainable(model) if par.sharded else None
         if writer:
             manifest = adapter_manifest(run, args, data, model, metrics)
-            save_and_publish(run, args, model, manifest, data.snapshot)
+            save_and_publish(run, args, model, manifest, data.snapshot, weights)
             shutil.rmtree(run_dir(run.settings, args.name), ignore_errors=True)  # checkpoints
             _say(
                 progress,
@@ -475,8 +482,13 @@ def train(
 
     par = parallel or Parallel()
     measure = args.forgetting and par.is_writer
+    # a sharded model's forward pass needs every rank: all measure the tuned one
+    measure_tuned = args.forgetting and (par.is_writer or par.sharded)
     t_start = time.perf_counter()
-    model, device = _build_model(run.settings, args, run.folder, run.init_from, run.device)
+    # FSDP: the base loads on the CPU and each rank moves only its shard to its device
+    load_on = "cpu" if par.sharded else run.device
+    model, _ = _build_model(run.settings, args, run.folder, run.init_from, load_on)
+    device = run.device
     base_ppl = perplexity(_unwrapped(model), run.tokenizer) if measure else None
     workdir = run_dir(run.settings, args.name)
     if par.is_writer and prepare_workdir(workdir, run_key(run, args, data), args.restart):
@@ -496,7 +508,7 @@ def train(
         parallel=par,
         amp=autocast_dtype(run.settings, device),
     )
-    tuned_ppl = perplexity(model, run.tokenizer) if measure else None
+    tuned_ppl = perplexity(model, run.tokenizer) if measure_tuned else None
     ppl = None
     if base_ppl and tuned_ppl:
         ppl = Perplexity(
@@ -506,7 +518,10 @@ def train(
             tokens=base_ppl["tokens"],
             sample=base_ppl["sample"],
         )
-    return model, _metrics(result, model, time.perf_counter() - t_start, ppl)
+    metrics = _metrics(result, model, time.perf_counter() - t_start, ppl)
+    if par.active:
+        metrics = metrics.model_copy(update={"processes": par.world, "strategy": par.strategy})
+    return model, metrics
 
 
 def _metrics(
@@ -594,15 +609,19 @@ def save_and_publish(
     model: Any,
     manifest: AdapterManifest,
     snapshot: IndexSnapshot | None = None,
+    weights: dict[str, Any] | None = None,
 ) -> AdapterInfo:
     """Save into a staging folder, manifest last (its presence marks the folder complete),
     and move it into the registry in one rename. A RAFT adapter's index snapshot goes
-    beside the manifest (``index-snapshot.json``)."""
+    beside the manifest (``index-snapshot.json``). ``weights``: the adapter's trainable
+    weights gathered whole (FSDP), saved instead of the model's own (sharded) ones."""
     settings = run.settings
     with registry_writer(settings), staging_dir(settings.adapters_dir, f"{args.name}-") as tmp:
         if args.method == "full":
             model.save_pretrained(tmp, safe_serialization=True)
             run.tokenizer.save_pretrained(tmp)
+        elif weights is not None:
+            model.save_pretrained(tmp, state_dict=weights)
         else:
             model.save_pretrained(tmp)
         if snapshot is not None:

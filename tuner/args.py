@@ -19,6 +19,7 @@ from typing import Any
 
 from ragtune.core.config import read_toml
 from ragtune.core.errors import InvalidInput
+from ragtune.tuner.distributed import STRATEGIES
 
 METHODS = ("lora", "full")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -98,6 +99,10 @@ class TuneArgs:
     """Validate every N optimizer steps (0 = at the end of each epoch)."""
     patience: int = 0
     """Stop after this many validations without improvement (0 = never stop early)."""
+    strategy: str = "ddp"
+    """How --nproc N processes share the training: ddp (each holds the whole model, torch
+    DDP) or fsdp (the model, frozen base and LoRA alike, is sharded over them: torch FSDP2,
+    for a base model too big for one device)."""
     save_every: int = 25
     """Write a resumable checkpoint every N optimizer steps (and at each validation)."""
     gradient_checkpointing: bool = True
@@ -140,6 +145,10 @@ class TuneArgs:
             bad("method", f"must be one of {', '.join(METHODS)}")
         if self.method == "full" and self.init_from:
             bad("init-from", "continuing from an adapter needs --method lora")
+        if self.strategy not in STRATEGIES:
+            bad("strategy", f"must be one of {', '.join(STRATEGIES)}")
+        if self.strategy == "fsdp" and self.method != "lora":
+            bad("strategy", "fsdp trains LoRA adapters (--method lora)")
         if self.schedule not in SCHEDULES:
             bad("schedule", f"must be one of {', '.join(SCHEDULES)}")
         if self.retrieval is not None and self.retrieval not in ("dense", "bm25", "hybrid"):
@@ -224,6 +233,7 @@ class TuneArgs:
             "overwrite",
             "min_free_disk_mb",
             "forgetting",
+            "strategy",  # how the processes share the work, not what they compute
         }
         return {k: v for k, v in asdict(self).items() if k not in skip}
 

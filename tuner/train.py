@@ -146,15 +146,20 @@ def evaluate(
     import torch
 
     par = parallel or Parallel()
-    data = par.share(data)
+    mine = par.share(data)
+    # a sharded forward pass is a collective: a rank with fewer batches runs padding ones
+    count = par.batches_each(len(data), batch_size) if par.sharded else None
     was_training = model.training
     model.eval()
     nll, n = 0.0, 0
     with torch.no_grad(), autocast(str(device), amp):
-        for i in range(0, len(data), batch_size):
-            b = collate(data[i : i + batch_size], pad_id, full_logits)
-            nll += float(loss_sum(model, b, device))
-            n += b["n_target"]
+        for k in range(count if count is not None else -(-len(mine) // batch_size)):
+            part = mine[k * batch_size : (k + 1) * batch_size]
+            b = collate(part or data[:1], pad_id, full_logits)
+            loss = float(loss_sum(model, b, device))
+            if part:
+                nll += loss
+                n += b["n_target"]
     if was_training:
         model.train()
     nll, total = par.sum(nll, float(n))
@@ -234,60 +239,73 @@ class TrainResult:
 # ---- checkpoints ---------------------------------------------------------------------------
 
 
-def trainable_state(model: Any) -> dict[str, Any]:
-    return {
-        n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad
-    }
-
-
-def load_trainable(model: Any, path: Path) -> None:
-    import torch
+def load_trainable(model: Any, path: Path, parallel: Parallel | None = None) -> None:
+    """Put the weights saved at ``path`` into the trainable parameters (under FSDP every rank
+    calls this: rank 0 reads the file and broadcasts)."""
     from safetensors.torch import load_file
 
-    saved = load_file(str(path))
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for n, t in saved.items():
-            params[n].copy_(t.to(params[n].device))
+    (parallel or Parallel()).load_full_trainable(model, lambda: load_file(str(path)))
 
 
-def save_weights(model: Any, folder: Path, parent: Path) -> None:
+def save_weights(model: Any, folder: Path, parent: Path, parallel: Parallel | None = None) -> None:
+    """The trainable weights into ``folder`` (replaced atomically); rank 0 writes, and under
+    FSDP every rank calls this to gather them."""
     from safetensors.torch import save_file
 
+    par = parallel or Parallel()
+    weights = par.full_trainable(model)
+    if weights is None:  # not the writer
+        return
     with staging_dir(parent, folder.name + "-") as tmp:
-        save_file(trainable_state(model), str(tmp / WEIGHTS))
+        save_file(weights, str(tmp / WEIGHTS))
         replace_dir(tmp, folder)
 
 
 def save_checkpoint(
-    workdir: Path, model: Any, optimizer: Any, scheduler: Any, state: TrainState
+    workdir: Path,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    state: TrainState,
+    parallel: Parallel | None = None,
 ) -> None:
-    """Everything needed to continue exactly where this step ended; written atomically."""
+    """Everything needed to continue exactly where this step ended; written atomically by
+    rank 0 (under FSDP every rank calls this: the weights and optimizer state are gathered).
+    The files have the same layout whatever the strategy."""
     import torch
     from safetensors.torch import save_file
 
+    par = parallel or Parallel()
+    weights = par.full_trainable(model)
+    optim = par.full_optimizer_state(model, optimizer)
+    if weights is None or optim is None:  # not the writer
+        return
     with staging_dir(workdir, "ckpt-") as tmp:
-        save_file(trainable_state(model), str(tmp / WEIGHTS))
+        save_file(weights, str(tmp / WEIGHTS))
         rng: dict[str, Any] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         torch.save(
-            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng},
+            {"optimizer": optim, "scheduler": scheduler.state_dict(), "rng": rng},
             tmp / "optimizer.pt",
         )
         (tmp / "state.json").write_text(json.dumps(asdict(state)))
         replace_dir(tmp, workdir / LAST)
 
 
-def load_checkpoint(workdir: Path, model: Any, optimizer: Any, scheduler: Any) -> TrainState | None:
+def load_checkpoint(
+    workdir: Path, model: Any, optimizer: Any, scheduler: Any, parallel: Parallel | None = None
+) -> TrainState | None:
+    """Restore the last checkpoint, if there is one (every rank calls this)."""
     import torch
 
+    par = parallel or Parallel()
     ck = workdir / LAST
     if not (ck / "state.json").is_file():
         return None
-    load_trainable(model, ck / WEIGHTS)
+    load_trainable(model, ck / WEIGHTS, par)
     extra = torch.load(ck / "optimizer.pt", weights_only=False)
-    optimizer.load_state_dict(extra["optimizer"])
+    par.load_full_optimizer_state(model, optimizer, lambda: extra["optimizer"])
     scheduler.load_state_dict(extra["scheduler"])
     torch.set_rng_state(extra["rng"]["torch"])
     if "cuda" in extra["rng"] and torch.cuda.is_available():
@@ -341,7 +359,7 @@ def train_loop(
     plan = StepPlan.of([e.dataset for e in train_set], weights or {}, args)
     batches = StepBatches(train_set, weights or {}, args.seed, plan)
     run = _setup(model, args, workdir, pad_id, device, plan.total, par, amp)
-    state = load_checkpoint(workdir, model, run.optimizer, run.scheduler) or TrainState()
+    state = load_checkpoint(workdir, model, run.optimizer, run.scheduler, par) or TrainState()
     resumed_from = state.step or None
     if resumed_from:
         log.info("resuming from step %d of %d", state.step, plan.total)
@@ -367,13 +385,13 @@ def train_loop(
                 val = state.history[-1]["val_loss"]
                 bar.set_postfix(loss=f"{loss:.3f}", val=f"{val:.3f}", tok_s=_tok_s(state))
             if (validate or state.step % args.save_every == 0) and state.step < plan.total:
-                if par.is_writer:
-                    save_checkpoint(workdir, model, run.optimizer, run.scheduler, state)
+                save_checkpoint(workdir, model, run.optimizer, run.scheduler, state, par)
                 last_saved = state.step
             if on_step is not None:
                 on_step(state.step, loss)
     except KeyboardInterrupt:
-        if state.step > last_saved and par.is_writer:
+        # not under FSDP: a rank alone cannot gather the shards
+        if state.step > last_saved and par.is_writer and not par.sharded:
             save_checkpoint(workdir, model, run.optimizer, run.scheduler, state)
         bar.close()
         raise
@@ -464,9 +482,11 @@ def _setup(
     parallel: Parallel,
     amp: Any,
 ) -> _Run:
-    """AdamW over the trainable parameters; warmup then ``args.schedule`` over ``total`` steps."""
+    """AdamW over the trainable parameters; warmup then ``args.schedule`` over ``total`` steps.
+    The model is wrapped (DDP) or sharded (FSDP: new parameters) before the optimizer sees it."""
     import torch
 
+    forward_model = parallel.wrap(model, str(device))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     warmup = int(args.warmup_ratio * total)
@@ -485,7 +505,7 @@ def _setup(
         optimizer=optimizer,
         scheduler=scheduler,
         parallel=parallel,
-        forward_model=parallel.wrap(model, str(device)),
+        forward_model=forward_model,
         amp=amp,
     )
 
@@ -554,8 +574,7 @@ def _validate(
     )
     if state.best_val is None or v < state.best_val:
         state.best_val, state.best_step, state.bad_evals = v, state.step, 0
-        if run.parallel.is_writer:
-            save_weights(run.model, run.workdir / BEST, run.workdir)
+        save_weights(run.model, run.workdir / BEST, run.workdir, run.parallel)
     else:
         state.bad_evals += 1
         if args.patience and state.bad_evals >= args.patience:
@@ -581,7 +600,8 @@ def _finish(
     if validated:
         if state.best_step is not None and state.best_step != state.step:
             run.parallel.barrier()  # rank 0 has written them
-            load_trainable(run.model, run.workdir / BEST / WEIGHTS)  # keep the best, not the last
+            # keep the best, not the last
+            load_trainable(run.model, run.workdir / BEST / WEIGHTS, run.parallel)
         val_loss = state.best_val
     return TrainResult(state, plan.total, plan.steps_per_epoch, train_loss, val_loss, resumed_from)
 
