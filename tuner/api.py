@@ -10,6 +10,7 @@ and publishes it atomically.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import hashlib
 import logging
 import shutil
@@ -387,6 +388,10 @@ def train_adapter(
                 f"peak RSS {metrics.peak_rss_mb} MB",
             )
         par.barrier()  # published before any rank reads it
+        # FSDP's modules hold the process group's async work; freed only at interpreter exit,
+        # gloo's threads can abort the process there (pytorch/pytorch#179291): free them now
+        del model
+        gc.collect()
     finally:
         par.stop()
     return get_adapter(run.settings, args.name)
