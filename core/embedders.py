@@ -31,6 +31,7 @@ from ragtune.core.config import TUNED_EMBEDDER_PREFIX, Settings
 from ragtune.core.errors import ManifestError, ModelNotFound
 from ragtune.core.index_store import validate_name
 from ragtune.core.manifests import MANIFEST, EmbedderManifest
+from ragtune.core.registry import scan_folders
 
 log = logging.getLogger(__name__)
 
@@ -113,17 +114,7 @@ def get_tuned_embedder(settings: Settings, name: str) -> EmbedderInfo:
 
 def scan_tuned_embedders(settings: Settings) -> tuple[list[EmbedderInfo], list[ManifestError]]:
     """Every complete tuned embedder, and the problems of those whose manifest cannot be read."""
-    root = settings.embedders_dir
-    if not root.is_dir():
-        return [], []
-    found, problems = [], []
-    for p in sorted(root.iterdir()):
-        if p.is_dir() and not p.name.startswith(".") and _is_complete(p):
-            try:
-                found.append(_read(p))
-            except ManifestError as e:
-                problems.append(e)
-    return found, problems
+    return scan_folders(settings.embedders_dir, _is_complete, _read)
 
 
 def publish(settings: Settings, staged: Path, name: str) -> EmbedderInfo:

@@ -27,15 +27,18 @@ import contextlib
 import fcntl
 import logging
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from ragtune.core.atomic import clean_stale, replace_dir
 from ragtune.core.config import Settings
 from ragtune.core.errors import AdapterMismatch, ManifestError, UnknownAdapter
 from ragtune.core.index_store import validate_name
 from ragtune.core.manifests import MANIFEST, AdapterManifest
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -90,19 +93,28 @@ def _read(path: Path) -> AdapterInfo:
     return AdapterInfo(path.name, path, manifest)
 
 
-def scan_adapters(settings: Settings) -> tuple[list[AdapterInfo], list[ManifestError]]:
-    """Every complete adapter, and the problems of those whose manifest cannot be read."""
-    root = settings.adapters_dir
+def scan_folders(
+    root: Path, is_complete: Callable[[Path], bool], read: Callable[[Path], T]
+) -> tuple[list[T], list[ManifestError]]:
+    """Every complete entry of a registry folder (adapters, tuned embedders), by name, and
+    the problems of those whose manifest cannot be read; hidden folders (runs, staging) are
+    not entries."""
     if not root.is_dir():
         return [], []
-    found, problems = [], []
+    found: list[T] = []
+    problems: list[ManifestError] = []
     for p in sorted(root.iterdir()):
-        if p.is_dir() and not p.name.startswith(".") and _is_complete(p):
+        if p.is_dir() and not p.name.startswith(".") and is_complete(p):
             try:
-                found.append(_read(p))
+                found.append(read(p))
             except ManifestError as e:
                 problems.append(e)
     return found, problems
+
+
+def scan_adapters(settings: Settings) -> tuple[list[AdapterInfo], list[ManifestError]]:
+    """Every complete adapter, and the problems of those whose manifest cannot be read."""
+    return scan_folders(settings.adapters_dir, _is_complete, _read)
 
 
 def list_adapters(settings: Settings) -> list[AdapterInfo]:
