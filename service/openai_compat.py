@@ -471,11 +471,16 @@ async def completions(
             usage = bool(data.stream_options and data.stream_options.include_usage)
             return await _stream(svc, reqs[0], data.model, usage, request, chat=False)  # type: ignore[return-value]
         answers = await svc.answer_many(reqs, request.receive)
+    return _completion(data.model, answers)
+
+
+def _completion(model: str, answers: list[Answer]) -> Completion:
+    """A text completion response: one choice per answer, in order."""
     return Completion(
         id=f"cmpl-{uuid.uuid4().hex}",
         object="text_completion",
         created=int(time.time()),
-        model=data.model,
+        model=model,
         choices=[
             CompletionChoice(index=i, text=a.answer, finish_reason=_finish(a))  # type: ignore[arg-type]
             for i, a in enumerate(answers)
@@ -546,18 +551,7 @@ async def _complete_tokens(
         items = await svc.stream_raw(makers[0], request.receive)
         return _stream_items(items, data.model, usage, chat=False, raw=newline)  # type: ignore[return-value]
     answers = await svc.answer_raw(makers, request.receive)
-    return Completion(
-        id=f"cmpl-{uuid.uuid4().hex}",
-        object="text_completion",
-        created=int(time.time()),
-        model=data.model,
-        choices=[
-            CompletionChoice(index=i, text=a.answer, finish_reason=_finish(a))  # type: ignore[arg-type]
-            for i, a in enumerate(answers)
-        ],
-        usage=_usage(answers),
-        ragtune=[_info(a) for a in answers],
-    )
+    return _completion(data.model, answers)
 
 
 # --- streaming ----------------------------------------------------------------------------
