@@ -7,17 +7,23 @@
   with the transformer's forward pass run by ONNX Runtime on a graph exported once from the
   configured model. Vectors equal torch's to ~1e-7 in cosine, so an index built with one of
   the two answers queries embedded with the other (same model id).
-- ``onnx-int8``: that graph with its matrix multiplications dynamically quantized to int8
-  (per channel). Its vectors are not fp32 vectors (cosine ~1e-2 from them), so it gets its
-  own model id (``<id>+int8``): an index built with it refuses queries from the others and
-  the other way round (``IndexMismatch``).
+- ``onnx-int8``: that graph with its matrix multiplications and fused attention dynamically
+  quantized to int8 (per channel; the embedding tables stay fp32). Its vectors are not fp32
+  vectors (cosine ~1e-2 from them), so it gets its own model id (``<id>+int8``): an index
+  built with it refuses queries from the others and the other way round (``IndexMismatch``).
 
-The export is offline and happens once per model and runtime: it is cached under
-``<models_cache_dir>/onnx/<model>-<weights hash>-torch<v>-ort<v>-<fp32|int8>/`` (written
-atomically). sentence-transformers' own ``backend="onnx"`` needs optimum-onnx, whose newest
-release (0.1.0) requires transformers < 4.58 and does not import under the transformers 5
-that sentence-transformers 6 needs; so the graph is exported with torch's own exporter
-(``torch.onnx.export``, dynamo) and run with onnxruntime directly.
+The export is offline and happens once per model, runtime and recipe: it is cached under
+``<models_cache_dir>/onnx/<model>-<weights hash>-torch<v>-ort<v>-<recipe>-<fp32|int8>/``
+(written atomically). The recipe: the model traced with eager attention by torch's
+TorchScript exporter, then ONNX Runtime's transformer optimizer fuses each layer's attention,
+its skip + LayerNorm and bias + GELU into single kernels (its fusions match that exporter's
+graphs, not the dynamo exporter's). A fused graph is kept only if it gives the unfused
+graph's output on a sample; otherwise (an architecture the optimizer does not know) the plain
+graph is used. Where the TorchScript exporter is gone (newer torch), the dynamo exporter
+exports the plain graph. sentence-transformers' own ``backend="onnx"`` needs optimum-onnx,
+whose newest release (0.1.0) requires transformers < 4.58 and does not import under the
+transformers 5 that sentence-transformers 6 needs; so the graph is exported here and run with
+onnxruntime directly.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import json
 import logging
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +52,8 @@ log = logging.getLogger(__name__)
 BACKENDS = ("torch", "onnx", "onnx-int8")
 INT8_SUFFIX = "+int8"  # model id suffix of int8 vectors
 GRAPH_FILE = "model.onnx"
+# Part of the cache key: a graph exported by an older recipe is exported again, not reused.
+RECIPE = "fused1"
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _INSTALL = "pip install 'ragtune[onnx]' (onnxruntime and onnxscript)"
 
@@ -113,7 +122,8 @@ def graph_dir(settings: Settings, loc: ModelLocation, int8: bool) -> Path:
     digest = hashlib.sha1(weights.encode()).hexdigest()[:12]
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", loc.model_id)
     kind = "int8" if int8 else "fp32"
-    return settings.models_cache_dir / "onnx" / f"{name}-{digest}-torch{torch_v}-ort{ort_v}-{kind}"
+    folder = f"{name}-{digest}-torch{torch_v}-ort{ort_v}-{RECIPE}-{kind}"
+    return settings.models_cache_dir / "onnx" / folder
 
 
 def exported_graph(settings: Settings, loc: ModelLocation, model: Any, int8: bool) -> Path:
@@ -124,25 +134,26 @@ def exported_graph(settings: Settings, loc: ModelLocation, model: Any, int8: boo
     t0 = time.perf_counter()
     log.info("exporting %s to ONNX (%s, once) into %s", loc.model_id, dest.name, dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    module = _transformer(model)
     with staging_dir(dest.parent, "export-") as tmp:
-        with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its steps
-            names = export_transformer(_transformer(model), tmp / "fp32.onnx")
+        with contextlib.redirect_stdout(io.StringIO()):  # the exporters print their steps
+            names, exporter = export_transformer(module, tmp / "plain.onnx")
+        fused = fuse_graph(tmp / "plain.onnx", tmp / "fused.onnx", module)
+        graph = tmp / ("fused.onnx" if fused else "plain.onnx")
         if int8:
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
-            # per channel: a scale per output row keeps MiniLM's vectors ~1e-2 from fp32's
-            quantize_dynamic(
-                tmp / "fp32.onnx", tmp / GRAPH_FILE, weight_type=QuantType.QInt8, per_channel=True
-            )
-            (tmp / "fp32.onnx").unlink()
+            quantize_graph(graph, tmp / GRAPH_FILE)
         else:
-            (tmp / "fp32.onnx").rename(tmp / GRAPH_FILE)
+            graph.rename(tmp / GRAPH_FILE)
+        for name in ("plain.onnx", "fused.onnx"):
+            (tmp / name).unlink(missing_ok=True)
         (tmp / "ragtune_source.json").write_text(
             json.dumps(
                 {
                     "model": loc.model_id,
                     "source": loc.describe(),
                     "inputs": names,
+                    "exporter": exporter,
+                    "fused": fused,
                     "int8": int8,
                     "seconds": round(time.perf_counter() - t0, 1),
                 }
@@ -152,20 +163,12 @@ def exported_graph(settings: Settings, loc: ModelLocation, model: Any, int8: boo
     return dest / GRAPH_FILE
 
 
-def export_transformer(module: Any, path: Path) -> list[str]:
-    """Export a sentence-transformers Transformer module's model (token embeddings out) with
-    torch's dynamo exporter, batch and sequence length dynamic; returns the input names."""
+def export_transformer(module: Any, path: Path) -> tuple[list[str], str]:
+    """Export a sentence-transformers Transformer module's model (token embeddings out), batch
+    and sequence length dynamic; returns the input names and the exporter used."""
     import torch
 
-    try:
-        import onnxscript  # noqa: F401  (the dynamo exporter needs it)
-    except ImportError as e:
-        raise ModelNotFound(
-            f"embedder_backend 'onnx' needs onnxscript to export: {_INSTALL}"
-        ) from e
-    sample = module.tokenizer(
-        ["an example sentence to trace", "and a shorter one"], padding=True, return_tensors="pt"
-    )
+    sample = _sample(module)
     names = [n for n in _INPUTS if n in sample]
     hf = module.model
 
@@ -181,10 +184,38 @@ def export_transformer(module: Any, path: Path) -> list[str]:
             extra = {k: v for k, v in given.items() if v is not None}
             return self.hf(input_ids=input_ids, **extra).last_hidden_state
 
-    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    was_training = hf.training
+    was_training, attention = hf.training, hf.config._attn_implementation
     hf.eval()
+    # Eager attention is traced as matmul + mask + softmax + matmul, the pattern ONNX
+    # Runtime's optimizer fuses; sdpa's export is not fused.
+    hf.config._attn_implementation = "eager"
     try:
+        try:
+            dims = {0: "batch", 1: "sequence"}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # its deprecation notice and tracer warnings
+                torch.onnx.export(
+                    TokenEmbeddings(),
+                    (),
+                    str(path),
+                    kwargs={n: sample[n] for n in names},
+                    input_names=names,
+                    output_names=["last_hidden_state"],
+                    dynamic_axes={n: dims for n in [*names, "last_hidden_state"]},
+                    opset_version=17,
+                    dynamo=False,
+                )
+            return names, "torchscript"
+        except Exception as e:  # deprecated since torch 2.9: gone, or failed on this model
+            log.info("the TorchScript exporter failed (%s); exporting with dynamo", e)
+            path.unlink(missing_ok=True)
+        try:
+            import onnxscript  # noqa: F401  (the dynamo exporter needs it)
+        except ImportError as e:
+            raise ModelNotFound(
+                f"embedder_backend 'onnx' needs onnxscript to export: {_INSTALL}"
+            ) from e
+        batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
         torch.onnx.export(
             TokenEmbeddings(),
             (),
@@ -196,9 +227,87 @@ def export_transformer(module: Any, path: Path) -> list[str]:
             dynamo=True,
             external_data=False,
         )
+        return names, "dynamo"
     finally:
+        hf.config._attn_implementation = attention
         hf.train(was_training)
-    return names
+
+
+def _sample(module: Any) -> dict[str, Any]:
+    """Two texts of different lengths, so that the traced graph holds a padding mask."""
+    return dict(
+        module.tokenizer(
+            ["an example sentence to trace", "and a shorter one"],
+            padding=True,
+            return_tensors="pt",
+        )
+    )
+
+
+def fuse_graph(plain: Path, fused: Path, module: Any) -> bool:
+    """Write ONNX Runtime's fused BERT-style graph of ``plain`` to ``fused``; True if it was
+    kept (it gives ``plain``'s output on a sample to 1e-4)."""
+    config = module.model.config
+    heads, hidden = getattr(config, "num_attention_heads", 0), getattr(config, "hidden_size", 0)
+    if not heads or not hidden:
+        return False
+    try:
+        from onnxruntime.transformers import optimizer
+
+        quiet = logging.getLogger("onnxruntime.transformers")
+        level, quiet.level = quiet.level, logging.ERROR
+        try:
+            graph = optimizer.optimize_model(
+                str(plain), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0
+            )
+        finally:
+            quiet.setLevel(level)
+        graph.save_model_to_file(str(fused))
+    except Exception as e:  # an architecture the optimizer cannot take: the plain graph
+        log.info("ONNX Runtime's optimizer did not fuse this model (%s); using the plain graph", e)
+        return False
+    sample = {k: v.numpy() for k, v in _sample(module).items()}
+    gap = float(abs(_run(plain, sample) - _run(fused, sample)).max())
+    if gap > 1e-4:
+        log.warning("the fused ONNX graph is %.2g off the plain one; using the plain graph", gap)
+        fused.unlink()
+        return False
+    return True
+
+
+def _run(graph: Path, feed: dict[str, Any]) -> Any:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    return session.run(None, {n: feed[n] for n in names})[0]
+
+
+def quantize_graph(graph: Path, dest: Path) -> None:
+    """int8 weights for the matmuls and fused attention (activations quantized per call).
+
+    Per channel: a scale per output row keeps MiniLM's vectors ~5e-3 from fp32's. The
+    embedding tables stay fp32: a lookup gains no speed from int8, only error."""
+    root = logging.getLogger()
+    level, root.level = root.level, logging.ERROR  # its advice to pre-process, on every call
+    try:
+        _quantize(graph, dest)
+    finally:
+        root.setLevel(level)
+
+
+def _quantize(graph: Path, dest: Path) -> None:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        graph,
+        dest,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        op_types_to_quantize=["MatMul", "Attention"],
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},  # fused ops' outputs
+    )
 
 
 def use_onnx_runtime(model: Any, graph: Path, threads: int) -> None:

@@ -3,6 +3,7 @@ shares its indexes; int8 vectors get their own model id, so indexes never mix th
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from ragtune.core.models import load_embedder
 from tests.tiny_models import CORPUS
 
 pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
 
 
 def _with(settings: Settings, backend: str) -> Settings:
@@ -41,6 +43,11 @@ def test_onnx_gives_torch_vectors_and_exports_once(tiny_settings: Settings) -> N
     assert f"ort{onnxruntime.__version__}" in graph.parent.name
     assert f"torch{torch.__version__.split('+')[0]}" in graph.parent.name
     assert graph.parent.name.endswith("-fp32")
+    # the recipe: traced by the TorchScript exporter, attention etc. fused by ONNX Runtime
+    source = json.loads((graph.parent / "ragtune_source.json").read_text())
+    assert source["exporter"] == "torchscript" and source["fused"] is True
+    ops = {node.op_type for node in onnx.load(str(graph)).graph.node}
+    assert {"Attention", "SkipLayerNormalization"} <= ops
     stamp = graph.stat().st_mtime_ns
     again = load_embedder(_with(tiny_settings, "onnx"))  # no second export
     assert graph.stat().st_mtime_ns == stamp and _graphs(tiny_settings) == [graph]
@@ -53,7 +60,57 @@ def test_int8_vectors_have_their_own_model_id(tiny_settings: Settings) -> None:
     assert int8.model_id == fp32.model_id + "+int8"
     v = int8.encode(CORPUS[:4])
     assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
-    assert any(p.parent.name.endswith("-int8") for p in _graphs(tiny_settings))
+    # near the fp32 vectors (this tiny model's layers barely move them: no lower bound)
+    gap = 1 - (v * fp32.encode(CORPUS[:4])).sum(1)
+    assert float(gap.max()) < 0.05
+    (graph,) = [p for p in _graphs(tiny_settings) if p.parent.name.endswith("-int8")]
+    ops = {node.op_type for node in onnx.load(str(graph)).graph.node}
+    # the fused attention and the matmuls run in int8; the embedding lookup stays fp32
+    assert {"QAttention", "MatMulInteger"} <= ops and "EmbedLayerNormalization" in ops
+
+
+def test_dynamo_export_when_the_torchscript_exporter_fails(
+    tiny_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch deprecates the TorchScript exporter; without it the dynamo exporter exports
+    the plain graph, which gives the same vectors."""
+    import torch
+
+    export = torch.onnx.export
+
+    def no_torchscript(*args: object, **kwargs: object) -> object:
+        if kwargs.get("dynamo") is False:
+            raise RuntimeError("the TorchScript exporter was removed")
+        return export(*args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", no_torchscript)
+    onnx_emb = load_embedder(_with(tiny_settings, "onnx"))
+    (graph,) = _graphs(tiny_settings)
+    source = json.loads((graph.parent / "ragtune_source.json").read_text())
+    assert source["exporter"] == "dynamo"
+    texts = [*CORPUS[:5], "a b"]
+    a, b = load_embedder(tiny_settings).encode(texts), onnx_emb.encode(texts)
+    assert float((1 - (a * b).sum(1)).max()) < 1e-4
+
+
+def test_a_fused_graph_that_disagrees_is_not_used(
+    tiny_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ragtune.core import embed_runtime
+
+    st = load_embedder(tiny_settings).model
+    module = embed_runtime._transformer(st)
+    embed_runtime.export_transformer(module, tmp_path / "plain.onnx")
+    assert embed_runtime.fuse_graph(tmp_path / "plain.onnx", tmp_path / "fused.onnx", module)
+    # an optimizer that got the model wrong: its output differs from the plain graph's
+    run = embed_runtime._run
+    monkeypatch.setattr(
+        embed_runtime,
+        "_run",
+        lambda graph, feed: run(graph, feed) + (graph.name == "fused.onnx"),
+    )
+    assert not embed_runtime.fuse_graph(tmp_path / "plain.onnx", tmp_path / "fused.onnx", module)
+    assert not (tmp_path / "fused.onnx").exists()
 
 
 def test_indexes_accept_fp32_runtimes_and_refuse_int8(
