@@ -191,11 +191,15 @@ def _save(model, tok, dest: Path) -> Path:
     return dest
 
 
-def build_tiny_embedder(dest: Path, corpus: list[str] | None = None, seed: int = 0) -> Path:
-    """A 1-layer BERT (hidden 32) as a SentenceTransformer: Transformer -> mean Pooling -> Normalize."""
+def build_tiny_embedder(
+    dest: Path, corpus: list[str] | None = None, seed: int = 0, arch: str = "bert"
+) -> Path:
+    """A 1-layer encoder (hidden 32; ``arch``: bert, roberta, distilbert or mpnet) as a
+    SentenceTransformer: Transformer -> mean Pooling -> Normalize."""
     import torch
+    import transformers
     from sentence_transformers import SentenceTransformer, models
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     core = _tokenizer(corpus or CORPUS)
     tok = PreTrainedTokenizerFast(
@@ -207,16 +211,20 @@ def build_tiny_embedder(dest: Path, corpus: list[str] | None = None, seed: int =
         mask_token="[MASK]",
     )
     torch.manual_seed(seed)
-    cfg = BertConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=512,
-    )
+    kind = {"bert": "Bert", "roberta": "Roberta", "distilbert": "DistilBert", "mpnet": "MPNet"}
+    config_class = getattr(transformers, kind[arch] + "Config")
+    model_class = getattr(transformers, kind[arch] + "Model")
+    sizes = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
+    if arch == "distilbert":  # the same sizes, named differently
+        sizes = {"dim": 32, "n_layers": 1, "n_heads": 2, "hidden_dim": 64}
+    else:
+        sizes["intermediate_size"] = 64
+    extra = {}
+    if arch != "bert":  # RoBERTa and MPNet count positions from the pad id + 1
+        extra = {"pad_token_id": tok.pad_token_id, "max_position_embeddings": 514}
+    cfg = config_class(vocab_size=len(tok), **sizes, **({"max_position_embeddings": 512} | extra))
     hf_dir = dest.parent / (dest.name + "-hf")
-    BertModel(cfg).save_pretrained(hf_dir)
+    model_class(cfg).save_pretrained(hf_dir)
     tok.save_pretrained(hf_dir)
     word = models.Transformer(str(hf_dir), max_seq_length=128)
     pool = models.Pooling(word.get_word_embedding_dimension(), pooling_mode="mean")

@@ -143,3 +143,21 @@ def test_indexes_accept_fp32_runtimes_and_refuse_int8(
 def test_unknown_backend_is_a_settings_error() -> None:
     with pytest.raises(InvalidInput, match="embedder_backend"):
         resolve_settings(overrides={"embedder_backend": "tensorrt"}, environ={})
+
+
+@pytest.mark.parametrize("arch", ["roberta", "distilbert", "mpnet"])
+def test_other_encoders_export_to_their_torch_vectors(arch: str, tmp_path: Path) -> None:
+    """The fused recipe is BERT's; other encoders either fuse correctly or keep the plain
+    graph (the sample check), and give torch's vectors either way."""
+    from tests.tiny_models import build_tiny_embedder
+
+    folder = build_tiny_embedder(tmp_path / "emb", arch=arch)
+    base, _ = resolve_settings(
+        overrides={"embedder": str(folder), "cache_dir": tmp_path / "cache"}, environ={}
+    )
+    texts = [*CORPUS[:6], "a b", "paris " * 60]
+    want = load_embedder(base).encode(texts, batch_size=4)
+    got = load_embedder(_with(base, "onnx")).encode(texts, batch_size=4)
+    assert float((1 - (want * got).sum(1)).max()) < 1e-4
+    int8 = load_embedder(_with(base, "onnx-int8")).encode(texts, batch_size=4)
+    assert float((1 - (want * int8).sum(1)).max()) < 0.05
