@@ -151,6 +151,12 @@ class Settings(BaseSettings):
         description="A prompt longer than this is prefilled in chunks of this many tokens, "
         "so other requests are served between them and a cancelled one stops",
     )
+    prefix_cache_mb: float = Field(
+        0.0,
+        ge=0,
+        description="Keep the key/value states of prompt prefixes that later prompts may "
+        "share (the same top passages), up to this many MB; 0 = only the fixed preamble",
+    )
     openai_answer: Literal["first_line", "full"] = Field(
         "first_line",
         description="OpenAI routes: answer with the first line (the QA span) or the whole "

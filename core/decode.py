@@ -70,6 +70,7 @@ class Prefill:
     pos: Any  # [rows, width] position ids of input_ids
     cache: Any  # the key/value states so far (the preamble's, then each chunk's)
     done: int = 0  # columns of input_ids already run
+    ids: list[Sequence[int]] = field(default_factory=list)  # each row's whole prompt
 
     @property
     def remaining(self) -> int:
@@ -91,6 +92,9 @@ class DecodeState:
         self._next: Any = None  # [rows] the token each row feeds in at the next step
         self._pos: Any = None  # [rows] that token's position (real tokens before it)
         self.prefilled_tokens = 0  # prompt positions run so far (padding included)
+        # Called with each finished prefill and its states (in the model's dtype) before
+        # its rows join: a prefix cache keeps them (core.prefix_cache).
+        self.on_prefilled: Callable[[Prefill, Any], None] | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -121,36 +125,48 @@ class DecodeState:
     ) -> Prefill:
         """Lay out ``rows`` for prefilling (no forward pass yet).
 
-        ``prefix``: per row, the cached key/value states of a shared prompt preamble that
-        every ``ids`` starts with; only the rest of each prompt is prefilled. The rows are
-        then laid out [padding, preamble, padding, rest]: the mask and the position ids
-        (which count real tokens) make the middle padding invisible."""
+        ``prefix``: per row, the cached key/value states of a prefix of its ``ids`` (empty:
+        none); only the rest of each prompt is prefilled. The rows are then laid out
+        [padding, prefix, padding, rest], prefixes right-aligned: the mask and the position
+        ids (which count real tokens) make both paddings invisible."""
         import torch
+        import torch.nn.functional as F
 
         if any(not i for i in ids):
             raise ValueError("an empty prompt cannot be generated from")
-        plen = prefix[0][0][0].shape[-2] if prefix else 0
-        rest = [seq[plen:] for seq in ids]
+        given = prefix or [[] for _ in rows]
+        lens = [p[0][0].shape[-2] if p else 0 for p in given]
+        plen = max(lens)
+        rest = [seq[n:] for seq, n in zip(ids, lens, strict=True)]
         width = max(map(len, rest))
         input_ids = torch.zeros((len(rows), width), dtype=torch.long)
         mask = torch.zeros((len(rows), plen + width), dtype=torch.long)
-        mask[:, :plen] = 1
         for j, seq in enumerate(rest):
+            mask[j, plen - lens[j] : plen] = 1
             input_ids[j, width - len(seq) :] = torch.tensor(seq)
             mask[j, plen + width - len(seq) :] = 1
         now = time.perf_counter()
         for r, seq in zip(rows, ids, strict=True):
             r.prompt_tokens, r.started, r.tokens = len(seq), now, []
-        cache = _new_cache(
-            [
-                (torch.cat([p[i][0] for p in prefix]), torch.cat([p[i][1] for p in prefix]))
-                for i in range(len(prefix[0]))
-            ]
-            if prefix
-            else []
-        )
+        layers: list[KV] = []
+        if plen:
+            like = next(p for p in given if p)
+
+            def padded(j: int, i: int, kv: int) -> Any:
+                if not given[j]:
+                    k = like[i][kv]
+                    return k.new_zeros((1, k.shape[1], plen, k.shape[3]))
+                return F.pad(given[j][i][kv], (0, 0, plen - lens[j], 0))
+
+            for i in range(len(like)):
+                layers.append(
+                    (
+                        torch.cat([padded(j, i, 0) for j in range(len(rows))]),
+                        torch.cat([padded(j, i, 1) for j in range(len(rows))]),
+                    )
+                )
         pos = (mask.cumsum(-1) - 1)[:, plen:]
-        return Prefill(list(rows), input_ids, mask, pos, cache)
+        return Prefill(list(rows), input_ids, mask, pos, _new_cache(layers), ids=list(ids))
 
     def prefill(
         self, model: Any, extra: dict[str, Any], p: Prefill, chunk: int = 0
@@ -175,7 +191,10 @@ class DecodeState:
         if end < width:
             return None
         first = _pick(out.logits[:, -1].float(), [r.request.temperature for r in p.rows])
-        self._merge(_cache_as(p.cache, model), p.mask, first, p.mask.sum(dim=1))
+        cache = _cache_as(p.cache, model)
+        if self.on_prefilled is not None:
+            self.on_prefilled(p, cache)
+        self._merge(cache, p.mask, first, p.mask.sum(dim=1))
         self.rows.extend(p.rows)
         return self._advance(first.tolist(), offset=len(self.rows) - len(p.rows))
 
@@ -422,6 +441,15 @@ def _cache_as(cache: Any, model: Any) -> Any:
     if not layers or all(layer.keys.dtype == dtype for layer in layers):
         return cache
     return _new_cache([(layer.keys.to(dtype), layer.values.to(dtype)) for layer in layers])
+
+
+def row_states(cache: Any, mask: Any, j: int) -> list[KV]:
+    """Row ``j``'s key/value states, per layer, at its real tokens only (in order)."""
+    at = mask[j].nonzero().squeeze(-1).to(cache.layers[0].keys.device)
+    return [
+        (layer.keys[j : j + 1].index_select(-2, at), layer.values[j : j + 1].index_select(-2, at))
+        for layer in cache.layers
+    ]
 
 
 def prefix_states(model: Any, extra: dict[str, Any], ids: Sequence[int]) -> list[KV]:

@@ -15,6 +15,7 @@ within a chunk.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -23,10 +24,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ragtune.core.config import Settings
-from ragtune.core.decode import KV, DecodeState, Prefill, Row, cache_bytes, prefix_states
+from ragtune.core.decode import (
+    KV,
+    DecodeState,
+    Prefill,
+    Row,
+    cache_bytes,
+    prefix_states,
+    row_states,
+)
 from ragtune.core.errors import AdapterBusy, InvalidInput
 from ragtune.core.models import Generator
 from ragtune.core.multi_lora import GatheredLora
+from ragtune.core.prefix_cache import PrefixCache
 from ragtune.core.registry import AdapterInfo, check_base, get_adapter
 from ragtune.core.types import GenRequest, GenResult
 
@@ -66,6 +76,8 @@ class GenerationEngine:
         # adapter (None = base), so joining rows prefill only the rest of their prompts.
         self._prefix: tuple[int, ...] | None = None
         self._prefix_kv: dict[str | None, list[KV]] = {}
+        # Longer prefixes that earlier prompts shared (passages), when prefix_cache_mb > 0.
+        self.prefixes = PrefixCache(int(settings.prefix_cache_mb * 2**20))
         self._lock = threading.RLock()
         self.stats = AdapterStats()
         self._stops = _stop_ids(generator.tokenizer)
@@ -132,6 +144,7 @@ class GenerationEngine:
     def _unload_locked(self, name: str) -> None:
         del self._loaded[name]
         self._prefix_kv.pop(name, None)
+        self.prefixes.drop(name)
         if not self._loaded:
             # Last one: take the LoRA layers out so the base model runs at full speed again.
             self._base = self._peft.unload()
@@ -166,6 +179,14 @@ class GenerationEngine:
             self._prefix = found if len(found) >= MIN_PREFIX else ()
         n = len(self._prefix)
         return n if n and len(ids) > n and tuple(ids[:n]) == self._prefix else 0
+
+    def cached_prefix(self, adapter: str | None, ids: Sequence[int]) -> list[KV]:
+        """Under the lock: the states of the longest cached prefix of ``ids`` for
+        ``adapter`` (a prompt seen before, or the preamble), or [] for none."""
+        n, states = self.prefixes.match(adapter, ids) if self.prefixes.enabled else (0, None)
+        if states is not None and n > self.prefix_for(ids):
+            return states
+        return self._prefix_states(adapter) if self.prefix_for(ids) else []
 
     def _prefix_states(self, adapter: str | None) -> list[KV]:
         """Under the lock: the preamble's key/value states for one adapter (computed once)."""
@@ -241,6 +262,8 @@ class ContinuousBatch:
     def __init__(self, engine: GenerationEngine) -> None:
         self._engine = engine
         self._state = DecodeState(engine.tokenizer, engine._stops, engine.settings.prefill_dtype)
+        if engine.prefixes.enabled:
+            self._state.on_prefilled = self._remember
         self._chunk = engine.settings.prefill_chunk_tokens
         self._prefills: list[Prefill] = []  # long prompts being prefilled, oldest first
         self._chunk_s = 0.0  # how long the last prefill chunk took
@@ -294,21 +317,25 @@ class ContinuousBatch:
                 else eng.tokenizer(r.request.prompt, add_special_tokens=False)["input_ids"]
                 for r in ready
             ]
-            cached = [eng.prefix_for(i) for i in ids]
+            prefixes = [eng.cached_prefix(r.adapter, i) for r, i in zip(ready, ids, strict=True)]
+            cached = [p[0][0].shape[-2] if p else 0 for p in prefixes]
             for use_prefix in (True, False):  # one prefill pass per layout
                 group = [j for j, c in enumerate(cached) if (c > 0) == use_prefix]
                 short = [j for j in group if len(ids[j]) - cached[j] <= self._chunk]
                 if short:
-                    self._join([ready[j] for j in short], [ids[j] for j in short], use_prefix)
+                    self._join(
+                        [ready[j] for j in short],
+                        [ids[j] for j in short],
+                        [prefixes[j] for j in short] if use_prefix else None,
+                    )
                 for j in group:
                     if j not in short:
-                        self._start(ready[j], ids[j], use_prefix)
+                        self._start(ready[j], ids[j], prefixes[j] if use_prefix else None)
 
-    def _join(self, rows: list[Row], ids: list[list[int]], use_prefix: bool) -> None:
+    def _join(self, rows: list[Row], ids: list[list[int]], prefix: list[list[KV]] | None) -> None:
         eng = self._engine
         eng._use([r.adapter for r in rows], +1)
         try:
-            prefix = [eng._prefix_states(r.adapter) for r in rows] if use_prefix else None
             model, extra = eng._model_and_names([r.adapter for r in rows])
             done = self._state.join(model, extra, rows, ids, prefix)
         except Exception as e:
@@ -318,16 +345,22 @@ class ContinuousBatch:
             return
         eng._use([r.adapter for r in done], -1)
 
-    def _start(self, row: Row, ids: list[int], use_prefix: bool) -> None:
+    def _start(self, row: Row, ids: list[int], prefix: list[KV] | None) -> None:
         """Queue a long prompt for chunked prefill (its adapter now counts as in use)."""
         eng = self._engine
         eng._use([row.adapter], +1)
         try:
-            prefix = [eng._prefix_states(row.adapter)] if use_prefix else None
-            self._prefills.append(self._state.start([row], [ids], prefix))
+            self._prefills.append(self._state.start([row], [ids], [prefix] if prefix else None))
         except Exception as e:
             eng._use([row.adapter], -1)
             row.finish(e)
+
+    def _remember(self, p: Prefill, cache: Any) -> None:
+        """Keep each prefilled prompt's prefix states for later prompts that share it."""
+        for j, (row, ids) in enumerate(zip(p.rows, p.ids, strict=True)):
+            if not row.is_cancelled():
+                states = functools.partial(row_states, cache, p.mask, j)
+                self._engine.prefixes.store(row.adapter, ids, states)
 
     def step(self) -> None:
         """One token for every running row, and (when it is its turn) one chunk of the

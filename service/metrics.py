@@ -64,6 +64,20 @@ class _AdapterCacheCollector(Collector):
         g = GaugeMetricFamily("ragtune_adapters_loaded", "Adapters held in memory")
         g.add_metric([], float(len(engine.loaded_adapters()) if engine is not None else 0))
         yield g
+        # prompt prefixes kept across requests (prefix_cache_mb; a remote engine has none)
+        prefixes = getattr(engine, "prefixes", None)
+        for name, doc in (
+            ("hits", "Prompts that reused a kept prefix's key/value states"),
+            ("misses", "Prompts that found no kept prefix"),
+            ("reused_tokens", "Prompt tokens not prefilled thanks to a kept prefix"),
+            ("evictions", "Kept prefixes dropped by the memory budget"),
+        ):
+            c = CounterMetricFamily(f"ragtune_prefix_cache_{name}", doc)
+            c.add_metric([], float(getattr(prefixes.stats, name) if prefixes else 0))
+            yield c
+        g = GaugeMetricFamily("ragtune_prefix_cache_bytes", "Memory held by kept prefixes")
+        g.add_metric([], float(prefixes.nbytes if prefixes else 0))
+        yield g
 
 
 class BatchStats(NamedTuple):

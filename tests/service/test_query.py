@@ -307,3 +307,34 @@ def test_a_prompt_over_the_token_budget_is_400_naming_the_field_and_numbers(svc_
         assert r.json()["usage"]["prompt_tokens"] <= 1000
         # the refused requests never reached the model: one request joined the batch
         assert "ragtune_prefill_rows_count 1.0" in c.get("/metrics").text
+
+
+def test_prefix_cache_reuses_shared_passages_over_http(svc_settings):
+    """With prefix_cache_mb, a question whose passages were seen before reuses their states
+    (counted in /metrics) and gets the answer it gets from a server without the cache."""
+    from litestar.testing import TestClient
+
+    from ragtune.service.app import create_app
+    from tests.service.conftest import make_settings, wait_ready
+
+    qs = ["Where is the Eiffel Tower?", "Where is the Eiffel Tower located?"]
+    body = [{"question": q, "top_k": 2, "mode": m} for q in qs for m in ("rag", "hybrid")]
+    for b in body:
+        if b["mode"] == "hybrid":
+            b["adapter"] = "alpha"
+    answers = {}
+    for mb in (0.0, 64.0):
+        with TestClient(create_app(make_settings(svc_settings, prefix_cache_mb=mb))) as c:
+            wait_ready(c)
+            answers[mb] = [c.post("/v1/query", json=b).json()["answer"] for b in body]
+            metrics = c.get("/metrics").text
+    assert answers[64.0] == answers[0.0]
+    value = {
+        line.split()[0]: float(line.split()[1])
+        for line in metrics.splitlines()
+        if line.startswith("ragtune_prefix_cache")
+    }
+    # the second question of each mode: its passages' states came from the first's prompt
+    assert value["ragtune_prefix_cache_hits_total"] >= 2
+    assert value["ragtune_prefix_cache_reused_tokens_total"] >= 32
+    assert value["ragtune_prefix_cache_bytes"] > 0

@@ -1,0 +1,149 @@
+"""Prompt prefixes shared across requests (core.prefix_cache): the cache's own rules on real
+tensors, then through the engine on a tiny real Llama with real LoRA adapters, where a
+reused prefix changes no answer."""
+
+from __future__ import annotations
+
+import pytest
+
+from ragtune.core.generation import GenerationEngine, GenRequest, Row
+from ragtune.core.models import load_generator
+from ragtune.core.prefix_cache import BLOCK, PrefixCache
+from tests.helpers import make_lora_adapter
+
+LAYERS, HEADS, DIM = 2, 1, 4
+
+
+def _states(ids: list[int]) -> list[tuple[object, object]]:
+    """Per layer, states whose values name their token (to check which ones came back)."""
+    import torch
+
+    t = torch.tensor(ids, dtype=torch.float32)[None, None, :, None].expand(1, HEADS, -1, DIM)
+    return [(t.clone() + layer, -t.clone()) for layer in range(LAYERS)]
+
+
+def _store(cache: PrefixCache, adapter: str | None, ids: list[int]) -> None:
+    cache.store(adapter, ids, lambda: _states(ids))
+
+
+def test_longest_whole_block_match_and_never_the_whole_prompt() -> None:
+    cache = PrefixCache(1 << 20)
+    seen = list(range(100, 100 + 3 * BLOCK + 5))
+    _store(cache, None, seen)
+    assert len(cache) == 1 and cache.nbytes > 0
+    # shares 2 blocks + 3 tokens: 2 blocks come back, with the right states
+    new = [*seen[: 2 * BLOCK + 3], 1, 2, 3]
+    n, kv = cache.match(None, new)
+    assert n == 2 * BLOCK and kv is not None
+    assert kv[1][0][0, 0, :, 0].tolist() == [float(t + 1) for t in seen[: 2 * BLOCK]]
+    # the same prompt again: at least one token is left to prefill (its logits)
+    exact = seen[: 2 * BLOCK]
+    assert cache.match(None, exact)[0] == BLOCK
+    assert cache.match(None, [7] * 40) == (0, None)  # no shared block
+    assert cache.match("other", new) == (0, None)  # states are per adapter
+    assert (cache.stats.hits, cache.stats.misses) == (2, 2)
+    assert cache.stats.reused_tokens == 3 * BLOCK
+
+
+def test_covered_and_redundant_entries() -> None:
+    cache = PrefixCache(1 << 20)
+    long = list(range(4 * BLOCK + 1))
+    _store(cache, None, long[: 2 * BLOCK + 1])
+    _store(cache, None, long)  # starts with the first: it replaces it
+    assert len(cache) == 1 and cache.match(None, long)[0] == 4 * BLOCK
+    calls = []
+    cache.store(None, long[: 3 * BLOCK + 1], lambda: calls.append(1) or [])
+    assert not calls and len(cache) == 1  # covered: no states copied
+    _store(cache, None, [9] * (BLOCK + 1))  # too short for one block after the last token?
+    assert len(cache) == 2  # 16 + 1 tokens: one block is kept
+    _store(cache, None, [8] * BLOCK)  # exactly one block: nothing to keep
+    assert len(cache) == 2
+
+
+def test_lru_eviction_within_the_budget_and_drop() -> None:
+    one = PrefixCache(1 << 20)
+    _store(one, None, list(range(BLOCK + 1)))
+    size = one.nbytes
+    cache = PrefixCache(2 * size)
+    a, b, c = ([k] * (BLOCK + 1) for k in (1, 2, 3))
+    _store(cache, None, a)
+    _store(cache, None, b)
+    cache.match(None, [*a, 0])  # a is now the most recent
+    _store(cache, None, c)  # over budget: b (least recent) goes
+    assert cache.match(None, [*b, 0])[0] == 0
+    assert cache.match(None, [*a, 0])[0] == BLOCK and cache.match(None, [*c, 0])[0] == BLOCK
+    assert cache.stats.evictions == 1 and cache.nbytes == 2 * size
+    _store(cache, "x", [5] * (BLOCK + 1))
+    cache.drop(None)
+    assert len(cache) == 1 and cache.match("x", [5] * (BLOCK + 2))[0] == BLOCK
+    assert not PrefixCache(0).enabled
+
+
+# --- through the engine ---------------------------------------------------------------------
+PASSAGES = [
+    "the eiffel tower is in paris and it was built for the world fair of 1889",
+    "python is a programming language that marie curie did not use",
+]
+
+
+def _prompts(tok: object) -> list[str]:
+    from ragtune.core.prompts import render_prompt
+
+    qs = ["where is the tower?", "when was it built?", "what is python?"]
+    return [render_prompt(tok, q, PASSAGES) for q in qs]
+
+
+@pytest.fixture
+def engines(tiny_settings):
+    make_lora_adapter(tiny_settings, "a", seed=1)
+    cached = tiny_settings.model_copy(update={"prefix_cache_mb": 64.0})
+    return (
+        GenerationEngine(load_generator(cached), cached),
+        GenerationEngine(load_generator(tiny_settings), tiny_settings),
+    )
+
+
+def test_a_shared_prefix_is_reused_and_changes_no_answer(engines) -> None:
+    eng, plain = engines
+    reqs = [GenRequest(p, a, 8) for p in _prompts(eng.tokenizer) for a in (None, "a")]
+    want = [plain.generate_batch([r])[0].text for r in reqs]
+    got = [eng.generate_batch([r])[0].text for r in reqs]  # one at a time: later ones hit
+    assert got == want
+    stats = eng.prefixes.stats
+    assert stats.hits >= 4 and stats.reused_tokens >= 4 * BLOCK
+    # an entry per prompt and adapter: each runs past the shared passages into its question
+    assert len(eng.prefixes) == 6
+    # a batch that mixes hits (these prompts) and a miss (new passages), in one prefill
+    from ragtune.core.prompts import render_prompt
+
+    other = GenRequest(render_prompt(eng.tokenizer, "who?", ["a new passage"]), None, 8)
+    mixed = [reqs[1], other, reqs[4]]
+    assert [r.text for r in eng.generate_batch(mixed)] == [
+        r.text for r in plain.generate_batch(mixed)
+    ]
+
+
+def test_a_hit_under_chunked_prefill_changes_no_answer(tiny_settings) -> None:
+    settings = tiny_settings.model_copy(
+        update={"prefix_cache_mb": 64.0, "prefill_chunk_tokens": 16}
+    )
+    eng = GenerationEngine(load_generator(settings), settings)
+    plain = GenerationEngine(load_generator(tiny_settings), tiny_settings)
+    reqs = [GenRequest(p, None, 6) for p in _prompts(eng.tokenizer)]
+    for r in reqs:
+        got: list[object] = []
+        batch = eng.batch()
+        batch.add([Row(r, got.append)])
+        while len(batch):
+            batch.step()
+        assert got[0].text == plain.generate_batch([r])[0].text  # type: ignore[attr-defined]
+    assert eng.prefixes.stats.hits >= 2
+
+
+def test_unloading_an_adapter_forgets_its_prefixes(engines) -> None:
+    eng, _ = engines
+    reqs = [GenRequest(p, a, 2) for p in _prompts(eng.tokenizer)[:1] for a in (None, "a")]
+    eng.generate_batch(reqs)
+    assert {k[0] for k in eng.prefixes._entries} == {None, "a"}
+    eng.unload_adapter("a")  # a republished "a" must not reuse the old states
+    assert {k[0] for k in eng.prefixes._entries} == {None}
