@@ -13,6 +13,12 @@ it). ``--questions 6 --seconds 10`` for a smoke run.
    one question at a time (p50, quiet), and with 8 closed-loop clients (p50 under load).
 3. Same answers: every question answered with 24 new tokens, both precisions, in process:
    how many answers are identical, and the token F1 of each against the gold answers.
+4. The prefix cache (``prefix_cache_mb``, core/prefix_cache.py): ``ragtune serve`` with bf16
+   prefill, without and with the cache, asked question pairs in turn (a question, then
+   another on the same SQuAD paragraph, which mostly retrieves the same passages): TTFT p50
+   of the firsts and of the seconds, the server's hit counters; then the same sequence
+   answered with 24 new tokens in process, with and without the cache: identical answers.
+   ``--only-prefix-cache`` runs this phase alone.
 Results: bench/results/ttft.txt (appended).
 """
 
@@ -176,6 +182,58 @@ def served_ttft(
     return statistics.median(quiet), statistics.median(lat), len(lat)
 
 
+def siblings(items: list[Any], picked: list[Any], n: int) -> list[tuple[Any, Any]]:
+    """Up to ``n`` (question, another question on the same paragraph) pairs: the second
+    usually retrieves the same passages, so its prompt starts like the first's."""
+    pairs = []
+    for it in picked:
+        other = next((o for o in items if o.context == it.context and o is not it), None)
+        if other is not None:
+            pairs.append((it, other))
+        if len(pairs) == n:
+            break
+    return pairs
+
+
+def prefix_ttft(
+    data: Path, threads: int, pairs: list[tuple[Any, Any]], mb: float
+) -> tuple[float, float, dict[str, float]]:
+    """Served TTFT p50 (s) of the first questions and of their siblings, asked in turn, with
+    bf16 prefill and ``prefix_cache_mb = mb``; and the server's prefix cache counters."""
+    port = 18900 + os.getpid() % 90
+    env = {
+        "RAGTUNE_PREFILL_DTYPE": "bfloat16",
+        "RAGTUNE_DEFAULT_INDEX": INDEX,
+        "RAGTUNE_PREFIX_CACHE_MB": str(mb),
+    }
+    os.environ.update(env)
+    try:
+        server = Server(data, threads, 1, port, 20.0)
+    finally:
+        for k in env:
+            del os.environ[k]
+    body = lambda q: {"question": q, "mode": "rag", "top_k": 3, "max_new_tokens": 1}  # noqa: E731
+    firsts, seconds = [], []
+    try:
+        server.wait_ready()
+        with httpx.Client(base_url=server.url, timeout=600) as c:
+            c.post("/v1/query", json=body("warm up: who?")).raise_for_status()
+            for first, second in pairs:
+                for it, out in ((first, firsts), (second, seconds)):
+                    t0 = time.perf_counter()
+                    c.post("/v1/query", json=body(it.question)).raise_for_status()
+                    out.append(time.perf_counter() - t0)
+            metrics = c.get("/metrics").text
+    finally:
+        server.stop()
+    counters = {
+        line.split()[0].removeprefix("ragtune_prefix_cache_"): float(line.split()[1])
+        for line in metrics.splitlines()
+        if line.startswith("ragtune_prefix_cache")
+    }
+    return statistics.median(firsts), statistics.median(seconds), counters
+
+
 def answers(p: Pipeline, items: list[Any]) -> list[str]:
     reqs = [QueryRequest(it.question, mode="rag", top_k=3, max_new_tokens=24) for it in items]
     out: list[str] = []
@@ -192,6 +250,10 @@ def main() -> None:
     ap.add_argument("--answers", type=int, default=60, help="questions for the same-answer check")
     ap.add_argument("--seconds", type=float, default=30.0, help="the 8-client phase")
     ap.add_argument("--save", action="store_true", help=f"append to {RESULTS.name}")
+    ap.add_argument(
+        "--only-prefix-cache", action="store_true", help="run only the prefix cache phase"
+    )
+    ap.add_argument("--prefix-mb", type=float, default=256.0, help="its prefix_cache_mb")
     args = ap.parse_args()
 
     data = args.data or Path(tempfile.mkdtemp(prefix="ragtune-bench-ttft-")) / "data"
@@ -208,6 +270,44 @@ def main() -> None:
         f"({DEMO.name}), mode rag, top_k 3, {args.threads} torch thread(s), "
         f"{os.cpu_count()} CPUs, load average {load_avg()}"
     )
+    if not args.only_prefix_cache:
+        compare_precisions(args, data, picked, questions)
+    compare_prefix_cache(args, data, items, picked)
+    if args.save:
+        with RESULTS.open("a", encoding="utf-8") as f:
+            f.write("\n".join(_lines) + "\n\n")
+    print(json.dumps({"data": str(data)}))
+
+
+def compare_prefix_cache(args: Any, data: Path, items: list[Any], picked: list[Any]) -> None:
+    """Served TTFT with and without the prefix cache, on question pairs that share a
+    paragraph; and the 24-token answers of the same sequence in process, with and without."""
+    pairs = siblings(items, picked, args.questions)
+    rows = {mb: prefix_ttft(data, args.threads, pairs, mb) for mb in (0.0, args.prefix_mb)}
+    for mb, (first, second, counters) in rows.items():
+        say(
+            f"ragtune serve, bf16 prefill, prefix_cache_mb {mb:g}: TTFT p50 first questions "
+            f"{first * 1000:.0f} ms, questions on the same paragraph next {second * 1000:.0f} ms "
+            f"({len(pairs)} pairs, one at a time); prefix cache hits {counters['hits_total']:.0f}"
+            f", misses {counters['misses_total']:.0f}, reused tokens "
+            f"{counters['reused_tokens_total']:.0f}; load {load_avg()}"
+        )
+    order = [it for pair in pairs for it in pair]
+    got = {}
+    for mb in (0.0, args.prefix_mb):
+        s = settings_for(data, args.threads, "bfloat16").model_copy(update={"prefix_cache_mb": mb})
+        p = Pipeline(s)
+        # one at a time, as served above (a batch would prefill the pair together)
+        got[mb] = [a for it in order for a in answers(p, [it])]
+    same = sum(a == b for a, b in zip(got[0.0], got[args.prefix_mb], strict=True))
+    say(
+        f"same answers with the prefix cache (24 new tokens, {len(order)} questions): {same}/"
+        f"{len(order)} identical"
+    )
+
+
+def compare_precisions(args: Any, data: Path, picked: list[Any], questions: list[str]) -> None:
+    """The profile, the served TTFT and the answers of fp32 vs bf16 prefill."""
     pipes = {
         prec: Pipeline(settings_for(data, args.threads, prec)) for prec in ("float32", "bfloat16")
     }
@@ -240,10 +340,6 @@ def main() -> None:
         f"same answers (24 new tokens, {len(chosen)} questions): {same}/{len(chosen)} identical; "
         f"token F1 fp32 {f1['float32']:.3f}, bf16 prefill {f1['bfloat16']:.3f}"
     )
-    if args.save:
-        with RESULTS.open("a", encoding="utf-8") as f:
-            f.write("\n".join(_lines) + "\n\n")
-    print(json.dumps({"data": str(data)}))
 
 
 if __name__ == "__main__":

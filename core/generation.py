@@ -183,10 +183,12 @@ class GenerationEngine:
     def cached_prefix(self, adapter: str | None, ids: Sequence[int]) -> list[KV]:
         """Under the lock: the states of the longest cached prefix of ``ids`` for
         ``adapter`` (a prompt seen before, or the preamble), or [] for none."""
-        n, states = self.prefixes.match(adapter, ids) if self.prefixes.enabled else (0, None)
-        if states is not None and n > self.prefix_for(ids):
-            return states
-        return self._prefix_states(adapter) if self.prefix_for(ids) else []
+        preamble = self.prefix_for(ids)
+        if self.prefixes.enabled:
+            _, states = self.prefixes.match(adapter, ids, beyond=preamble)
+            if states is not None:
+                return states
+        return self._prefix_states(adapter) if preamble else []
 
     def _prefix_states(self, adapter: str | None) -> list[KV]:
         """Under the lock: the preamble's key/value states for one adapter (computed once)."""

@@ -56,10 +56,13 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def match(self, adapter: str | None, ids: Sequence[int]) -> tuple[int, list[KV] | None]:
-        """The longest kept prefix of ``ids`` for ``adapter``, in whole blocks and shorter
-        than ``ids``: (its length, its states), or (0, None)."""
-        best, found, want = 0, None, tuple(ids)
+    def match(
+        self, adapter: str | None, ids: Sequence[int], beyond: int = 0
+    ) -> tuple[int, list[KV] | None]:
+        """The longest kept prefix of ``ids`` for ``adapter``, in whole blocks, shorter than
+        ``ids`` and longer than ``beyond`` (what the caller has cached otherwise): (its
+        length, its states), or (0, None)."""
+        best, found, want = beyond, None, tuple(ids)
         for key in self._entries:
             if key[0] == adapter:
                 n = min(_common(key[1], want), len(want) - 1) // BLOCK * BLOCK

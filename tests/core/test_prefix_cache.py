@@ -41,7 +41,8 @@ def test_longest_whole_block_match_and_never_the_whole_prompt() -> None:
     assert cache.match(None, exact)[0] == BLOCK
     assert cache.match(None, [7] * 40) == (0, None)  # no shared block
     assert cache.match("other", new) == (0, None)  # states are per adapter
-    assert (cache.stats.hits, cache.stats.misses) == (2, 2)
+    assert cache.match(None, new, beyond=2 * BLOCK) == (0, None)  # not longer than the caller's
+    assert (cache.stats.hits, cache.stats.misses) == (2, 3)
     assert cache.stats.reused_tokens == 3 * BLOCK
 
 
