@@ -8,9 +8,11 @@ duration; autocast then only casts the activations. The values are those autocas
 compute (the same rounding of the same weights), at the price of a bf16 copy of the linear
 weights in memory (~270 MB for a 135M model). LoRA's own small matrices are left to autocast.
 
-The LM head is the exception: a prefill needs its logits for one position per row, a
-matrix-vector product, and this CPU's bf16 GEMV is slower than fp32's (59 vs 9 ms for
-SmolLM2's 49,152 x 576 head, bench/results/ttft.txt), so it runs in fp32 outside autocast.
+The LM head is the exception: it runs in fp32 outside autocast, so the first token is picked
+from fp32 logits, for 9.9 ms on SmolLM2's 49,152 x 576 head (one position per row). In bf16
+it would take 4.0 ms, but only with its input re-viewed first: the last position's slice
+keeps the prompt's batch stride, and on that stride torch's CPU bf16 matmul takes a slow
+path (60 ms; bench/results/ttft.txt).
 """
 
 from __future__ import annotations
