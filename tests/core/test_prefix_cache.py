@@ -30,7 +30,7 @@ def test_longest_whole_block_match_and_never_the_whole_prompt() -> None:
     cache = PrefixCache(1 << 20)
     seen = list(range(100, 100 + 3 * BLOCK + 5))
     _store(cache, None, seen)
-    assert len(cache) == 1 and cache.nbytes > 0
+    assert len(cache) == 3 and cache.nbytes > 0  # three whole blocks
     # shares 2 blocks + 3 tokens: 2 blocks come back, with the right states
     new = [*seen[: 2 * BLOCK + 3], 1, 2, 3]
     n, kv = cache.match(None, new)
@@ -46,34 +46,42 @@ def test_longest_whole_block_match_and_never_the_whole_prompt() -> None:
     assert cache.stats.reused_tokens == 3 * BLOCK
 
 
-def test_covered_and_redundant_entries() -> None:
+def test_prompts_that_share_a_beginning_share_its_blocks() -> None:
     cache = PrefixCache(1 << 20)
-    long = list(range(4 * BLOCK + 1))
-    _store(cache, None, long[: 2 * BLOCK + 1])
-    _store(cache, None, long)  # starts with the first: it replaces it
-    assert len(cache) == 1 and cache.match(None, long)[0] == 4 * BLOCK
+    shared = list(range(2 * BLOCK))
+    one, two = [*shared, *[1] * (BLOCK + 1)], [*shared, *[2] * (BLOCK + 1)]
+    _store(cache, None, one)
     calls = []
-    cache.store(None, long[: 3 * BLOCK + 1], lambda: calls.append(1) or [])
-    assert not calls and len(cache) == 1  # covered: no states copied
-    _store(cache, None, [9] * (BLOCK + 1))  # too short for one block after the last token?
-    assert len(cache) == 2  # 16 + 1 tokens: one block is kept
-    _store(cache, None, [8] * BLOCK)  # exactly one block: nothing to keep
-    assert len(cache) == 2
+
+    def states() -> list[tuple[object, object]]:
+        calls.append(1)
+        return _states(two)
+
+    cache.store(None, two, states)
+    assert len(cache) == 4 and calls == [1]  # the two shared blocks are kept once
+    cache.store(None, two[: 2 * BLOCK + 1], states)  # every block is kept: no states needed
+    assert calls == [1]
+    assert cache.match(None, [*two, 5])[0] == 3 * BLOCK
+    assert cache.match(None, [*one, 5])[0] == 3 * BLOCK
+    _store(cache, None, [8] * BLOCK)  # exactly one block: one token must stay to prefill
+    assert len(cache) == 4
 
 
-def test_lru_eviction_within_the_budget_and_drop() -> None:
+def test_lru_eviction_within_the_budget_takes_chain_ends_first_and_drop() -> None:
     one = PrefixCache(1 << 20)
     _store(one, None, list(range(BLOCK + 1)))
-    size = one.nbytes
-    cache = PrefixCache(2 * size)
-    a, b, c = ([k] * (BLOCK + 1) for k in (1, 2, 3))
+    block = one.nbytes
+    cache = PrefixCache(3 * block)
+    a = list(range(2 * BLOCK + 1))  # two blocks
+    b, c, d = ([k] * (BLOCK + 1) for k in (7, 8, 9))
     _store(cache, None, a)
     _store(cache, None, b)
-    cache.match(None, [*a, 0])  # a is now the most recent
-    _store(cache, None, c)  # over budget: b (least recent) goes
+    _store(cache, None, c)  # over budget by a block: the oldest chain loses its last block
+    assert cache.match(None, [*a, 0])[0] == BLOCK  # (a match refreshes what is left of a)
+    _store(cache, None, d)  # b is now the least recent
     assert cache.match(None, [*b, 0])[0] == 0
-    assert cache.match(None, [*a, 0])[0] == BLOCK and cache.match(None, [*c, 0])[0] == BLOCK
-    assert cache.stats.evictions == 1 and cache.nbytes == 2 * size
+    assert cache.match(None, [*c, 0])[0] == BLOCK and cache.match(None, [*d, 0])[0] == BLOCK
+    assert cache.stats.evictions == 2 and cache.nbytes == 3 * block
     _store(cache, "x", [5] * (BLOCK + 1))
     cache.drop(None)
     assert len(cache) == 1 and cache.match("x", [5] * (BLOCK + 2))[0] == BLOCK
@@ -112,8 +120,10 @@ def test_a_shared_prefix_is_reused_and_changes_no_answer(engines) -> None:
     assert got == want
     stats = eng.prefixes.stats
     assert stats.hits >= 4 and stats.reused_tokens >= 4 * BLOCK
-    # an entry per prompt and adapter: each runs past the shared passages into its question
-    assert len(eng.prefixes) == 6
+    # per adapter, the prompts' shared beginnings (the passages) are kept once
+    tok = eng.tokenizer
+    lengths = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in _prompts(tok)]
+    assert len(eng.prefixes) < 2 * sum((n - 1) // BLOCK for n in lengths)
     # a batch that mixes hits (these prompts) and a miss (new passages), in one prefill
     from ragtune.core.prompts import render_prompt
 
@@ -145,6 +155,6 @@ def test_unloading_an_adapter_forgets_its_prefixes(engines) -> None:
     eng, _ = engines
     reqs = [GenRequest(p, a, 2) for p in _prompts(eng.tokenizer)[:1] for a in (None, "a")]
     eng.generate_batch(reqs)
-    assert {k[0] for k in eng.prefixes._entries} == {None, "a"}
+    assert {k[0] for k in eng.prefixes._blocks} == {None, "a"}
     eng.unload_adapter("a")  # a republished "a" must not reuse the old states
-    assert {k[0] for k in eng.prefixes._entries} == {None}
+    assert {k[0] for k in eng.prefixes._blocks} == {None}
