@@ -189,6 +189,14 @@ def export_transformer(module: Any, path: Path) -> tuple[list[str], str]:
     # Eager attention is traced as matmul + mask + softmax + matmul, the pattern ONNX
     # Runtime's optimizer fuses; sdpa's export is not fused.
     hf.config._attn_implementation = "eager"
+    # what both exporters are given
+    call: dict[str, Any] = {
+        "args": (),
+        "f": str(path),
+        "kwargs": {n: sample[n] for n in names},
+        "input_names": names,
+        "output_names": ["last_hidden_state"],
+    }
     try:
         try:
             dims = {0: "batch", 1: "sequence"}
@@ -196,11 +204,7 @@ def export_transformer(module: Any, path: Path) -> tuple[list[str], str]:
                 warnings.simplefilter("ignore")  # its deprecation notice and tracer warnings
                 torch.onnx.export(
                     TokenEmbeddings(),
-                    (),
-                    str(path),
-                    kwargs={n: sample[n] for n in names},
-                    input_names=names,
-                    output_names=["last_hidden_state"],
+                    **call,
                     dynamic_axes={n: dims for n in [*names, "last_hidden_state"]},
                     opset_version=17,
                     dynamo=False,
@@ -218,11 +222,7 @@ def export_transformer(module: Any, path: Path) -> tuple[list[str], str]:
         batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
         torch.onnx.export(
             TokenEmbeddings(),
-            (),
-            str(path),
-            kwargs={n: sample[n] for n in names},
-            input_names=names,
-            output_names=["last_hidden_state"],
+            **call,
             dynamic_shapes={n: {0: batch, 1: seq} for n in names},
             dynamo=True,
             external_data=False,
