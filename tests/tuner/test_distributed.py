@@ -59,26 +59,33 @@ def test_from_env_reads_torchruns_variables():
     assert (p.rank, p.world, p.local_rank, p.is_writer, p.active) == (1, 2, 1, False, True)
 
 
-@pytest.mark.timeout(600)
-def test_two_processes_train_what_one_does(tiny_settings, tmp_path):
+def one_and_two_processes(settings, tmp_path: Path, steps: list[str], parallel: list[str]):
+    """Train adapter "one" in one process and "two" with ``parallel`` on the same data;
+    check that they log the same losses and end with the same LoRA weights (returned)."""
+    from safetensors.torch import load_file
+
     data = write_jsonl(tmp_path / "qa.jsonl", prompt_records(16))
-    steps = ["--max-steps", "4", "--val-fraction", "0.25", "--eval-every", "1"]
-    one = tune(tiny_settings, data, "one", *steps)
+    one = tune(settings, data, "one", *steps)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = tune(tiny_settings, data, "two", *steps, "--nproc", "2")
+    two = tune(settings, data, "two", *steps, *parallel)
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("adapter two: lora") == 1  # one summary: rank 0's
-    a, b = history(tiny_settings, "one"), history(tiny_settings, "two")
+    a, b = history(settings, "one"), history(settings, "two")
     assert [h.step for h in a] == [h.step for h in b] == [1, 2, 3, 4]
     for x, y in zip(a, b, strict=True):  # the same global batch: the same losses
         assert abs(x.train_loss - y.train_loss) / x.train_loss < 1e-3
         assert abs(x.val_loss - y.val_loss) / x.val_loss < 1e-3
-    from safetensors.torch import load_file
-
-    wa = load_file(str(get_adapter(tiny_settings, "one").path / "adapter_model.safetensors"))
-    wb = load_file(str(get_adapter(tiny_settings, "two").path / "adapter_model.safetensors"))
+    wa = load_file(str(get_adapter(settings, "one").path / "adapter_model.safetensors"))
+    wb = load_file(str(get_adapter(settings, "two").path / "adapter_model.safetensors"))
     assert wa.keys() == wb.keys()
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-4
+    return wa, wb
+
+
+@pytest.mark.timeout(600)
+def test_two_processes_train_what_one_does(tiny_settings, tmp_path):
+    steps = ["--max-steps", "4", "--val-fraction", "0.25", "--eval-every", "1"]
+    one_and_two_processes(tiny_settings, tmp_path, steps, ["--nproc", "2"])
     # it loads and answers, as the one-process adapter does
     pipeline = Pipeline(tiny_settings)
     ask = [QueryRequest("Who created Python?", mode="finetune", adapter=n) for n in ("one", "two")]
