@@ -156,7 +156,8 @@ class DecodeState:
                 if not given[j]:
                     k = like[i][kv]
                     return k.new_zeros((1, k.shape[1], plen, k.shape[3]))
-                return F.pad(given[j][i][kv], (0, 0, plen - lens[j], 0))
+                states = given[j][i][kv]
+                return states if lens[j] == plen else F.pad(states, (0, 0, plen - lens[j], 0))
 
             for i in range(len(like)):
                 layers.append(

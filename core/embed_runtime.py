@@ -37,6 +37,7 @@ import logging
 import re
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -254,14 +255,10 @@ def fuse_graph(plain: Path, fused: Path, module: Any) -> bool:
     try:
         from onnxruntime.transformers import optimizer
 
-        quiet = logging.getLogger("onnxruntime.transformers")
-        level, quiet.level = quiet.level, logging.ERROR
-        try:
+        with _errors_only(logging.getLogger("onnxruntime.transformers")):
             graph = optimizer.optimize_model(
                 str(plain), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0
             )
-        finally:
-            quiet.setLevel(level)
         graph.save_model_to_file(str(fused))
     except Exception as e:  # an architecture the optimizer cannot take: the plain graph
         log.info("ONNX Runtime's optimizer did not fuse this model (%s); using the plain graph", e)
@@ -288,26 +285,29 @@ def quantize_graph(graph: Path, dest: Path) -> None:
 
     Per channel: a scale per output row keeps MiniLM's vectors ~5e-3 from fp32's. The
     embedding tables stay fp32: a lookup gains no speed from int8, only error."""
-    root = logging.getLogger()
-    level, root.level = root.level, logging.ERROR  # its advice to pre-process, on every call
-    try:
-        _quantize(graph, dest)
-    finally:
-        root.setLevel(level)
-
-
-def _quantize(graph: Path, dest: Path) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(
-        graph,
-        dest,
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        op_types_to_quantize=["MatMul", "Attention"],
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},  # fused ops' outputs
-    )
+    with _errors_only(logging.getLogger()):  # its advice to pre-process, on every call
+        quantize_dynamic(
+            graph,
+            dest,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=["MatMul", "Attention"],
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},  # fused ops' outputs
+        )
+
+
+@contextlib.contextmanager
+def _errors_only(logger: logging.Logger) -> Iterator[None]:
+    """Let ``logger`` pass only errors for the block (ONNX Runtime's tools are chatty)."""
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def use_onnx_runtime(model: Any, graph: Path, threads: int) -> None:
