@@ -19,6 +19,11 @@ it). ``--questions 6 --seconds 10`` for a smoke run.
    of the firsts and of the seconds, the server's hit counters; then the same sequence
    answered with 24 new tokens in process, with and without the cache: identical answers.
    ``--only-prefix-cache`` runs this phase alone.
+5. Prefill passes (``prefill_batch_tokens``): ``ragtune serve`` with bf16 prefill, every
+   short prompt of a burst in one pass (4096, what the batch did before) vs passes of at most
+   512 positions (the default), quiet and under 8 clients as in 2; then the same questions
+   answered with 24 new tokens in process, 8 at a time, both ways: identical answers.
+   ``--only-prefill-passes`` runs this phase alone.
 Results: bench/results/ttft.txt (appended).
 """
 
@@ -157,10 +162,11 @@ def body(question: str) -> dict[str, Any]:
 
 
 def served_ttft(
-    data: Path, threads: int, prefill: str, questions: list[str], seconds: float
+    data: Path, threads: int, prefill: str, questions: list[str], seconds: float, **settings: str
 ) -> tuple[float, float, int]:
     """(p50 quiet, p50 under 8 clients, requests under 8 clients) in seconds."""
-    server = start_server(data, threads, 18500 + os.getpid() % 400, PREFILL_DTYPE=prefill)
+    port = 18500 + os.getpid() % 400
+    server = start_server(data, threads, port, PREFILL_DTYPE=prefill, **settings)
     try:
         server.wait_ready()
         with httpx.Client(base_url=server.url, timeout=600) as c:
@@ -253,6 +259,9 @@ def main() -> None:
         "--only-prefix-cache", action="store_true", help="run only the prefix cache phase"
     )
     ap.add_argument("--prefix-mb", type=float, default=256.0, help="its prefix_cache_mb")
+    ap.add_argument(
+        "--only-prefill-passes", action="store_true", help="run only the prefill passes phase"
+    )
     args = ap.parse_args()
 
     data = args.data or Path(tempfile.mkdtemp(prefix="ragtune-bench-ttft-")) / "data"
@@ -269,9 +278,12 @@ def main() -> None:
         f"({DEMO.name}), mode rag, top_k 3, {args.threads} torch thread(s), "
         f"{os.cpu_count()} CPUs, load average {load_avg()}"
     )
-    if not args.only_prefix_cache:
+    if not (args.only_prefix_cache or args.only_prefill_passes):
         compare_precisions(args, data, picked, questions)
-    compare_prefix_cache(args, data, items, picked)
+    if not args.only_prefill_passes:
+        compare_prefix_cache(args, data, items, picked)
+    if not args.only_prefix_cache:
+        compare_prefill_passes(args, data, picked, questions)
     if args.save:
         with RESULTS.open("a", encoding="utf-8") as f:
             f.write("\n".join(_lines) + "\n\n")
@@ -302,6 +314,38 @@ def compare_prefix_cache(args: Any, data: Path, items: list[Any], picked: list[A
     say(
         f"same answers with the prefix cache (24 new tokens, {len(order)} questions): {same}/"
         f"{len(order)} identical"
+    )
+
+
+def compare_prefill_passes(args: Any, data: Path, picked: list[Any], questions: list[str]) -> None:
+    """Served TTFT with a burst's prompts in one prefill pass vs passes of at most 512
+    positions, and the 24-token answers of both ways, in process."""
+    budgets = (4096, 512)
+    for budget in budgets:
+        quiet, loaded, n = served_ttft(
+            data,
+            args.threads,
+            "bfloat16",
+            questions,
+            args.seconds,
+            PREFILL_BATCH_TOKENS=str(budget),
+        )
+        say(
+            f"ragtune serve, bf16 prefill, prefill_batch_tokens {budget}: TTFT p50 "
+            f"{quiet * 1000:.0f} ms one at a time; {loaded * 1000:.0f} ms with 8 clients "
+            f"({n} requests in {args.seconds:.0f} s); load {load_avg()}"
+        )
+    chosen = picked[: args.answers]
+    got = {}
+    for budget in budgets:
+        s = settings_for(data, args.threads, "bfloat16")
+        got[budget] = answers(
+            Pipeline(s.model_copy(update={"prefill_batch_tokens": budget})), chosen
+        )
+    same = sum(a == b for a, b in zip(*got.values(), strict=True))
+    say(
+        f"same answers, one pass vs passes of 512 (24 new tokens, {len(chosen)} questions, 8 "
+        f"at a time): {same}/{len(chosen)} identical"
     )
 
 

@@ -151,6 +151,15 @@ class Settings(BaseSettings):
         description="A prompt longer than this is prefilled in chunks of this many tokens, "
         "so other requests are served between them and a cancelled one stops",
     )
+    prefill_batch_tokens: int = Field(
+        512,
+        ge=16,
+        description="Most prompt positions one prefill pass runs (rows x the longest new "
+        "part): a burst's short prompts share passes up to this, the rest take the next "
+        "ones, so each row's first token comes sooner. On this CPU, prompts of ~500 tokens "
+        "prefilled together were slower than one by one (bench/results/ttft.txt); raise it "
+        "on a GPU",
+    )
     prefix_cache_mb: float = Field(
         0.0,
         ge=0,

@@ -40,7 +40,15 @@ from ragtune.core.prefix_cache import PrefixCache
 from ragtune.core.registry import AdapterInfo, check_base, get_adapter
 from ragtune.core.types import GenRequest, GenResult
 
-__all__ = ["BASE", "ContinuousBatch", "GenRequest", "GenResult", "GenerationEngine", "Row"]
+__all__ = [
+    "BASE",
+    "ContinuousBatch",
+    "GenRequest",
+    "GenResult",
+    "GenerationEngine",
+    "Row",
+    "prefill_passes",
+]
 
 BASE = "__base__"  # peft's name for "no adapter" in adapter_names
 MIN_PREFIX = 4  # a shorter shared preamble is not worth a cache
@@ -258,8 +266,10 @@ class ContinuousBatch:
 
     The engine lock is held for one prefill or one step at a time, never across steps.
     Prompts up to ``prefill_chunk_tokens`` (after the cached preamble) are prefilled in
-    ``add``, together; each longer one is prefilled one chunk at a time, oldest first,
-    between the decode steps of the running rows (see ``step``)."""
+    ``add``, oldest first, several to a pass while the pass stays within
+    ``prefill_batch_tokens`` positions (``prefill_passes``); each longer one is prefilled
+    one chunk at a time, oldest first, between the decode steps of the running rows (see
+    ``step``)."""
 
     def __init__(self, engine: GenerationEngine) -> None:
         self._engine = engine
@@ -267,6 +277,7 @@ class ContinuousBatch:
         if engine.prefixes.enabled:
             self._state.on_prefilled = self._remember
         self._chunk = engine.settings.prefill_chunk_tokens
+        self._pass_tokens = engine.settings.prefill_batch_tokens
         self._prefills: list[Prefill] = []  # long prompts being prefilled, oldest first
         self._chunk_s = 0.0  # how long the last prefill chunk took
         self._decode_s = 0.0  # time spent in decode steps since then
@@ -324,11 +335,13 @@ class ContinuousBatch:
             for use_prefix in (True, False):  # one prefill pass per layout
                 group = [j for j, c in enumerate(cached) if (c > 0) == use_prefix]
                 short = [j for j in group if len(ids[j]) - cached[j] <= self._chunk]
-                if short:
+                lengths = [len(ids[j]) - cached[j] for j in short]
+                for part in prefill_passes(lengths, self._pass_tokens):
+                    picked = [short[k] for k in part]
                     self._join(
-                        [ready[j] for j in short],
-                        [ids[j] for j in short],
-                        [prefixes[j] for j in short] if use_prefix else None,
+                        [ready[j] for j in picked],
+                        [ids[j] for j in picked],
+                        [prefixes[j] for j in picked] if use_prefix else None,
                     )
                 for j in group:
                     if j not in short:
@@ -414,6 +427,26 @@ class ContinuousBatch:
             return []
         self._prefills.remove(p)  # its rows are running now
         return done
+
+
+def prefill_passes(lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """The prompts (their indices, in order) grouped into prefill passes of at most
+    ``budget`` positions, padding included (rows x the longest), like vLLM's
+    ``max_num_batched_tokens``; a prompt longer than the budget has a pass of its own.
+
+    A row's first token comes at the end of its pass, and on a CPU a pass costs at least
+    its rows one by one once the prompts are a few hundred tokens long, so a long prompt
+    gains nothing by waiting for the others' prefill; short prompts still share a pass."""
+    passes: list[list[int]] = []
+    longest = 0
+    for j, n in enumerate(lengths):
+        if passes and max(longest, n) * (len(passes[-1]) + 1) <= budget:
+            passes[-1].append(j)
+            longest = max(longest, n)
+        else:
+            passes.append([j])
+            longest = n
+    return passes
 
 
 def _stop_ids(tok: Any) -> list[int]:

@@ -9,7 +9,8 @@ adapters that running rows need); each row uses its own adapter (peft ``adapter_
 LoRAX-style), and a row leaves as soon as its answer is done. So a request that arrives
 while others are generating starts at the next step instead of waiting for the whole batch,
 and a short answer frees its slot at once. When nothing runs, the worker waits
-``batch_window_ms`` after the first request, so that a burst is prefilled together.
+``batch_window_ms`` after the first request, so that a burst's short prompts are prefilled
+together (``prefill_batch_tokens`` positions a pass).
 
 The waiting queue is bounded (``queue_size``): a full queue raises ``Overloaded`` (503 with
 Retry-After) instead of piling up. Each request has a deadline (``request_timeout_s``, 504);
@@ -312,8 +313,9 @@ class BatchScheduler:
         """Under the lock: wait until there is something to do; False means stop.
 
         With nothing running, wait up to the batch window for a burst to arrive whole, and
-        up to four windows more while admitted requests are still being prepared: a burst
-        prefilled in one pass costs far less than its rows prefilled one by one."""
+        up to four windows more while admitted requests are still being prepared: short
+        prompts prefilled in one pass cost far less than one by one (the batch then splits
+        longer ones into passes of their own: ``prefill_batch_tokens``)."""
         while True:
             self._drop_cancelled()
             if running or self._pending:
