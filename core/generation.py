@@ -10,7 +10,8 @@ Batches are continuous (``core.decode``): rows join and leave between steps. An 
 that a running row uses is never evicted or unloaded under it. A prompt longer than
 ``prefill_chunk_tokens`` is prefilled one chunk at a time between decode steps, so a short
 request that arrives meanwhile waits for one chunk at most, and a cancelled one stops
-within a chunk.
+within a chunk. Shorter prompts that join together are prefilled in passes of at most
+``prefill_batch_tokens`` positions, so each row's first token comes at the end of its pass.
 """
 
 from __future__ import annotations
