@@ -333,7 +333,7 @@ class ContinuousBatch:
             ]
             prefixes = [eng.cached_prefix(r.adapter, i) for r, i in zip(ready, ids, strict=True)]
             cached = [p[0][0].shape[-2] if p else 0 for p in prefixes]
-            for use_prefix in (True, False):  # one prefill pass per layout
+            for use_prefix in (True, False):  # rows with and without a prefix never share a pass
                 group = [j for j, c in enumerate(cached) if (c > 0) == use_prefix]
                 short = [j for j in group if len(ids[j]) - cached[j] <= self._chunk]
                 lengths = [len(ids[j]) - cached[j] for j in short]
