@@ -118,7 +118,8 @@ class BatchScheduler:
         self.rows = 0
         self.prefilling = 0
         self.cache_bytes = 0
-        self.prefilled_tokens = 0
+        self.prefilled_tokens = 0  # a counter over the server's life, across batches
+        self._prefilled_before = 0  # what the batches before the current one prefilled
 
     # --- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -275,11 +276,15 @@ class BatchScheduler:
                 new = self._take(batch)
             if new:
                 try:
-                    batch = batch or self.pipeline.engine.batch()
+                    fresh = None if batch else self.pipeline.engine.batch()
                 except Exception as e:  # the models failed to load: fail these requests
                     for job in new:
                         job.deliver("error", e)
                     continue
+                if fresh is not None:  # the last batch ran empty: its count stays counted
+                    self._prefilled_before += batch.prefilled_tokens if batch is not None else 0
+                    batch = fresh
+                assert batch is not None
                 self._running.update(new)
                 batch.add([self._row(job) for job in new])
                 if self.on_join is not None:
@@ -296,7 +301,9 @@ class BatchScheduler:
         self.rows = len(batch) if batch else 0
         self.prefilling = batch.prefilling if batch else 0
         self.cache_bytes = batch.cache_bytes() if batch else 0
-        self.prefilled_tokens = batch.prefilled_tokens if batch else 0
+        # ``batch is not None``: an empty batch is falsy, and its count must not read as 0
+        done = batch.prefilled_tokens if batch is not None else 0
+        self.prefilled_tokens = self._prefilled_before + done
 
     def _cut_if_draining(self) -> None:
         """Under the lock: past the drain deadline, everything admitted gets 503."""

@@ -11,6 +11,9 @@ import time
 
 import httpx
 
+from tests.service.conftest import make_settings, wait_ready
+from tests.service.helpers import live_server
+
 LONG = 400  # tokens: the tiny model never stops early, so this row runs for a while
 
 
@@ -95,8 +98,7 @@ SHORT_Q = {"question": "python is", "mode": "base", "max_new_tokens": 3}
 def long_prompt_server(tiny_settings, tmp_path, **update):
     from ragtune.core.models import load_embedder
     from ragtune.service.app import create_app
-    from tests.service.conftest import make_settings, wait_ready
-    from tests.service.helpers import live_server, write_index
+    from tests.service.helpers import write_index
     from tests.tiny_models import build_tiny_generator
 
     generator = build_tiny_generator(tmp_path / "long" / "generator", max_positions=32768)
@@ -194,3 +196,59 @@ def test_a_client_that_leaves_stops_its_long_prompt(tiny_settings, tmp_path):
             assert prefilled(c) - start < 12_000  # it stopped before its prompt's end
         text = c.get("/metrics").text
         assert 'route="/v1/query",status="499"} 2.0' in text
+
+
+# --- a burst: prefill passes within prefill_batch_tokens ---------------------------------------
+BURST = [
+    "where is the eiffel tower and who built it",
+    "what is the longest river in the world",
+    "who wrote the theory of relativity and when",
+    "why is the sky blue on a clear day",
+]
+
+
+def settled(c: httpx.Client) -> float:
+    """The prefilled-positions counter once the idle worker has recorded its last step."""
+    last = prefilled(c)
+    while True:
+        time.sleep(0.2)
+        now = prefilled(c)
+        if now == last:
+            return now
+        last = now
+
+
+def burst(url: str) -> tuple[list[dict], float, float, list[dict]]:
+    """The questions one at a time, then all at once: (the answers alone, positions they
+    took, positions the burst took, the burst's answers in question order)."""
+    ask = [{"question": q, "mode": "base", "max_new_tokens": 3} for q in BURST]
+    with httpx.Client(base_url=url, timeout=120) as c:
+        wait_ready(c)
+        start = settled(c)
+        alone = [c.post("/v1/query", json=body).json() for body in ask]
+        before = settled(c)
+        with cf.ThreadPoolExecutor(len(ask)) as pool:  # all within the 1.5 s batch window
+            together = list(pool.map(lambda b: c.post("/v1/query", json=b).json(), ask))
+        return alone, before - start, settled(c) - before, together
+
+
+def test_a_burst_is_prefilled_in_passes_within_the_budget(svc_settings):
+    from ragtune.service.app import create_app
+
+    got = {}
+    for budget in (4096, 16):
+        settings = make_settings(svc_settings, batch_window_ms=1500.0, prefill_batch_tokens=budget)
+        with live_server(create_app(settings)) as url:
+            got[budget] = burst(url)
+    alone, one_by_one, one_pass, together = got[4096]
+    prompt = [a["usage"]["prompt_tokens"] for a in alone]
+    # one pass pads every row to the longest; the shared preamble comes from its cache
+    preamble = max(prompt) - one_pass / len(BURST)
+    new = [n - preamble for n in prompt]
+    assert one_by_one == sum(new)  # the counter adds up across batches
+    assert min(new) > 8 and len(set(new)) > 1  # no two fit one 16-position pass
+    alone16, _, passes, together16 = got[16]
+    assert passes == sum(new)  # a pass each: no padding
+    answers = [a["answer"] for a in alone]
+    assert [a["answer"] for a in alone16] == answers
+    assert [a["answer"] for a in together] == [a["answer"] for a in together16] == answers
