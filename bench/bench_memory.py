@@ -33,13 +33,14 @@ def one(threshold_kb: int, checkpointing: bool, rows: int, tokens: int, steps: i
     from transformers import AutoModelForCausalLM
 
     from ragtune.core.config import resolve_settings
-    from ragtune.core.models import generator_folder, set_torch_threads
+    from ragtune.core.models import generator_folder, set_torch_threads, set_training_allocator
     from ragtune.tuner.train import Encoded, collate, loss_sum
 
     settings, _ = resolve_settings(
         overrides={"torch_threads": 1, "malloc_mmap_threshold_kb": threshold_kb}, environ={}
     )
-    set_torch_threads(settings)  # applies the threshold, as every ragtune model load does
+    set_torch_threads(settings)
+    set_training_allocator(settings)  # the threshold, as every ragtune training run sets it
     model = AutoModelForCausalLM.from_pretrained(generator_folder(settings), dtype=torch.float32)
     model.config.use_cache = False
     if checkpointing:

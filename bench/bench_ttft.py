@@ -24,6 +24,10 @@ it). ``--questions 6 --seconds 10`` for a smoke run.
    512 positions (the default), quiet and under 8 clients as in 2; then the same questions
    answered with 24 new tokens in process, 8 at a time, both ways: identical answers.
    ``--only-prefill-passes`` runs this phase alone.
+6. The allocator: ``ragtune serve`` (bf16 prefill) with glibc's own mmap threshold, as it
+   runs now, vs the fixed 1 MB threshold every model load used to set (reproduced with
+   ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1048576``): TTFT quiet and under 8 clients,
+   and the server's peak RSS. ``--only-allocator`` runs this phase alone.
 Results: bench/results/ttft.txt (appended).
 """
 
@@ -144,10 +148,13 @@ def profile(p: Pipeline, questions: list[str]) -> dict[str, float]:
     return out
 
 
-def start_server(data: Path, threads: int, port: int, **settings: str) -> Server:
-    """``ragtune serve`` on the demo index with these settings (``RAGTUNE_<NAME>``), 1 new
-    token by default and a 20 ms batch window."""
+def start_server(
+    data: Path, threads: int, port: int, raw_env: dict[str, str] | None = None, **settings: str
+) -> Server:
+    """``ragtune serve`` on the demo index with these settings (``RAGTUNE_<NAME>``) and any
+    other environment ``raw_env``, 1 new token by default and a 20 ms batch window."""
     env = {f"RAGTUNE_{k}": v for k, v in {"DEFAULT_INDEX": INDEX, **settings}.items()}
+    env |= raw_env or {}
     os.environ.update(env)
     try:
         return Server(data, threads, 1, port, 20.0)
@@ -162,11 +169,18 @@ def body(question: str) -> dict[str, Any]:
 
 
 def served_ttft(
-    data: Path, threads: int, prefill: str, questions: list[str], seconds: float, **settings: str
-) -> tuple[float, float, int]:
-    """(p50 quiet, p50 under 8 clients, requests under 8 clients) in seconds."""
+    data: Path,
+    threads: int,
+    prefill: str,
+    questions: list[str],
+    seconds: float,
+    raw_env: dict[str, str] | None = None,
+    **settings: str,
+) -> tuple[float, float, int, float]:
+    """(p50 quiet, p50 under 8 clients in seconds, requests under 8 clients, the server's
+    peak RSS in MB)."""
     port = 18500 + os.getpid() % 400
-    server = start_server(data, threads, port, PREFILL_DTYPE=prefill, **settings)
+    server = start_server(data, threads, port, raw_env, PREFILL_DTYPE=prefill, **settings)
     try:
         server.wait_ready()
         with httpx.Client(base_url=server.url, timeout=600) as c:
@@ -193,9 +207,17 @@ def served_ttft(
             t.start()
         for t in threads_:
             t.join()
+        peak_mb = peak_rss_mb(server.proc.pid)
     finally:
         server.stop()
-    return statistics.median(quiet), statistics.median(lat), len(lat)
+    return statistics.median(quiet), statistics.median(lat), len(lat), peak_mb
+
+
+def peak_rss_mb(pid: int) -> float:
+    """A live process's peak resident memory (VmHWM), in MB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    kib = next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))
+    return int(kib) / 1024
 
 
 def siblings(items: list[Any], picked: list[Any], n: int) -> list[tuple[Any, Any]]:
@@ -262,6 +284,7 @@ def main() -> None:
     ap.add_argument(
         "--only-prefill-passes", action="store_true", help="run only the prefill passes phase"
     )
+    ap.add_argument("--only-allocator", action="store_true", help="run only the allocator phase")
     args = ap.parse_args()
 
     data = args.data or Path(tempfile.mkdtemp(prefix="ragtune-bench-ttft-")) / "data"
@@ -278,12 +301,22 @@ def main() -> None:
         f"({DEMO.name}), mode rag, top_k 3, {args.threads} torch thread(s), "
         f"{os.cpu_count()} CPUs, load average {load_avg()}"
     )
-    if not (args.only_prefix_cache or args.only_prefill_passes):
+    only = {
+        "precisions": not (
+            args.only_prefix_cache or args.only_prefill_passes or args.only_allocator
+        ),
+        "prefix": not (args.only_prefill_passes or args.only_allocator),
+        "passes": not (args.only_prefix_cache or args.only_allocator),
+        "allocator": not (args.only_prefix_cache or args.only_prefill_passes),
+    }
+    if only["precisions"]:
         compare_precisions(args, data, picked, questions)
-    if not args.only_prefill_passes:
+    if only["prefix"]:
         compare_prefix_cache(args, data, items, picked)
-    if not args.only_prefix_cache:
+    if only["passes"]:
         compare_prefill_passes(args, data, picked, questions)
+    if only["allocator"]:
+        compare_allocator(args, data, questions)
     if args.save:
         with RESULTS.open("a", encoding="utf-8") as f:
             f.write("\n".join(_lines) + "\n\n")
@@ -322,7 +355,7 @@ def compare_prefill_passes(args: Any, data: Path, picked: list[Any], questions: 
     positions, and the 24-token answers of both ways, in process."""
     budgets = (4096, 512)
     for budget in budgets:
-        quiet, loaded, n = served_ttft(
+        quiet, loaded, n, _ = served_ttft(
             data,
             args.threads,
             "bfloat16",
@@ -349,6 +382,20 @@ def compare_prefill_passes(args: Any, data: Path, picked: list[Any], questions: 
     )
 
 
+def compare_allocator(args: Any, data: Path, questions: list[str]) -> None:
+    """Served TTFT and peak RSS with glibc's own mmap threshold vs a fixed 1 MB one."""
+    fixed = {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=1048576"}
+    for name, env in (("fixed 1 MB mmap threshold (before)", fixed), ("glibc's own (now)", {})):
+        quiet, loaded, n, peak = served_ttft(
+            data, args.threads, "bfloat16", questions, args.seconds, raw_env=env
+        )
+        say(
+            f"ragtune serve, bf16 prefill, {name}: TTFT p50 {quiet * 1000:.0f} ms one at a time; "
+            f"{loaded * 1000:.0f} ms with 8 clients ({n} requests in {args.seconds:.0f} s); "
+            f"peak RSS {peak:.0f} MB; load {load_avg()}"
+        )
+
+
 def compare_precisions(args: Any, data: Path, picked: list[Any], questions: list[str]) -> None:
     """The profile, the served TTFT and the answers of fp32 vs bf16 prefill."""
     pipes = {
@@ -364,7 +411,7 @@ def compare_precisions(args: Any, data: Path, picked: list[Any], questions: list
         say(f"  {k:28s} {a:9.1f} {b:13.1f}")
 
     for prec in ("float32", "bfloat16"):
-        quiet, loaded, n = served_ttft(data, args.threads, prec, questions, args.seconds)
+        quiet, loaded, n, _ = served_ttft(data, args.threads, prec, questions, args.seconds)
         say(
             f"ragtune serve, prefill {prec}: TTFT p50 {quiet * 1000:.0f} ms one at a time; "
             f"{loaded * 1000:.0f} ms with 8 clients ({n} requests); load {load_avg()}"

@@ -249,14 +249,23 @@ def quiet_loading() -> None:
 
 
 def set_torch_threads(settings: Settings) -> None:
-    """Threads, and the allocator setting (``core.memory``), before a model loads."""
-    from ragtune.core.memory import set_mmap_threshold
-
-    set_mmap_threshold(settings.malloc_mmap_threshold_kb)
+    """Torch's threads, before a model loads. (The allocator setting is a training run's:
+    ``set_training_allocator``.)"""
     if settings.torch_threads:
         import torch
 
         torch.set_num_threads(settings.torch_threads)
+
+
+def set_training_allocator(settings: Settings) -> None:
+    """Fix glibc's mmap threshold (``malloc_mmap_threshold_kb``, ``core.memory``) before a
+    training run, so its RSS follows live memory. Only training does this: it maps and zeroes
+    every large tensor afresh, which made a served RAG prefill 13% slower (bench/results/
+    ttft.txt); serving and evaluation keep glibc's own threshold. It stays set for the rest
+    of the process (``ragtune demo`` evaluates after it trains)."""
+    from ragtune.core.memory import set_mmap_threshold
+
+    set_mmap_threshold(settings.malloc_mmap_threshold_kb)
 
 
 class Embedder:

@@ -659,9 +659,10 @@ def _build_model(
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ragtune.core.models import set_torch_threads
+    from ragtune.core.models import set_torch_threads, set_training_allocator
 
     set_torch_threads(settings)
+    set_training_allocator(settings)
     try:
         model: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     except (OSError, ValueError) as e:

@@ -69,7 +69,7 @@ def train_embedder(
         IndexMismatch: that index was built with another embedder than the configured one.
         InsufficientResources: too little disk.
     """
-    from ragtune.core.models import folder_fingerprint, load_embedder
+    from ragtune.core.models import folder_fingerprint, load_embedder, set_training_allocator
     from ragtune.tuner.api import check_disk
     from ragtune.tuner.embed_data import prepare_pairs
     from ragtune.tuner.embed_train import train_embedder_loop
@@ -85,6 +85,7 @@ def train_embedder(
         )
     embedders.clean_registry(settings)
     base_spec = args.base or settings.embedder
+    set_training_allocator(settings)
     base = load_embedder(settings.model_copy(update={"embedder": base_spec}))  # ModelNotFound
     index = _open_index(settings, args, base if base_spec == settings.embedder else None)
     data = prepare_pairs(args, index, args.mine_retrieval, progress=progress)

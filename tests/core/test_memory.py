@@ -49,3 +49,38 @@ def test_setting_defaults_and_bounds() -> None:
     assert settings.malloc_mmap_threshold_kb == 1024
     off, _ = resolve_settings(environ={"RAGTUNE_MALLOC_MMAP_THRESHOLD_KB": "0"})
     assert off.malloc_mmap_threshold_kb == 0
+
+
+# A real process that serves, then trains (as `ragtune demo` does): loading the models for
+# inference leaves glibc's threshold alone; a training run fixes it.
+ROLES = """
+import json, sys
+from ragtune.core import memory
+from ragtune.core.config import Settings
+from ragtune.core.models import load_embedder, load_generator
+from ragtune.tuner.api import train_adapter
+from ragtune.tuner.args import TuneArgs
+settings = Settings.model_validate_json(sys.argv[1])
+load_generator(settings), load_embedder(settings)
+serving = memory._applied
+args = TuneArgs(data=[sys.argv[2]], name="m", max_steps=1, batch_size=2, val_fraction=0.0,
+                forgetting=False, r=2, alpha=4)
+train_adapter(settings, args, progress=False)
+print(json.dumps({"serving": serving, "training": memory._applied}))
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator only")
+def test_only_training_fixes_the_threshold(tiny_settings, tmp_path) -> None:
+    from tests.tuner.helpers import prompt_records, write_jsonl
+
+    data = write_jsonl(tmp_path / "qa.jsonl", prompt_records(4))
+    settings = tiny_settings.model_copy(update={"malloc_mmap_threshold_kb": 2048})
+    out = subprocess.run(
+        [sys.executable, "-c", ROLES, settings.model_dump_json(), str(data)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"serving": None, "training": 2048}
