@@ -76,6 +76,8 @@ class Prepared:
     # A raw completion (a client sent token ids): generated from these ids as they are,
     # and answered with the generated text itself (``prepare_raw``).
     prompt_ids: tuple[int, ...] | None = None
+    # The rendered prompt's length in tokens, where it was counted (None: not counted).
+    prompt_tokens: int | None = None
 
 
 class Pipeline:
@@ -267,7 +269,8 @@ class Pipeline:
                 f"passage is more than {budget} tokens",
                 field="question",
             )
-        return Prepared(r, fitted.prompt, hits[: fitted.passages], name, version, ms)
+        passages = hits[: fitted.passages]
+        return Prepared(r, fitted.prompt, passages, name, version, ms, prompt_tokens=fitted.tokens)
 
     # --- token budget ---------------------------------------------------------------------
     def prompt_budget(self, max_new_tokens: int) -> int:
@@ -342,7 +345,8 @@ class Pipeline:
             )
         self._check_tokens(len(ids), req.max_new_tokens or s.max_new_tokens, "prompt", "the prompt")
         prompt = self.engine.tokenizer.decode(list(ids))
-        return Prepared(req, prompt, [], None, None, 0.0, prompt_ids=tuple(ids))
+        ids_ = tuple(ids)
+        return Prepared(req, prompt, [], None, None, 0.0, prompt_ids=ids_, prompt_tokens=len(ids_))
 
     # --- answering ------------------------------------------------------------------------
     def answer_batch(self, requests: Sequence[QueryRequest]) -> list[Answer]:

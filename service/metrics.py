@@ -154,7 +154,8 @@ class Metrics:
         )
         self.prefill_rows = Histogram(
             "ragtune_prefill_rows",
-            "Requests that joined the batch together (one prefill pass)",
+            "Requests that joined the batch together (prefilled in passes of at most "
+            "prefill_batch_tokens positions)",
             buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64),
             registry=r,
         )

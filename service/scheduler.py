@@ -10,7 +10,8 @@ LoRAX-style), and a row leaves as soon as its answer is done. So a request that 
 while others are generating starts at the next step instead of waiting for the whole batch,
 and a short answer frees its slot at once. When nothing runs, the worker waits
 ``batch_window_ms`` after the first request, so that a burst's short prompts are prefilled
-together (``prefill_batch_tokens`` positions a pass).
+together (``prefill_batch_tokens`` positions a pass); a prompt over half that budget, which
+no other prompt could share a pass with, does not wait.
 
 The waiting queue is bounded (``queue_size``): a full queue raises ``Overloaded`` (503 with
 Retry-After) instead of piling up. Each request has a deadline (``request_timeout_s``, 504);
@@ -93,6 +94,7 @@ class BatchScheduler:
         queue_size: int,
         timeout_s: float,
         max_adapters_per_batch: int,
+        pass_tokens: int = 0,
         on_step: Callable[[int, float], None] | None = None,
         on_join: Callable[[int], None] | None = None,
         on_reject: Callable[[], None] | None = None,
@@ -103,6 +105,7 @@ class BatchScheduler:
         self.queue_size = queue_size
         self.timeout_s = timeout_s
         self.max_adapters = max_adapters_per_batch
+        self.pass_tokens = pass_tokens  # prefill_batch_tokens (0: every request waits)
         self.on_step = on_step
         self.on_join = on_join
         self.on_reject = on_reject
@@ -331,7 +334,7 @@ class BatchScheduler:
                 return False
             # While draining, wake up by the deadline to cut what is still retrieving.
             self._cond.wait(None if self._drain_at is None else 0.1)
-        if not running:
+        if not running and not self._fills_a_pass(self._pending[0]):
             close_at = self._pending[0].enqueued + self.window_s
             hard_stop = close_at + 4 * self.window_s
             while len(self._pending) < self.max_batch_size and not self._closing:
@@ -341,6 +344,12 @@ class BatchScheduler:
                 self._cond.wait((close_at if now < close_at else hard_stop) - now)
             self._drop_cancelled()
         return True
+
+    def _fills_a_pass(self, job: _Job) -> bool:
+        """Whether ``job``'s prompt is over half of a prefill pass: no other prompt could
+        share its pass, so waiting for a burst would only delay it."""
+        tokens = job.prepared.prompt_tokens
+        return bool(self.pass_tokens) and tokens is not None and 2 * tokens > self.pass_tokens
 
     def _drop_cancelled(self) -> None:
         self._pending = deque(j for j in self._pending if not j.cancelled)

@@ -106,6 +106,7 @@ class Services:
             pipeline,
             window_ms=settings.batch_window_ms,
             max_batch_size=settings.max_batch_size,
+            pass_tokens=settings.prefill_batch_tokens,
             queue_size=settings.queue_size,
             timeout_s=settings.request_timeout_s,
             max_adapters_per_batch=cls.adapters_per_batch(settings),

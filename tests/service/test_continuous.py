@@ -252,3 +252,29 @@ def test_a_burst_is_prefilled_in_passes_within_the_budget(svc_settings):
     answers = [a["answer"] for a in alone]
     assert [a["answer"] for a in alone16] == answers
     assert [a["answer"] for a in together] == [a["answer"] for a in together16] == answers
+
+
+def test_a_prompt_that_fills_a_pass_does_not_wait_for_the_batch_window(svc_settings):
+    """With a 1.5 s window, a second request 0.3 s after the first would join its prefill,
+    unless the first prompt is over half a pass (16 positions here): then each is prefilled
+    as it comes, in a pass of its own, and the window does not delay it."""
+    from ragtune.service.app import create_app
+
+    joins = {}
+    for budget in (4096, 16):
+        settings = make_settings(svc_settings, batch_window_ms=1500.0, prefill_batch_tokens=budget)
+        with live_server(create_app(settings)) as url, httpx.Client(base_url=url, timeout=60) as c:
+            wait_ready(c)
+            ask = [{"question": q, "mode": "rag", "max_new_tokens": 2} for q in BURST[:2]]
+            with cf.ThreadPoolExecutor(2) as pool:
+                first = pool.submit(c.post, "/v1/query", json=ask[0])
+                time.sleep(0.3)
+                second = pool.submit(c.post, "/v1/query", json=ask[1])
+                assert first.result().status_code == second.result().status_code == 200
+            assert first.result().json()["usage"]["prompt_tokens"] > 8
+            joins[budget] = (
+                gauge(c, "ragtune_prefill_rows_count"),
+                gauge(c, "ragtune_prefill_rows_sum"),
+            )
+    assert joins[4096] == (1.0, 2.0)  # the first waited, and the second joined it
+    assert joins[16] == (2.0, 2.0)  # each joined alone, as it came
