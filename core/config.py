@@ -158,9 +158,9 @@ class Settings(BaseSettings):
         ge=16,
         description="Most prompt positions one prefill pass runs (rows x the longest new "
         "part): a burst's short prompts share passes up to this, the rest take the next "
-        "ones, so each row's first token comes sooner. On this CPU, prompts of ~500 tokens "
-        "prefilled together were slower than one by one (bench/results/ttft.txt); raise it "
-        "on a GPU",
+        "ones, so each row's first token comes sooner (a prompt over half of it does not wait "
+        "for the batch window). On this CPU one pass over prompts of ~500 tokens cost as much "
+        "as the same prompts one by one, or more (bench/results/ttft.txt); raise it on a GPU",
     )
     prefix_cache_mb: float = Field(
         0.0,

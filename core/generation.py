@@ -435,9 +435,9 @@ def prefill_passes(lengths: Sequence[int], budget: int) -> list[list[int]]:
     ``budget`` positions, padding included (rows x the longest), like vLLM's
     ``max_num_batched_tokens``; a prompt longer than the budget has a pass of its own.
 
-    A row's first token comes at the end of its pass, and on a CPU a pass costs at least
-    its rows one by one once the prompts are a few hundred tokens long, so a long prompt
-    gains nothing by waiting for the others' prefill; short prompts still share a pass."""
+    A row's first token comes at the end of its pass, and on a CPU a pass over prompts a few
+    hundred tokens long costs as much as its rows one by one, or more, so a long prompt gains
+    nothing by waiting for the others' prefill; short prompts still share a pass."""
     passes: list[list[int]] = []
     longest = 0
     for j, n in enumerate(lengths):
