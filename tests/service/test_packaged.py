@@ -40,8 +40,8 @@ def packaged_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def test_the_starvation_repro_is_refused_at_once_and_short_requests_are_served(packaged_server):
     """A 4,000-emoji question is 12,000+ SmolLM2 tokens: a 400 before any work. A long
-    prompt within the budget is prefilled in chunks, and a short request sent 3 s after it
-    is answered while the long one is still running."""
+    prompt within the budget is prefilled in chunks, and a short request sent once its
+    first chunk ran is answered while the long one is still running."""
     with httpx.Client(base_url=packaged_server, timeout=300) as c:
         r = c.post("/v1/query", json={"question": "😀" * 4000, "mode": "base", "max_new_tokens": 1})
         assert r.status_code == 400 and r.json()["field"] == "question"
@@ -51,7 +51,10 @@ def test_the_starvation_repro_is_refused_at_once_and_short_requests_are_served(p
         short = {"question": "hi", "mode": "base", "max_new_tokens": 4}
         with cf.ThreadPoolExecutor(1) as pool:
             pending = pool.submit(httpx.post, packaged_server + "/v1/query", json=long, timeout=300)
-            time.sleep(3)
+            deadline = time.monotonic() + 60
+            while "\nragtune_prefilling_rows 1.0" not in c.get("/metrics").text:  # chunk 1 ran
+                assert time.monotonic() < deadline, "the long prompt never started prefilling"
+                time.sleep(0.05)
             r = c.post("/v1/query", json=short)
             assert r.status_code == 200 and r.json()["answer"]
             assert not pending.done(), "the short request waited for the long prompt"
