@@ -260,8 +260,8 @@ def set_torch_threads(settings: Settings) -> None:
 def set_training_allocator(settings: Settings) -> None:
     """Fix glibc's mmap threshold (``malloc_mmap_threshold_kb``, ``core.memory``) before a
     training run, so its RSS follows live memory. Only training does this: it maps and zeroes
-    every large tensor afresh, which made a served RAG prefill 13% slower (bench/results/
-    ttft.txt); serving and evaluation keep glibc's own threshold. It stays set for the rest
+    every large tensor afresh, which made a served RAG answer's first token 14-22% later
+    (bench/results/ttft.txt); serving and evaluation keep glibc's own threshold. It stays set for the rest
     of the process (``ragtune demo`` evaluates after it trains)."""
     from ragtune.core.memory import set_mmap_threshold
 
