@@ -345,8 +345,9 @@ class Pipeline:
             )
         self._check_tokens(len(ids), req.max_new_tokens or s.max_new_tokens, "prompt", "the prompt")
         prompt = self.engine.tokenizer.decode(list(ids))
-        ids_ = tuple(ids)
-        return Prepared(req, prompt, [], None, None, 0.0, prompt_ids=ids_, prompt_tokens=len(ids_))
+        return Prepared(
+            req, prompt, [], None, None, 0.0, prompt_ids=tuple(ids), prompt_tokens=len(ids)
+        )
 
     # --- answering ------------------------------------------------------------------------
     def answer_batch(self, requests: Sequence[QueryRequest]) -> list[Answer]:

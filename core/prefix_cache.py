@@ -91,8 +91,7 @@ class PrefixCache:
     ) -> None:
         """Keep the blocks of ``ids``'s prefix not kept yet (``states()``: the whole
         prompt's states, per layer; called only if a block is missing)."""
-        want = tuple(ids)
-        chain = [(adapter, want[: b * BLOCK]) for b in range(1, (len(want) - 1) // BLOCK + 1)]
+        chain = _keys(adapter, tuple(ids))
         if not self.enabled or not chain:
             return
         missing = [b for b, key in enumerate(chain) if key not in self._blocks]
@@ -119,8 +118,7 @@ class PrefixCache:
         """The keys of the kept blocks ``want`` starts with, first to last (at least one
         token of ``want`` left after them)."""
         chain: list[_Key] = []
-        for b in range(1, (len(want) - 1) // BLOCK + 1):
-            key = (adapter, want[: b * BLOCK])
+        for key in _keys(adapter, want):
             if key not in self._blocks:
                 break
             chain.append(key)
@@ -130,3 +128,9 @@ class PrefixCache:
         """Mark a chain used, last block first: its first block ends up the freshest."""
         for key in reversed(chain):
             self._blocks.move_to_end(key)
+
+
+def _keys(adapter: str | None, want: tuple[int, ...]) -> list[_Key]:
+    """The keys of ``want``'s whole blocks, first to last, leaving at least one token after
+    them (the prompt's last token must still be run for its logits)."""
+    return [(adapter, want[: b * BLOCK]) for b in range(1, (len(want) - 1) // BLOCK + 1)]

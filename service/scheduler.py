@@ -278,16 +278,16 @@ class BatchScheduler:
                 self._cut_if_draining()
                 new = self._take(batch)
             if new:
-                try:
-                    fresh = None if batch else self.pipeline.engine.batch()
-                except Exception as e:  # the models failed to load: fail these requests
-                    for job in new:
-                        job.deliver("error", e)
-                    continue
-                if fresh is not None:  # the last batch ran empty: its count stays counted
-                    self._prefilled_before += batch.prefilled_tokens if batch is not None else 0
+                if not batch:  # none yet, or the last one ran empty: a new one
+                    try:
+                        fresh = self.pipeline.engine.batch()
+                    except Exception as e:  # the models failed to load: fail these requests
+                        for job in new:
+                            job.deliver("error", e)
+                        continue
+                    if batch is not None:  # its count stays counted
+                        self._prefilled_before += batch.prefilled_tokens
                     batch = fresh
-                assert batch is not None
                 self._running.update(new)
                 batch.add([self._row(job) for job in new])
                 if self.on_join is not None:
