@@ -64,7 +64,8 @@ class _AdapterCacheCollector(Collector):
         g = GaugeMetricFamily("ragtune_adapters_loaded", "Adapters held in memory")
         g.add_metric([], float(len(engine.loaded_adapters()) if engine is not None else 0))
         yield g
-        # prompt prefixes kept across requests (prefix_cache_mb; a remote engine has none)
+        # prompt prefixes kept across requests (prefix_cache_mb; a remote engine has none);
+        # ``is not None``: an empty cache is falsy, and its counters must not read as 0
         prefixes = getattr(engine, "prefixes", None)
         for name, doc in (
             ("hits", "Prompts that reused a kept prefix's key/value states"),
@@ -73,10 +74,10 @@ class _AdapterCacheCollector(Collector):
             ("evictions", "Kept prefixes dropped by the memory budget"),
         ):
             c = CounterMetricFamily(f"ragtune_prefix_cache_{name}", doc)
-            c.add_metric([], float(getattr(prefixes.stats, name) if prefixes else 0))
+            c.add_metric([], float(getattr(prefixes.stats, name) if prefixes is not None else 0))
             yield c
         g = GaugeMetricFamily("ragtune_prefix_cache_bytes", "Memory held by kept prefixes")
-        g.add_metric([], float(prefixes.nbytes if prefixes else 0))
+        g.add_metric([], float(prefixes.nbytes if prefixes is not None else 0))
         yield g
 
 

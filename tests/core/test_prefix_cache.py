@@ -158,3 +158,22 @@ def test_unloading_an_adapter_forgets_its_prefixes(engines) -> None:
     assert {k[0] for k in eng.prefixes._blocks} == {None, "a"}
     eng.unload_adapter("a")  # a republished "a" must not reuse the old states
     assert {k[0] for k in eng.prefixes._blocks} == {None}
+
+
+def test_the_counters_survive_an_emptied_cache(engines) -> None:
+    """/metrics reads the counters even when no block is kept (an empty cache is falsy)."""
+    from types import SimpleNamespace
+
+    from ragtune.service.metrics import _AdapterCacheCollector
+
+    eng, _ = engines
+    eng.generate_batch([GenRequest(_prompts(eng.tokenizer)[0], "a", 2)])
+    eng.prefixes.drop("a")
+    eng.prefixes.drop(None)
+    assert len(eng.prefixes) == 0 and eng.prefixes.stats.misses >= 1
+    scraped = {
+        s.name: s.value
+        for family in _AdapterCacheCollector(SimpleNamespace(loaded_engine=eng)).collect()
+        for s in family.samples
+    }
+    assert scraped["ragtune_prefix_cache_misses_total"] == eng.prefixes.stats.misses
