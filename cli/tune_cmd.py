@@ -173,7 +173,8 @@ def tune_command() -> click.Command:
             sys.exit(_launch(nproc))
         from ragtune.tuner.api import train_adapter
 
-        info = train_adapter(app.settings(), args, progress=not quiet, parallel=parallel)
+        with parallel.naming_lost_peers():
+            info = train_adapter(app.settings(), args, progress=not quiet, parallel=parallel)
         if parallel.is_writer:
             _print_summary(info.name, info.manifest)
 
@@ -208,12 +209,17 @@ def _launch(nproc: int) -> int:
 
 
 def _likely_consequence(code: int) -> int:
-    """Orders the failed ranks, the cause first: a rank killed by a signal, then one that
-    exited with an error (it may have lost its peer), then the SIGTERMs that the agent sends
-    to stop the rest."""
+    """Orders the failed ranks, the cause first: a rank killed by SIGKILL (``kill -9``, the
+    OOM killer), then by another signal (a crash; SIGABRT also ends a rank whose peer went
+    away), then one that exited with an error (it may have lost its peer), then the SIGTERMs
+    that the agent sends to stop the rest."""
     import signal
 
-    return 2 if code == -signal.SIGTERM else 0 if code < 0 else 1
+    if code == -signal.SIGKILL:
+        return 0
+    if code == -signal.SIGTERM:
+        return 3
+    return 1 if code < 0 else 2
 
 
 def _exit(code: int) -> str:

@@ -127,6 +127,13 @@ class BackendTimeout(RagtuneError):
     title = "Generation backend timed out"
 
 
+class PeerLost(RagtuneError):
+    """A process of a multi-process training run lost contact with another one, which
+    stopped or was killed (that process's own error, or the launcher's, says why)."""
+
+    title = "Training process lost"
+
+
 class InsufficientResources(RagtuneError):
     """Not enough disk (or memory) to do the job safely."""
 

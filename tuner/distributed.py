@@ -108,6 +108,23 @@ class Parallel:
         self._ready = True
         log.info("rank %d of %d joined (%s)", self.rank, self.world, backend)
 
+    @contextlib.contextmanager
+    def naming_lost_peers(self) -> Iterator[None]:
+        """A collective that fails because another rank went away (gloo's "Connection
+        reset by peer", say) becomes one clear ``PeerLost`` naming this rank."""
+        try:
+            yield
+        except RuntimeError as e:
+            if not (self.active and lost_peer(e)):
+                raise
+            from ragtune.core.errors import PeerLost
+
+            said = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise PeerLost(
+                f"rank {self.rank}: lost contact with another training process, which "
+                f"stopped or was killed ({said})"
+            ) from e
+
     def stop(self) -> None:
         if self._ready:
             import torch.distributed as dist
@@ -243,6 +260,27 @@ class Parallel:
 
         full = _by_name(read(), trainable_names(model)) if self.is_writer else {}
         set_optimizer_state_dict(model, optimizer, full, options=_full_options(load=True))
+
+
+# What the process group's transports say when the other end of a connection is gone.
+_PEER_GONE = (
+    "connection reset by peer",
+    "connection closed by peer",
+    "broken pipe",
+    "remote process exited",  # NCCL
+)
+
+
+def lost_peer(err: BaseException) -> bool:
+    """Whether ``err`` is a collective failing because another rank went away."""
+    import torch.distributed as dist
+
+    if isinstance(err, dist.DistNetworkError):
+        return True
+    if not isinstance(err, RuntimeError):  # what the transports raise
+        return False
+    text = str(err).lower()
+    return any(marker in text for marker in _PEER_GONE)
 
 
 def trainable_names(model: Any) -> list[str]:

@@ -146,8 +146,8 @@ def kill_after(settings, launcher: subprocess.Popen, name: str, rank: int, past:
     assert launcher.wait(120) == 1  # torchrun stopped the other rank and failed
     said = launcher.stdout.read().decode()  # type: ignore[union-attr]
     failed = [line for line in said.splitlines() if "data-parallel training failed:" in line]
-    # the peer may crash on the lost connection (SIGABRT in gloo) before the agent stops it,
-    # and is then named too: the line must name the killed rank, whatever else it names
+    # its peer may crash on the lost connection (SIGABRT in gloo) before the agent stops it
+    # and be named too (after it: test_lost_peer.py); the killed rank must be named
     assert failed and f"rank {rank} (killed by SIGKILL)" in failed[-1], said[-3000:]
     return step
 
