@@ -15,6 +15,7 @@ from litestar.di import NamedDependency
 from litestar.params import Parameter
 
 from ragtune.core.index_store import validate_name
+from ragtune.service import own_thread
 from ragtune.service.auth import SCOPE, principal_of
 from ragtune.service.bindings import adapter_binding
 from ragtune.service.errors import problem_responses
@@ -99,7 +100,7 @@ async def adapters_load(
         engine.load_adapter(name)
         return before, engine.loaded_adapters()
 
-    before, after = await anyio.to_thread.run_sync(load)
+    before, after = await own_thread.run_sync(load)
     return AdapterAction(
         name=name,
         loaded=True,
@@ -129,5 +130,5 @@ async def adapters_unload(
             loaded=False,
             loaded_adapters=engine.loaded_adapters() if engine else [],
         )
-    await anyio.to_thread.run_sync(engine.unload_adapter, name)
+    await own_thread.run_sync(engine.unload_adapter, name)
     return AdapterAction(name=name, loaded=False, loaded_adapters=engine.loaded_adapters())

@@ -21,13 +21,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import anyio
 from litestar import MediaType, Request, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
 from ragtune.core.adapter_catalog import read_lora_folder
 from ragtune.core.errors import InvalidInput, NotFound, RagtuneError
+from ragtune.service import own_thread
 from ragtune.service.auth import SCOPE, principal_of, require_json
 from ragtune.service.errors import log, problem_responses
 from ragtune.service.keys import MANAGE_ADAPTERS
@@ -83,7 +83,7 @@ async def load_lora_adapter(
                 field="lora_path",
             ) from e
 
-    await anyio.to_thread.run_sync(load)
+    await own_thread.run_sync(load)
     return f"Success: LoRA adapter '{name}' added successfully."
 
 
@@ -112,7 +112,7 @@ async def unload_lora_adapter(
             engine.unload_adapter(name)  # 409 while running requests use it
         catalog.unregister(name)
 
-    await anyio.to_thread.run_sync(unload)
+    await own_thread.run_sync(unload)
     return f"Success: LoRA adapter '{name}' removed successfully."
 
 

@@ -24,6 +24,7 @@ from ragtune.core.errors import InvalidInput, RagtuneError
 from ragtune.core.index_store import current_version
 from ragtune.core.pipeline import RETRIEVAL_MODES, Pipeline, Prepared, QueryRequest
 from ragtune.core.types import Answer
+from ragtune.service import own_thread
 from ragtune.service.decision_cache import DecisionCache, apply_decision
 from ragtune.service.errors import ClientGone
 from ragtune.service.keys import EVERYTHING, KeyRing, Principal
@@ -146,7 +147,7 @@ class Services:
             _ = self.pipeline.engine, self.pipeline.embedder
 
         try:
-            await anyio.to_thread.run_sync(load, abandon_on_cancel=True)
+            await own_thread.run_sync(load, abandon_on_cancel=True)
         except RagtuneError as e:
             self.model_error = e.message
             log.warning("warm-up: %s", e.message)
@@ -239,7 +240,7 @@ class Services:
     async def _prepare(self, req: QueryRequest) -> Prepared:
         """Retrieve and render on a thread; the request counts against the queue meanwhile."""
         with self.scheduler.preparing():
-            prepared = await anyio.to_thread.run_sync(
+            prepared = await own_thread.run_sync(
                 self.pipeline.prepare, [req], limiter=self.prepare_limiter
             )
         return prepared[0]
