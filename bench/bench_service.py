@@ -113,15 +113,23 @@ def make_adapters(settings: Settings, names: list[str]) -> None:
 
 class Server:
     def __init__(
-        self, data_dir: Path, threads: int, tokens: int, port: int, window_ms: float
+        self,
+        data_dir: Path,
+        threads: int,
+        tokens: int,
+        port: int,
+        window_ms: float,
+        launcher: tuple[str, ...] = ("-m", "ragtune"),
     ) -> None:
+        """``launcher``: what follows the interpreter on the command line (a bench script
+        that runs the CLI with a baseline's behaviour, say)."""
         env = os.environ | {
             "RAGTUNE_BATCH_WINDOW_MS": str(window_ms),
             "RAGTUNE_MAX_NEW_TOKENS": str(tokens),
             "RAGTUNE_MAX_LOADED_ADAPTERS": "10",
             "PYTHONPATH": str(REPO),
         }
-        cmd = [sys.executable, "-m", "ragtune", "--data-dir", str(data_dir)]
+        cmd = [sys.executable, *launcher, "--data-dir", str(data_dir)]
         cmd += ["--threads", str(threads), "serve", "--port", str(port), "--log-level", "warning"]
         self.url = f"http://127.0.0.1:{port}"
         self.proc = subprocess.Popen(cmd, cwd=data_dir.parent, env=env)

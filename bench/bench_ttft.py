@@ -28,6 +28,11 @@ it). ``--questions 6 --seconds 10`` for a smoke run.
    runs now, vs the fixed 1 MB threshold every model load used to set (reproduced with
    ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1048576``): TTFT quiet and under 8 clients,
    and the server's peak RSS. ``--only-allocator`` runs this phase alone.
+7. Request threads: ``ragtune serve`` (bf16 prefill) with retrieval's torch work on anyio's
+   reused worker threads, each keeping an OpenMP pool (what the service did before
+   ``service/own_thread.py``; ``bench/serve_inline_torch.py`` reproduces it) vs on threads
+   that end with the call, as now: TTFT and the server's own ``generate_ms``, quiet, and TTFT
+   under 8 clients. ``--only-own-threads`` runs this phase alone.
 Results: bench/results/ttft.txt (appended).
 """
 
@@ -42,7 +47,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
@@ -149,7 +154,12 @@ def profile(p: Pipeline, questions: list[str]) -> dict[str, float]:
 
 
 def start_server(
-    data: Path, threads: int, port: int, raw_env: dict[str, str] | None = None, **settings: str
+    data: Path,
+    threads: int,
+    port: int,
+    raw_env: dict[str, str] | None = None,
+    launcher: tuple[str, ...] = ("-m", "ragtune"),
+    **settings: str,
 ) -> Server:
     """``ragtune serve`` on the demo index with these settings (``RAGTUNE_<NAME>``) and any
     other environment ``raw_env``, 1 new token by default and a 20 ms batch window."""
@@ -157,7 +167,7 @@ def start_server(
     env |= raw_env or {}
     os.environ.update(env)
     try:
-        return Server(data, threads, 1, port, 20.0)
+        return Server(data, threads, 1, port, 20.0, launcher)
     finally:
         for k in env:
             del os.environ[k]
@@ -168,6 +178,41 @@ def body(question: str) -> dict[str, Any]:
     return {"question": question, "mode": "rag", "top_k": 3, "max_new_tokens": 1}
 
 
+class Served(NamedTuple):
+    quiet: float  # TTFT p50 one at a time (s)
+    loaded: float  # TTFT p50 under 8 closed-loop clients (s)
+    requests: int  # answered under 8 clients
+    peak_mb: float  # the server's peak RSS
+    generate: float  # the server's own generate_ms p50 one at a time (s): prefill + 1 token
+
+
+def ask(c: httpx.Client, question: str) -> tuple[float, float]:
+    """One 1-token query: (the client's wall time, the server's generate_ms), in seconds."""
+    t0 = time.perf_counter()
+    r = c.post("/v1/query", json=body(question)).raise_for_status()
+    return time.perf_counter() - t0, r.json()["timings"]["generate_ms"] / 1000
+
+
+def under_load(url: str, questions: list[str], seconds: float) -> list[float]:
+    """TTFTs of 8 closed-loop clients for ``seconds``."""
+    lat: list[float] = []
+    stop_at = time.monotonic() + seconds
+
+    def client(k: int) -> None:
+        with httpx.Client(base_url=url, timeout=600) as c:
+            i = k
+            while time.monotonic() < stop_at:
+                lat.append(ask(c, questions[i % len(questions)])[0])
+                i += 8
+
+    threads_ = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+    for t in threads_:
+        t.start()
+    for t in threads_:
+        t.join()
+    return lat
+
+
 def served_ttft(
     data: Path,
     threads: int,
@@ -175,42 +220,28 @@ def served_ttft(
     questions: list[str],
     seconds: float,
     raw_env: dict[str, str] | None = None,
+    launcher: tuple[str, ...] = ("-m", "ragtune"),
     **settings: str,
-) -> tuple[float, float, int, float]:
-    """(p50 quiet, p50 under 8 clients in seconds, requests under 8 clients, the server's
-    peak RSS in MB)."""
+) -> Served:
+    """TTFT through ``ragtune serve``, quiet and under 8 clients."""
     port = 18500 + os.getpid() % 400
-    server = start_server(data, threads, port, raw_env, PREFILL_DTYPE=prefill, **settings)
+    server = start_server(data, threads, port, raw_env, launcher, PREFILL_DTYPE=prefill, **settings)
     try:
         server.wait_ready()
         with httpx.Client(base_url=server.url, timeout=600) as c:
-            c.post("/v1/query", json=body(questions[0])).raise_for_status()  # warm up
-            quiet = []
-            for q in questions:
-                t0 = time.perf_counter()
-                c.post("/v1/query", json=body(q)).raise_for_status()
-                quiet.append(time.perf_counter() - t0)
-        lat: list[float] = []
-        stop_at = time.monotonic() + seconds
-
-        def client(k: int) -> None:
-            with httpx.Client(base_url=server.url, timeout=600) as c:
-                i = k
-                while time.monotonic() < stop_at:
-                    t0 = time.perf_counter()
-                    c.post("/v1/query", json=body(questions[i % len(questions)])).raise_for_status()
-                    lat.append(time.perf_counter() - t0)
-                    i += 8
-
-        threads_ = [threading.Thread(target=client, args=(k,)) for k in range(8)]
-        for t in threads_:
-            t.start()
-        for t in threads_:
-            t.join()
+            ask(c, questions[0])  # warm up
+            quiet, generate = zip(*(ask(c, q) for q in questions), strict=True)
+        lat = under_load(server.url, questions, seconds)
         peak_mb = peak_rss_mb(server.proc.pid)
     finally:
         server.stop()
-    return statistics.median(quiet), statistics.median(lat), len(lat), peak_mb
+    return Served(
+        statistics.median(quiet),
+        statistics.median(lat),
+        len(lat),
+        peak_mb,
+        statistics.median(generate),
+    )
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -285,6 +316,9 @@ def main() -> None:
         "--only-prefill-passes", action="store_true", help="run only the prefill passes phase"
     )
     ap.add_argument("--only-allocator", action="store_true", help="run only the allocator phase")
+    ap.add_argument(
+        "--only-own-threads", action="store_true", help="run only the request threads phase"
+    )
     args = ap.parse_args()
 
     data = args.data or Path(tempfile.mkdtemp(prefix="ragtune-bench-ttft-")) / "data"
@@ -301,22 +335,23 @@ def main() -> None:
         f"({DEMO.name}), mode rag, top_k 3, {args.threads} torch thread(s), "
         f"{os.cpu_count()} CPUs, load average {load_avg()}"
     )
-    only = {
-        "precisions": not (
-            args.only_prefix_cache or args.only_prefill_passes or args.only_allocator
-        ),
-        "prefix": not (args.only_prefill_passes or args.only_allocator),
-        "passes": not (args.only_prefix_cache or args.only_allocator),
-        "allocator": not (args.only_prefix_cache or args.only_prefill_passes),
-    }
-    if only["precisions"]:
+    # --only-<phase> runs the phases named so; none named: every phase
+    phases = ("prefix_cache", "prefill_passes", "allocator", "own_threads")
+    named = {k for k in phases if getattr(args, f"only_{k}")}
+
+    def runs(phase: str) -> bool:
+        return not named or phase in named
+
+    if runs("precisions"):
         compare_precisions(args, data, picked, questions)
-    if only["prefix"]:
+    if runs("prefix_cache"):
         compare_prefix_cache(args, data, items, picked)
-    if only["passes"]:
+    if runs("prefill_passes"):
         compare_prefill_passes(args, data, picked, questions)
-    if only["allocator"]:
+    if runs("allocator"):
         compare_allocator(args, data, questions)
+    if runs("own_threads"):
+        compare_own_threads(args, data, questions)
     if args.save:
         with RESULTS.open("a", encoding="utf-8") as f:
             f.write("\n".join(_lines) + "\n\n")
@@ -355,7 +390,7 @@ def compare_prefill_passes(args: Any, data: Path, picked: list[Any], questions: 
     positions, and the 24-token answers of both ways, in process."""
     budgets = (4096, 512)
     for budget in budgets:
-        quiet, loaded, n, _ = served_ttft(
+        quiet, loaded, n, *_ = served_ttft(
             data,
             args.threads,
             "bfloat16",
@@ -386,13 +421,54 @@ def compare_allocator(args: Any, data: Path, questions: list[str]) -> None:
     """Served TTFT and peak RSS with glibc's own mmap threshold vs a fixed 1 MB one."""
     fixed = {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=1048576"}
     for name, env in (("fixed 1 MB mmap threshold (before)", fixed), ("glibc's own (now)", {})):
-        quiet, loaded, n, peak = served_ttft(
+        quiet, loaded, n, peak, _ = served_ttft(
             data, args.threads, "bfloat16", questions, args.seconds, raw_env=env
         )
         say(
             f"ragtune serve, bf16 prefill, {name}: TTFT p50 {quiet * 1000:.0f} ms one at a time; "
             f"{loaded * 1000:.0f} ms with 8 clients ({n} requests in {args.seconds:.0f} s); "
             f"peak RSS {peak:.0f} MB; load {load_avg()}"
+        )
+
+
+def compare_own_threads(args: Any, data: Path, questions: list[str]) -> None:
+    """Served TTFT with request threads running torch themselves (each keeps an OpenMP pool:
+    what the service did before service/own_thread.py) vs on threads that end with the call.
+    Both servers run at once, idle but for the request at hand: quiet requests alternate
+    between them (so this VM's drift hits both alike), then 8 clients on each in turn."""
+    ways = {
+        "request threads run torch (before)": (str(REPO / "bench" / "serve_inline_torch.py"),),
+        "torch on threads that end (now)": ("-m", "ragtune"),
+    }
+    base = 18100 + os.getpid() % 300
+    servers = {
+        name: start_server(data, args.threads, base + i, None, launcher, PREFILL_DTYPE="bfloat16")
+        for i, (name, launcher) in enumerate(ways.items())
+    }
+    quiet: dict[str, list[tuple[float, float]]] = {name: [] for name in ways}
+    try:
+        for server in servers.values():
+            server.wait_ready()
+        clients = {n: httpx.Client(base_url=sv.url, timeout=600) for n, sv in servers.items()}
+        for c in clients.values():
+            ask(c, questions[0])  # warm up
+        for q in questions * 2:
+            for name, c in clients.items():
+                quiet[name].append(ask(c, q))
+        for c in clients.values():
+            c.close()
+        loaded = {name: under_load(sv.url, questions, args.seconds) for name, sv in servers.items()}
+    finally:
+        for server in servers.values():
+            server.stop()
+    for name in ways:
+        ttft, generate = zip(*quiet[name], strict=True)
+        say(
+            f"ragtune serve, bf16 prefill, {name}: TTFT p50 "
+            f"{statistics.median(ttft) * 1000:.0f} ms one at a time (the server's generate_ms "
+            f"{statistics.median(generate) * 1000:.0f}; {len(ttft)} requests, alternating); "
+            f"{statistics.median(loaded[name]) * 1000:.0f} ms with 8 clients "
+            f"({len(loaded[name])} requests in {args.seconds:.0f} s); load {load_avg()}"
         )
 
 
@@ -411,7 +487,7 @@ def compare_precisions(args: Any, data: Path, picked: list[Any], questions: list
         say(f"  {k:28s} {a:9.1f} {b:13.1f}")
 
     for prec in ("float32", "bfloat16"):
-        quiet, loaded, n, _ = served_ttft(data, args.threads, prec, questions, args.seconds)
+        quiet, loaded, n, *_ = served_ttft(data, args.threads, prec, questions, args.seconds)
         say(
             f"ragtune serve, prefill {prec}: TTFT p50 {quiet * 1000:.0f} ms one at a time; "
             f"{loaded * 1000:.0f} ms with 8 clients ({n} requests); load {load_avg()}"
