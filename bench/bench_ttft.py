@@ -32,7 +32,8 @@ it). ``--questions 6 --seconds 10`` for a smoke run.
    reused worker threads, each keeping an OpenMP pool (what the service did before
    ``service/own_thread.py``; ``bench/serve_inline_torch.py`` reproduces it) vs on threads
    that end with the call, as now: TTFT and the server's own ``generate_ms``, quiet, and TTFT
-   under 8 clients. ``--only-own-threads`` runs this phase alone.
+   under 8 clients. ``--only-own-threads`` runs this phase alone (``--only-precisions``:
+   phases 1-3 alone).
 Results: bench/results/ttft.txt (appended).
 """
 
@@ -319,6 +320,9 @@ def main() -> None:
     ap.add_argument(
         "--only-own-threads", action="store_true", help="run only the request threads phase"
     )
+    ap.add_argument(
+        "--only-precisions", action="store_true", help="run only phases 1-3 (fp32 vs bf16)"
+    )
     args = ap.parse_args()
 
     data = args.data or Path(tempfile.mkdtemp(prefix="ragtune-bench-ttft-")) / "data"
@@ -336,7 +340,7 @@ def main() -> None:
         f"{os.cpu_count()} CPUs, load average {load_avg()}"
     )
     # --only-<phase> runs the phases named so; none named: every phase
-    phases = ("prefix_cache", "prefill_passes", "allocator", "own_threads")
+    phases = ("precisions", "prefix_cache", "prefill_passes", "allocator", "own_threads")
     named = {k for k in phases if getattr(args, f"only_{k}")}
 
     def runs(phase: str) -> bool:

@@ -42,7 +42,7 @@ def in_own_thread(fn: Callable[..., T], *args: Any) -> T:
     ok, value = done[0]
     if not ok:
         raise value
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 async def run_sync(
