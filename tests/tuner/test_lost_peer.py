@@ -59,7 +59,7 @@ def test_the_launcher_names_the_likely_cause_first():
 
 
 # Two real gloo ranks: rank 1 leaves after the barrier (exits, or kills itself with -9);
-# rank 0's next collective then fails inside ``naming_lost_peers``.
+# rank 0's next collective (or the barrier's end) then fails inside ``naming_lost_peers``.
 PEER = """
 import os, signal, sys, time
 import torch, torch.distributed as dist
@@ -67,12 +67,12 @@ from ragtune.core.errors import PeerLost
 from ragtune.tuner.distributed import Parallel
 p = Parallel.from_env(os.environ)
 p.start("cpu")
-p.barrier()
-if p.rank == 1:
-    os.kill(os.getpid(), signal.SIGKILL) if sys.argv[1] == "kill" else os._exit(0)
-time.sleep(1.0)
 try:
-    with p.naming_lost_peers():
+    with p.naming_lost_peers():  # the barrier too: rank 1 may be gone before it completes
+        p.barrier()
+        if p.rank == 1:
+            os.kill(os.getpid(), signal.SIGKILL) if sys.argv[1] == "kill" else os._exit(0)
+        time.sleep(1.0)
         dist.all_reduce(torch.ones(4))
 except PeerLost as e:
     print(e.message)
