@@ -119,7 +119,7 @@ class Parallel:
                 raise
             from ragtune.core.errors import PeerLost
 
-            said = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            said = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise PeerLost(
                 f"rank {self.rank}: lost contact with another training process, which "
                 f"stopped or was killed ({said})"
