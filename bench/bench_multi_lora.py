@@ -12,17 +12,29 @@ each round (the same load on both sides) and the median over rounds is reported.
 adapters are random LoRAs shaped like the demo's (r 16, alpha 32, all seven linear
 projections), so every row's LoRA really runs. A decode-only figure (one step of 8 running
 rows) is measured the same way. Results: bench/results/multi_lora.txt (appended).
+
+The run also prints the ceiling that memory bandwidth puts on mixed/one: a mixed step must
+read every row's adapter (8 x its LoRA bytes) where one adapter reads its own once, so even
+a kernel that does nothing but read those bytes takes ``extra bytes / read bandwidth``
+longer per step (bandwidth measured in the same run, at the same thread count). And it
+measures what no gathering at all would give: ``mixed/sliced`` is the gathered engine with its
+per-row gather of the stacked weights replaced by slices (valid only here, where row i uses
+slot i + 1, so the rows' weights are one contiguous run of the stack): the ceiling of any
+torch-op kernel that avoids copying weights, not a path the service runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -49,6 +61,56 @@ QUESTIONS = [
 ]
 
 
+def sliced(lora: Any) -> Callable[[bool], None]:
+    """A switch that makes ``lora`` (a ``GatheredLora``) take each mixed batch's weights as a
+    slice of its stacks instead of gathering them: rows must be in slot order, one per slot.
+    Bench-only: it reads the kernel's private plan and stacks."""
+    import torch
+
+    gathered = lora.add_lora
+
+    def add_lora(layer: Any, x: Any, result: Any) -> Any:
+        plan, stack = lora._plan, lora._stacks.get(id(layer))
+        if plan.single is not None or stack is None:
+            return gathered(layer, x, result)
+        rows, lo = x.shape[0], int(plan.index[0])
+        assert plan.index.tolist() == list(range(lo, lo + rows)), "rows not in slot order"
+        xa = torch.bmm(x.reshape(rows, -1, x.shape[-1]), stack.A[lo : lo + rows])
+        out = torch.baddbmm(result.reshape(rows, -1, result.shape[-1]), xa, stack.B[lo : lo + rows])
+        return out.reshape(result.shape)
+
+    def switch(on: bool) -> None:
+        lora.add_lora = add_lora if on else gathered
+
+    return switch
+
+
+def adapter_bytes(folder: Path) -> int:
+    """Bytes of an adapter's LoRA weights (what a decode step reads for it)."""
+    from safetensors import safe_open
+
+    total = 0
+    with safe_open(str(folder / "adapter_model.safetensors"), "pt") as f:
+        for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+            t = f.get_slice(key)
+            total += math.prod(t.get_shape()) * 4  # fp32 in the stacks
+    return total
+
+
+def read_bandwidth(threads: int) -> float:
+    """GB/s of a large read (a sum over 256 MB) at the engine's thread count; best of 5."""
+    import torch
+
+    torch.set_num_threads(threads)  # per calling thread under libgomp: set it here too
+    t = torch.ones(64 * 2**20)
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        t.sum()
+        best = min(best, time.perf_counter() - t0)
+    return t.numel() * 4 / best / 1e9
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=1)
@@ -68,8 +130,12 @@ def main() -> None:
         environ={},
     )
     names = [f"ad{i}" for i in range(8)]
-    for i, n in enumerate(names):
-        make_lora_adapter(settings, n, seed=i, r=16, target_modules=ALL_LINEAR, alpha=32)
+    lora_bytes = [
+        adapter_bytes(
+            make_lora_adapter(settings, n, seed=i, r=16, target_modules=ALL_LINEAR, alpha=32).path
+        )
+        for i, n in enumerate(names)
+    ]
     gen = load_generator(settings)
     prompts = [render_prompt(gen.tokenizer, q) for q in QUESTIONS]
     base = GenerationEngine(gen, settings)
@@ -80,10 +146,12 @@ def main() -> None:
         for n in names:
             eng.load_adapter(n)
 
+    slicing = sliced(gathered._lora)
     configs = {
         "base": (base, [None] * 8),
         "one/gathered": (gathered, ["ad0"] * 8),
         "mixed/gathered": (gathered, names),
+        "mixed/sliced": (gathered, names),
         "one/peft": (peft, ["ad0"] * 8),
         "mixed/peft": (peft, names),
     }
@@ -106,7 +174,8 @@ def main() -> None:
             times.append((time.perf_counter() - t0) * 1000)
         return statistics.median(times)
 
-    for eng, adapters in configs.values():  # warm up (and the preamble caches)
+    for k, (eng, adapters) in configs.items():  # warm up (and the preamble caches)
+        slicing(k == "mixed/sliced")
         run(eng, adapters)
     load0 = os.getloadavg()
     rates: dict[str, list[float]] = {k: [] for k in configs}
@@ -114,9 +183,11 @@ def main() -> None:
     keys = list(configs)
     for r in range(args.rounds):
         for k in keys[r % len(keys) :] + keys[: r % len(keys)]:
+            slicing(k == "mixed/sliced")
             rates[k].append(run(*configs[k]))
             steps[k].append(step_ms(*configs[k]))
     load1 = os.getloadavg()
+    read_gbs = read_bandwidth(args.threads)
 
     lines = [
         f"# bench_multi_lora {time.strftime('%Y-%m-%d %H:%M')}: SmolLM2-135M fp32, 8 rows, "
@@ -145,6 +216,20 @@ def main() -> None:
             f"{ratio(f'mixed/{kernel}', f'one/{kernel}', steps, inverse=True)}; one/base: "
             f"{ratio(f'one/{kernel}', 'base', steps, inverse=True)}   [decode step speed]"
         )
+    lines.append(
+        f"  sliced   mixed/one: {ratio('mixed/sliced', 'one/gathered', rates)}   [tokens/s]; "
+        f"{ratio('mixed/sliced', 'one/gathered', steps, inverse=True)}   [decode step speed]"
+        "   (no weight gathering: the ceiling of torch ops)"
+    )
+    one_ms = statistics.median(steps["one/gathered"])
+    extra = sum(lora_bytes) - lora_bytes[0]  # the mix reads all 8 adapters, not one
+    floor_ms = extra / (read_gbs * 1e9) * 1000
+    lines.append(
+        f"  bandwidth ceiling: read {read_gbs:.1f} GB/s ({args.threads} thread(s)); LoRA "
+        f"{lora_bytes[0] / 1e6:.1f} MB per adapter, a mixed step reads {extra / 1e6:.0f} MB "
+        f"more = {floor_ms:.1f} ms at the floor; mixed/one <= {one_ms / (one_ms + floor_ms):.3f} "
+        f"[decode step speed, one adapter's step {one_ms:.0f} ms]"
+    )
     lines.append("  targets: mixed/one >= 0.95, one/base >= 0.9 (8 rows)")
     print("\n".join(lines))
     if args.save:
