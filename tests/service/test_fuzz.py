@@ -82,8 +82,19 @@ def fuzz_schema(tiny_settings: Settings, tmp_path: Path) -> Iterator[schemathesi
 schema = schemathesis.pytest.from_fixture("fuzz_schema")
 
 
+# derandomize (no example database either): the same cases on every run. With random ones,
+# ~1 fresh run in 8 failed before sending a request: schemathesis' negative mode sometimes
+# bars a combination of keywords its own generator cannot complement ("UnsupportedSchema: a
+# `not` whose complement is not spelled out"; schemathesis 4.32.5, on the OpenAI bodies'
+# cross-field anyOf rules), and Hypothesis then replayed that case from its database.
 @schema.parametrize()
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    derandomize=True,
+    database=None,
+)
 def test_the_schema_tells_the_truth(case: schemathesis.Case) -> None:
     response = case.call(timeout=60)
     case.validate_response(response, checks=all_checks())
