@@ -38,6 +38,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from bench_decode_floor import read_bandwidth  # noqa: E402
 
 from ragtune.core.config import resolve_settings  # noqa: E402
 from ragtune.core.decode import Row  # noqa: E402
@@ -95,20 +98,6 @@ def adapter_bytes(folder: Path) -> int:
             t = f.get_slice(key)
             total += math.prod(t.get_shape()) * 4  # fp32 in the stacks
     return total
-
-
-def read_bandwidth(threads: int) -> float:
-    """GB/s of a large read (a sum over 256 MB) at the engine's thread count; best of 5."""
-    import torch
-
-    torch.set_num_threads(threads)  # per calling thread under libgomp: set it here too
-    t = torch.ones(64 * 2**20)
-    best = float("inf")
-    for _ in range(5):
-        t0 = time.perf_counter()
-        t.sum()
-        best = min(best, time.perf_counter() - t0)
-    return t.numel() * 4 / best / 1e9
 
 
 def main() -> None:
